@@ -1,0 +1,1 @@
+//! The sans-IO swarm core: no I/O, no clock, no randomness of its own.

@@ -1,0 +1,1 @@
+//! Packaging: encoded frames in, init and media segments that MSE plays out.

@@ -1,0 +1,1 @@
+//! The wasm-bindgen binding: browser WebRTC data channels, WebSocket signaling, MSE playback.

@@ -1,0 +1,292 @@
+//! Build, demo and test tasks: `cargo xtask <task>`.
+//!
+//! Everything a fresh Debian machine with Rust needs is installed here on demand (the wasm target,
+//! a `wasm-bindgen` CLI of exactly the version in Cargo.lock, Chromium and ffmpeg for the browser
+//! tests), so README's two commands and `.ci/run` need nothing installed by hand.
+
+use std::env;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode, Stdio};
+
+const WASM_TARGET: &str = "wasm32-unknown-unknown";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = env::args().skip(1).collect();
+    let task = args.first().map(String::as_str).unwrap_or("help");
+    let rest = &args[args.len().min(1)..];
+    let result = match task {
+        "setup" => setup(false),
+        "build-wasm" => setup(false).and_then(|_| build_wasm()),
+        "demo" => demo(rest),
+        "test" => test(rest),
+        "e2e" => setup(true).and_then(|_| build_wasm()).and_then(|_| e2e(rest)),
+        "help" | "--help" | "-h" => {
+            println!("{HELP}");
+            Ok(())
+        }
+        other => Err(format!("unknown task `{other}`\n\n{HELP}")),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+const HELP: &str = "\
+cargo xtask demo [--port N]   build everything, start the signaling server serving www/, print the demo URL
+cargo xtask test [--no-e2e]   every check: fmt, clippy (host + wasm), unit/integration tests, wasm build, browser e2e
+cargo xtask build-wasm        build the browser bundle into the folder named by wasm-pack.toml
+cargo xtask e2e               only the real-browser end-to-end tests
+cargo xtask setup             install what is missing (wasm target, wasm-bindgen-cli)";
+
+type Result<T = ()> = std::result::Result<T, String>;
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives one level below the workspace root")
+        .to_path_buf()
+}
+
+fn cargo() -> String {
+    env::var("CARGO").unwrap_or_else(|_| "cargo".into())
+}
+
+/// Runs a command in the workspace root, echoing it, and fails on a non-zero exit.
+fn run(cmd: &mut Command) -> Result {
+    cmd.current_dir(root());
+    eprintln!("+ {cmd:?}");
+    let status = cmd
+        .status()
+        .map_err(|e| format!("cannot start {cmd:?}: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("{cmd:?} failed with {status}"))
+    }
+}
+
+fn output(cmd: &mut Command) -> Option<String> {
+    let out = cmd.stderr(Stdio::null()).output().ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn have(program: &str) -> bool {
+    output(Command::new("sh").args(["-c", &format!("command -v {program}")])).is_some()
+}
+
+/// Settings of the browser build, from `wasm-pack.toml` (flat `key = "value"` lines).
+struct WasmSettings {
+    target: String,
+    out_dir: String,
+    profile: String,
+    wasm_opt: String,
+}
+
+fn wasm_settings() -> Result<WasmSettings> {
+    let path = root().join("wasm-pack.toml");
+    let text = fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let get = |key: &str| -> Result<String> {
+        text.lines()
+            .filter_map(|l| l.split_once('='))
+            .find(|(k, _)| k.trim() == key)
+            .map(|(_, v)| v.trim().trim_matches('"').to_string())
+            .ok_or_else(|| format!("wasm-pack.toml has no `{key}`"))
+    };
+    Ok(WasmSettings {
+        target: get("target")?,
+        out_dir: get("out_dir")?,
+        profile: get("profile")?,
+        wasm_opt: get("wasm_opt")?,
+    })
+}
+
+/// The exact `wasm-bindgen` version Cargo.lock pins: CLI and crate must match to the patch.
+fn locked_wasm_bindgen_version() -> Result<String> {
+    if !root().join("Cargo.lock").exists() {
+        run(Command::new(cargo()).args(["generate-lockfile"]))?;
+    }
+    let lock = fs::read_to_string(root().join("Cargo.lock")).map_err(|e| e.to_string())?;
+    let mut lines = lock.lines();
+    while let Some(line) = lines.next() {
+        if line.trim() == "name = \"wasm-bindgen\"" {
+            if let Some(v) = lines.next().and_then(|l| l.strip_prefix("version = ")) {
+                return Ok(v.trim_matches('"').to_string());
+            }
+        }
+    }
+    Err("Cargo.lock has no wasm-bindgen entry".into())
+}
+
+fn setup(browser: bool) -> Result {
+    let targets = output(Command::new("rustup").args(["target", "list", "--installed"]));
+    if !targets.is_some_and(|t| t.lines().any(|l| l.trim() == WASM_TARGET)) {
+        run(Command::new("rustup").args(["target", "add", WASM_TARGET]))?;
+    }
+    let want = locked_wasm_bindgen_version()?;
+    let have_version = output(Command::new("wasm-bindgen").arg("--version")).unwrap_or_default();
+    if !have_version.split_whitespace().any(|w| w == want) {
+        // RECIPES.md: `--locked` can fail when the CLI's lock file names a crate version the
+        // registry lacks; a plain install then works.
+        let locked = run(Command::new(cargo()).args([
+            "install",
+            "wasm-bindgen-cli",
+            "--version",
+            &want,
+            "--locked",
+        ]));
+        if locked.is_err() {
+            run(Command::new(cargo()).args(["install", "wasm-bindgen-cli", "--version", &want]))?;
+        }
+    }
+    if browser {
+        let missing: Vec<&str> = [
+            ("chromium", "chromium"),
+            ("chromedriver", "chromium-driver"),
+            ("ffmpeg", "ffmpeg"),
+            ("ip", "iproute2"),
+        ]
+        .into_iter()
+        .filter(|(bin, _)| !have(bin))
+        .map(|(_, pkg)| pkg)
+        .collect();
+        if !missing.is_empty() {
+            run(Command::new("apt-get").arg("update").arg("-qq"))?;
+            run(Command::new("apt-get")
+                .args(["install", "-y", "-qq", "--no-install-recommends"])
+                .args(&missing)
+                .env("DEBIAN_FRONTEND", "noninteractive"))?;
+        }
+        let e2e = root().join("tests/e2e");
+        if e2e.join("package.json").exists() && !e2e.join("node_modules").exists() {
+            run(Command::new("npm")
+                .args(["ci", "--no-audit", "--no-fund", "--prefix"])
+                .arg(&e2e))?;
+        }
+    }
+    Ok(())
+}
+
+fn build_wasm() -> Result {
+    let s = wasm_settings()?;
+    run(Command::new(cargo()).args([
+        "build",
+        "--package",
+        "swarmcast",
+        "--lib",
+        "--target",
+        WASM_TARGET,
+        "--profile",
+        &s.profile,
+    ]))?;
+    let wasm = root()
+        .join("target")
+        .join(WASM_TARGET)
+        .join(&s.profile)
+        .join("swarmcast.wasm");
+    let out = root().join(&s.out_dir);
+    run(Command::new("wasm-bindgen")
+        .args(["--target", &s.target, "--no-typescript", "--out-dir"])
+        .arg(&out)
+        .arg(&wasm))?;
+    let opt = ["wasm-opt", ".tools/node_modules/.bin/wasm-opt"]
+        .into_iter()
+        .find(|p| have(p) || root().join(p).exists());
+    let bg = out.join("swarmcast_bg.wasm");
+    match opt {
+        Some(bin) => run(Command::new(bin)
+            .arg(&s.wasm_opt)
+            .args([
+                "--enable-bulk-memory",
+                "--enable-nontrapping-float-to-int",
+                "--enable-sign-ext",
+                "--enable-reference-types",
+                "--enable-multivalue",
+                "--enable-mutable-globals",
+                "-o",
+            ])
+            .arg(&bg)
+            .arg(&bg))?,
+        None => eprintln!("xtask: no wasm-opt on PATH; the bundle is not size-optimised further"),
+    }
+    let size = fs::metadata(&bg).map(|m| m.len()).unwrap_or(0);
+    eprintln!("xtask: built {} ({size} bytes)", bg.display());
+    Ok(())
+}
+
+fn demo(args: &[String]) -> Result {
+    setup(false)?;
+    build_wasm()?;
+    let port = flag_value(args, "--port").unwrap_or_else(|| "8080".into());
+    run(Command::new(cargo()).args(["build", "--release", "--package", "swarmcast-signaling"]))?;
+    let server = root().join("target/release/swarmcast-signaling");
+    let addr = format!("127.0.0.1:{port}");
+    println!();
+    println!("swarmcast demo: open http://{addr}/demo.html");
+    println!("  (a test-pattern broadcast starts in the page; open more tabs of the viewer link it shows)");
+    println!("  broadcaster page: http://{addr}/broadcast.html   stop with Ctrl-C");
+    println!();
+    run(Command::new(server)
+        .args(["--listen", &addr, "--static-dir"])
+        .arg(root().join("www")))
+}
+
+fn flag_value(args: &[String], flag: &str) -> Option<String> {
+    args.iter()
+        .position(|a| a == flag)
+        .and_then(|i| args.get(i + 1).cloned())
+}
+
+fn test(args: &[String]) -> Result {
+    let e2e_wanted = !args.iter().any(|a| a == "--no-e2e");
+    setup(e2e_wanted)?;
+    run(Command::new(cargo()).args(["fmt", "--all", "--", "--check"]))?;
+    run(Command::new(cargo()).args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    run(Command::new(cargo()).args([
+        "clippy",
+        "--package",
+        "swarmcast",
+        "--lib",
+        "--target",
+        WASM_TARGET,
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    run(Command::new(cargo()).args(["test", "--workspace", "--release"]))?;
+    build_wasm()?;
+    if e2e_wanted {
+        e2e(&[])?;
+    }
+    Ok(())
+}
+
+/// Real-browser tests: node's test runner over `tests/e2e/*.test.mjs`, inside a fresh network
+/// namespace with `lo` plus a veth pair and a default route (RECIPES.md: with `lo` alone Chromium
+/// gathers no ICE candidates). Nothing leaves the namespace.
+fn e2e(_args: &[String]) -> Result {
+    let dir = root().join("tests/e2e");
+    if !dir.join("package.json").exists() {
+        return Err("tests/e2e/package.json missing".into());
+    }
+    run(Command::new(cargo()).args(["build", "--release", "--package", "swarmcast-signaling"]))?;
+    let script = "ip link set lo up && \
+        ip link add v0 type veth peer name v1 && \
+        ip addr add 192.0.2.1/24 dev v0 && ip link set v0 up && ip link set v1 up && \
+        ip route add default dev v0 && \
+        exec node --test --test-concurrency=1 tests/e2e/";
+    run(Command::new("unshare").args(["--net", "bash", "-c", script]))
+}
