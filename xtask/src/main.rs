@@ -20,7 +20,9 @@ fn main() -> ExitCode {
         "build-wasm" => setup(false).and_then(|_| build_wasm()),
         "demo" => demo(rest),
         "test" => test(rest),
-        "e2e" => setup(true).and_then(|_| build_wasm()).and_then(|_| e2e(rest)),
+        "e2e" => setup(true)
+            .and_then(|_| build_wasm())
+            .and_then(|_| e2e(rest)),
         "help" | "--help" | "-h" => {
             println!("{HELP}");
             Ok(())
