@@ -66,7 +66,11 @@ pub struct Config {
     pub max_swarms: usize,
 
     /// Most swarm memberships of one connection.
-    #[arg(long, env = "SWARMCAST_MAX_SWARMS_PER_CONNECTION", default_value_t = 32)]
+    #[arg(
+        long,
+        env = "SWARMCAST_MAX_SWARMS_PER_CONNECTION",
+        default_value_t = 32
+    )]
     pub max_swarms_per_connection: usize,
 
     /// Most concurrent WebSocket connections; more get HTTP 503.

@@ -122,10 +122,20 @@ impl Metrics {
         let _ = writeln!(o, "# HELP {p}_connections Open WebSocket connections.");
         let _ = writeln!(o, "# TYPE {p}_connections gauge");
         let _ = writeln!(o, "{p}_connections {}", self.connections.load(Relaxed));
-        let _ = writeln!(o, "# HELP {p}_connections_total WebSocket connections accepted.");
+        let _ = writeln!(
+            o,
+            "# HELP {p}_connections_total WebSocket connections accepted."
+        );
         let _ = writeln!(o, "# TYPE {p}_connections_total counter");
-        let _ = writeln!(o, "{p}_connections_total {}", self.connections_total.load(Relaxed));
-        let _ = writeln!(o, "# HELP {p}_swarms Swarms (info_hashes with at least one peer).");
+        let _ = writeln!(
+            o,
+            "{p}_connections_total {}",
+            self.connections_total.load(Relaxed)
+        );
+        let _ = writeln!(
+            o,
+            "# HELP {p}_swarms Swarms (info_hashes with at least one peer)."
+        );
         let _ = writeln!(o, "# TYPE {p}_swarms gauge");
         let _ = writeln!(o, "{p}_swarms {swarms}");
         let _ = writeln!(o, "# HELP {p}_peers Peers over all swarms.");
@@ -142,7 +152,10 @@ impl Metrics {
                 );
             }
         }
-        let _ = writeln!(o, "# HELP {p}_rejected_total Messages or connections refused, by reason.");
+        let _ = writeln!(
+            o,
+            "# HELP {p}_rejected_total Messages or connections refused, by reason."
+        );
         let _ = writeln!(o, "# TYPE {p}_rejected_total counter");
         for (i, r) in REASONS.iter().enumerate() {
             let _ = writeln!(

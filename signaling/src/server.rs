@@ -13,7 +13,9 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use axum::extract::ws::{rejection::WebSocketUpgradeRejection, CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::extract::ws::{
+    rejection::WebSocketUpgradeRejection, CloseFrame, Message, WebSocket, WebSocketUpgrade,
+};
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
@@ -203,7 +205,10 @@ async fn module_mime(req: Request, next: Next) -> Response {
 async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     let (swarms, peers) = state.sizes();
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         state.metrics.render(swarms, peers),
     )
         .into_response()
@@ -348,8 +353,14 @@ async fn drive(
             out = rx.recv() => {
                 let Some(first) = out else { break End::Quiet };
                 let flushed = tokio::time::timeout(send_timeout, write_batch(&mut ws, &mut rx, first, &state.metrics)).await;
-                if !matches!(flushed, Ok(Ok(()))) {
-                    break End::Quiet;
+                match flushed {
+                    Ok(Ok(())) => {}
+                    Ok(Err(_)) => break End::Quiet,
+                    Err(_) => {
+                        // The socket did not take our writes for `send_timeout`: a slow reader.
+                        state.metrics.reject("slow_reader");
+                        break End::Quiet;
+                    }
                 }
             }
             msg = ws.recv() => {
@@ -394,7 +405,8 @@ async fn drive(
             code,
             reason: reason.into(),
         };
-        let _ = tokio::time::timeout(Duration::from_secs(1), ws.send(Message::Close(Some(frame)))).await;
+        let _ = tokio::time::timeout(Duration::from_secs(1), ws.send(Message::Close(Some(frame))))
+            .await;
     }
 }
 
@@ -462,7 +474,12 @@ fn handle_message(state: &Arc<AppState>, handle: &Arc<ConnHandle>, data: &[u8], 
         Err(e) => {
             m.reject(e.metric_reason());
             tracing::debug!(conn = handle.id, error = %e, "bad message");
-            reply(state, handle, protocol::encode_failure(&e.to_string()), Kind::Failure);
+            reply(
+                state,
+                handle,
+                protocol::encode_failure(&e.to_string()),
+                Kind::Failure,
+            );
             return;
         }
     };

@@ -366,7 +366,12 @@ impl Tracker {
             .map_or((0, 0), |s| (s.complete, s.peers.len() - s.complete))
     }
 
-    fn upsert(&mut self, handle: &Arc<ConnHandle>, a: &Announce, now: Instant) -> Result<(), Refusal> {
+    fn upsert(
+        &mut self,
+        handle: &Arc<ConnHandle>,
+        a: &Announce,
+        now: Instant,
+    ) -> Result<(), Refusal> {
         let conn = handle.id;
         let becomes_seeder = a.seeder || a.event == Event::Completed;
         let swarm_count = self.swarms.len();
@@ -443,7 +448,9 @@ impl Tracker {
         let mut chosen: Vec<usize> = Vec::with_capacity(k);
         if n <= 4 * k + 16 {
             // Small swarm: partial Fisher-Yates over the eligible indices.
-            let mut idx: Vec<usize> = (0..n).filter(|&i| swarm.peers[i].conn.id != exclude).collect();
+            let mut idx: Vec<usize> = (0..n)
+                .filter(|&i| swarm.peers[i].conn.id != exclude)
+                .collect();
             for j in 0..k.min(idx.len()) {
                 let r = j + self.rng.below(idx.len() - j);
                 idx.swap(j, r);
@@ -477,7 +484,9 @@ impl Tracker {
         let pos = st
             .pending
             .iter()
-            .position(|p| p.info_hash == a.info_hash && p.offer_id == key && p.from_peer == answer.to_peer_id)
+            .position(|p| {
+                p.info_hash == a.info_hash && p.offer_id == key && p.from_peer == answer.to_peer_id
+            })
             .ok_or(Refusal::AnswerUnmatched)?;
         let from_conn = st.pending[pos].from_conn;
         st.pending.remove(pos);
@@ -595,7 +604,11 @@ mod tests {
         let out = t.announce(5, announce(9, 5, 10), now).unwrap();
         let mut to: Vec<u64> = out.deliveries.iter().map(|d| d.to.id).collect();
         to.sort_unstable();
-        assert_eq!(to, vec![1, 2, 3, 4], "4 others, each once, never the sender");
+        assert_eq!(
+            to,
+            vec![1, 2, 3, 4],
+            "4 others, each once, never the sender"
+        );
         // Peer on conn 1 answers the offer it got.
         let offer_to_1 = out.deliveries.iter().find(|d| d.to.id == 1).unwrap();
         let v: serde_json::Value = serde_json::from_str(&offer_to_1.out.text).unwrap();
@@ -603,7 +616,8 @@ mod tests {
         ans.answer = Some(protocol::Answer {
             to_peer_id: Id20([5; 20]),
             offer_id: v["offer_id"].as_str().unwrap().to_owned(),
-            answer: serde_json::value::RawValue::from_string("{\"type\":\"answer\"}".into()).unwrap(),
+            answer: serde_json::value::RawValue::from_string("{\"type\":\"answer\"}".into())
+                .unwrap(),
         });
         let out = t.announce(1, ans, now).unwrap();
         assert!(out.reply.is_none());
@@ -616,7 +630,10 @@ mod tests {
             offer_id: v["offer_id"].as_str().unwrap().to_owned(),
             answer: serde_json::value::RawValue::from_string("{}".into()).unwrap(),
         });
-        assert_eq!(t.announce(2, again, now).err(), Some(Refusal::AnswerUnmatched));
+        assert_eq!(
+            t.announce(2, again, now).err(),
+            Some(Refusal::AnswerUnmatched)
+        );
     }
 
     #[test]
@@ -640,7 +657,10 @@ mod tests {
         assert_eq!((t.swarm_count(), t.peer_count()), (0, 0));
         let _b = conn(&mut t, 2);
         t.announce(2, announce(0, 2, 0), now).unwrap();
-        assert_eq!(t.expire(now + Duration::from_secs(10), Duration::from_secs(5)), 1);
+        assert_eq!(
+            t.expire(now + Duration::from_secs(10), Duration::from_secs(5)),
+            1
+        );
         assert_eq!(t.peer_count(), 0);
     }
 }
