@@ -17,11 +17,15 @@ fn main() -> ExitCode {
     let rest = &args[args.len().min(1)..];
     let result = match task {
         "setup" => setup(false),
-        "build-wasm" => setup(false).and_then(|_| build_wasm()),
+        "build-wasm" => {
+            let hooks = rest.iter().any(|a| a == "--test-hooks");
+            setup(false).and_then(|_| build_wasm(hooks))
+        }
         "demo" => demo(rest),
         "test" => test(rest),
         "e2e" => setup(true)
-            .and_then(|_| build_wasm())
+            .and_then(|_| build_wasm(false))
+            .and_then(|_| build_wasm(true))
             .and_then(|_| e2e(rest)),
         "help" | "--help" | "-h" => {
             println!("{HELP}");
@@ -41,7 +45,9 @@ fn main() -> ExitCode {
 const HELP: &str = "\
 cargo xtask demo [--port N]   build everything, start the signaling server serving www/, print the demo URL
 cargo xtask test [--no-e2e]   every check: fmt, clippy (host + wasm), unit/integration tests, wasm build, browser e2e
-cargo xtask build-wasm        build the browser bundle into the folder named by wasm-pack.toml
+cargo xtask build-wasm [--test-hooks]
+                              build the browser bundle into the folder named by wasm-pack.toml
+                              (--test-hooks: with the test-only hooks, into <out_dir>-test)
 cargo xtask e2e               only the real-browser end-to-end tests
 cargo xtask setup             install what is missing (wasm target, wasm-bindgen-cli)";
 
@@ -175,9 +181,13 @@ fn setup(browser: bool) -> Result {
     Ok(())
 }
 
-fn build_wasm() -> Result {
+/// Builds the browser bundle. With `test_hooks`, the bundle carries the test-only hooks (a
+/// forging viewer for the e2e tests) and goes to `<out_dir>-test`, in a separate target folder so
+/// that the production bundle never contains them.
+fn build_wasm(test_hooks: bool) -> Result {
     let s = wasm_settings()?;
-    run(Command::new(cargo()).args([
+    let mut cmd = Command::new(cargo());
+    cmd.args([
         "build",
         "--package",
         "swarmcast",
@@ -186,13 +196,29 @@ fn build_wasm() -> Result {
         WASM_TARGET,
         "--profile",
         &s.profile,
-    ]))?;
-    let wasm = root()
-        .join("target")
+    ]);
+    let target_dir = if test_hooks {
+        cmd.args([
+            "--features",
+            "test-hooks",
+            "--target-dir",
+            "target/test-hooks",
+        ]);
+        root().join("target/test-hooks")
+    } else {
+        root().join("target")
+    };
+    run(&mut cmd)?;
+    let wasm = target_dir
         .join(WASM_TARGET)
         .join(&s.profile)
         .join("swarmcast.wasm");
-    let out = root().join(&s.out_dir);
+    let out_dir = if test_hooks {
+        format!("{}-test", s.out_dir)
+    } else {
+        s.out_dir.clone()
+    };
+    let out = root().join(out_dir);
     run(Command::new("wasm-bindgen")
         .args(["--target", &s.target, "--no-typescript", "--out-dir"])
         .arg(&out)
@@ -224,7 +250,7 @@ fn build_wasm() -> Result {
 
 fn demo(args: &[String]) -> Result {
     setup(false)?;
-    build_wasm()?;
+    build_wasm(false)?;
     let port = flag_value(args, "--port").unwrap_or_else(|| "8080".into());
     run(Command::new(cargo()).args(["build", "--release", "--package", "swarmcast-signaling"]))?;
     let server = root().join("target/release/swarmcast-signaling");
@@ -269,8 +295,9 @@ fn test(args: &[String]) -> Result {
         "warnings",
     ]))?;
     run(Command::new(cargo()).args(["test", "--workspace", "--release"]))?;
-    build_wasm()?;
+    build_wasm(false)?;
     if e2e_wanted {
+        build_wasm(true)?;
         e2e(&[])?;
     }
     Ok(())
