@@ -303,10 +303,11 @@ fn test(args: &[String]) -> Result {
     Ok(())
 }
 
-/// Real-browser tests: node's test runner over `tests/e2e/*.test.mjs`, inside a fresh network
-/// namespace with `lo` plus a veth pair and a default route (RECIPES.md: with `lo` alone Chromium
-/// gathers no ICE candidates). Nothing leaves the namespace.
-fn e2e(_args: &[String]) -> Result {
+/// Real-browser tests: node's test runner over `tests/e2e/*.test.mjs` (or the files given), inside a
+/// fresh network namespace with `lo` plus a veth pair and a default route (RECIPES.md: with `lo`
+/// alone Chromium gathers no ICE candidates). Nothing leaves the namespace. The suite also gets its
+/// own PID namespace: when it ends, the kernel kills whatever it left running (browsers, servers).
+fn e2e(args: &[String]) -> Result {
     let dir = root().join("tests/e2e");
     if !dir.join("package.json").exists() {
         return Err("tests/e2e/package.json missing".into());
@@ -316,6 +317,19 @@ fn e2e(_args: &[String]) -> Result {
         ip link add v0 type veth peer name v1 && \
         ip addr add 192.0.2.1/24 dev v0 && ip link set v0 up && ip link set v1 up && \
         ip route add default dev v0 && \
-        exec node --test --test-concurrency=1 tests/e2e/";
-    run(Command::new("unshare").args(["--net", "bash", "-c", script]))
+        node --test --test-concurrency=1 \"${@:-tests/e2e/}\"; exit $?";
+    // bash stays PID 1 of the namespace (no `exec`), so it reaps what the tests orphan.
+    run(Command::new("unshare")
+        .args([
+            "--net",
+            "--pid",
+            "--fork",
+            "--kill-child",
+            "--mount-proc",
+            "bash",
+            "-c",
+            script,
+            "e2e",
+        ])
+        .args(args))
 }
