@@ -10,6 +10,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
 
 const WASM_TARGET: &str = "wasm32-unknown-unknown";
+/// Where `setup` installs binaryen's wasm-opt from npm when none is on PATH.
+const LOCAL_WASM_OPT: &str = ".tools/node_modules/.bin/wasm-opt";
 
 fn main() -> ExitCode {
     let args: Vec<String> = env::args().skip(1).collect();
@@ -153,6 +155,25 @@ fn setup(browser: bool) -> Result {
             run(Command::new(cargo()).args(["install", "wasm-bindgen-cli", "--version", &want]))?;
         }
     }
+    // wasm-opt shrinks the bundle a lot (issue 6: < 250 KiB gzipped). Debian's binaryen is too old
+    // for current rustc output, so take the npm package (RECIPES.md); optional: the build works
+    // without it.
+    if !have("wasm-opt") && !root().join(LOCAL_WASM_OPT).exists() && have("npm") {
+        let tools = root().join(".tools");
+        let installed = run(Command::new("npm")
+            .args([
+                "install",
+                "--no-audit",
+                "--no-fund",
+                "--no-save",
+                "--prefix",
+            ])
+            .arg(&tools)
+            .arg("binaryen@132.0.0"));
+        if let Err(e) = installed {
+            eprintln!("xtask: wasm-opt unavailable ({e}); building without it");
+        }
+    }
     if browser {
         let missing: Vec<&str> = [
             ("chromium", "chromium"),
@@ -223,9 +244,12 @@ fn build_wasm(test_hooks: bool) -> Result {
         .args(["--target", &s.target, "--no-typescript", "--out-dir"])
         .arg(&out)
         .arg(&wasm))?;
-    let opt = ["wasm-opt", ".tools/node_modules/.bin/wasm-opt"]
-        .into_iter()
-        .find(|p| have(p) || root().join(p).exists());
+    let local = root().join(LOCAL_WASM_OPT);
+    let opt = if have("wasm-opt") {
+        Some(PathBuf::from("wasm-opt"))
+    } else {
+        local.exists().then_some(local)
+    };
     let bg = out.join("swarmcast_bg.wasm");
     match opt {
         Some(bin) => run(Command::new(bin)
