@@ -1,0 +1,384 @@
+//! The wire protocol between neighbours: postcard-encoded [`Message`]s, one per data channel
+//! message, each at most [`MAX_MESSAGE_SIZE`] bytes. PROTOCOL.md is the normative description.
+
+use super::id::{PeerId, StreamId};
+use super::segment::{InitSegment, SignedHeader, MAX_PIECES_PER_SEGMENT, PIECE_SIZE};
+use serde::{Deserialize, Serialize};
+
+/// Protocol version spoken in [`Message::Handshake`]; a peer speaking another one is disconnected.
+pub const PROTOCOL_VERSION: u16 = 1;
+
+/// No message may be longer: it is what browsers deliver in one data channel message everywhere.
+pub const MAX_MESSAGE_SIZE: usize = 16 * 1024;
+
+/// Longest availability bitfield, in bytes (covers 2,048 segments, far more than any window).
+pub const MAX_BITFIELD_BYTES: usize = 256;
+
+/// Most peer ids in one peer-exchange message.
+pub const MAX_PEX_PEERS: usize = 32;
+
+/// Longest relayed signalling payload (an SDP offer or answer with candidates).
+pub const MAX_SIGNAL_SIZE: usize = 12 * 1024;
+
+/// What a peer is in the stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Role {
+    /// The broadcaster: holds the stream key, originates every segment.
+    Source,
+    /// A viewer: receives, verifies, plays, and forwards.
+    Viewer,
+}
+
+/// Why a peer says it is leaving or refusing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RejectReason {
+    /// No room for another neighbour or child.
+    Full,
+    /// Not the stream the other side asked for.
+    WrongStream,
+    /// Protocol version not spoken.
+    Version,
+    /// Shutting down.
+    Leaving,
+}
+
+/// One message between neighbours.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Message {
+    /// First message on every connection, both ways. Nothing else is accepted before it.
+    Handshake {
+        /// [`PROTOCOL_VERSION`].
+        version: u16,
+        /// The stream this connection is for.
+        stream: StreamId,
+        /// The sender's id (must match the id the connection was set up with).
+        peer: PeerId,
+        /// Source or viewer.
+        role: Role,
+        /// Upload the sender offers the swarm, kbit/s (0: none, a receive-only peer).
+        upload_kbps: u32,
+    },
+    /// Which complete, verified segments the sender holds: bit `i` (LSB first within each byte)
+    /// stands for segment `base + i`.
+    Bitfield {
+        /// First segment covered.
+        base: u64,
+        /// The bits.
+        bits: Vec<u8>,
+    },
+    /// The sender has completed and verified one more segment.
+    Have {
+        /// Its sequence number.
+        seq: u64,
+    },
+    /// A signed segment header; always sent before the first piece of that segment on a
+    /// connection, so that every piece can be verified on arrival.
+    Header(SignedHeader),
+    /// Piece `index` of segment `seq`.
+    Piece {
+        /// Segment.
+        seq: u64,
+        /// Piece index within the segment.
+        index: u16,
+        /// The bytes (at most [`PIECE_SIZE`]).
+        data: Vec<u8>,
+    },
+    /// Asks for pieces of a segment: bit `i` of `pieces` asks for piece `i`.
+    Request {
+        /// Segment.
+        seq: u64,
+        /// Bitmask of wanted pieces.
+        pieces: u64,
+    },
+    /// Withdraws a request (the pieces came from elsewhere, or are too late).
+    Cancel {
+        /// Segment.
+        seq: u64,
+    },
+    /// Asks the receiver to push every fresh piece of `stripe` as it arrives.
+    Subscribe {
+        /// Stripe number.
+        stripe: u8,
+    },
+    /// Stops a subscription.
+    Unsubscribe {
+        /// Stripe number.
+        stripe: u8,
+    },
+    /// Answers a subscription: accepted with the sender's distance from the source on that
+    /// stripe, or refused.
+    SubscribeAck {
+        /// Stripe number.
+        stripe: u8,
+        /// Accepted.
+        accepted: bool,
+        /// Hops from the source on this stripe (0 = the source itself).
+        depth: u8,
+    },
+    /// Refusal of a request or a connection.
+    Reject {
+        /// Why.
+        reason: RejectReason,
+    },
+    /// The stream's init segment.
+    Init(InitSegment),
+    /// Peer exchange: some of the sender's neighbours, reachable through it by [`Message::Relay`].
+    Peers {
+        /// Their ids.
+        peers: Vec<PeerId>,
+    },
+    /// WebRTC signalling for a peer that is not (yet) a neighbour, relayed by a common
+    /// neighbour, so that after bootstrap the tracker is needed less.
+    Relay {
+        /// Originator.
+        from: PeerId,
+        /// Final recipient (the relaying neighbour's neighbour).
+        to: PeerId,
+        /// Opaque signalling payload (SDP offer/answer as the binding encodes it).
+        payload: Vec<u8>,
+    },
+    /// The sender is closing the connection.
+    Goodbye {
+        /// Why.
+        reason: RejectReason,
+    },
+}
+
+/// Why bytes are not a valid message. Any of these from a neighbour disconnects it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WireError {
+    /// Longer than [`MAX_MESSAGE_SIZE`].
+    #[error("message of {got} bytes exceeds {max}")]
+    Oversized {
+        /// Bytes received.
+        got: usize,
+        /// Limit.
+        max: usize,
+    },
+    /// Not a postcard encoding of a [`Message`] (truncated, unknown tag, bad varint...).
+    #[error("undecodable message: {0}")]
+    Malformed(&'static str),
+    /// Bytes left over after a complete message.
+    #[error("{extra} trailing bytes after message")]
+    Trailing {
+        /// Extra bytes.
+        extra: usize,
+    },
+    /// Decodes, but a field is out of bounds.
+    #[error("field out of bounds: {0}")]
+    OutOfBounds(&'static str),
+}
+
+impl Message {
+    /// Encodes for the wire.
+    pub fn encode(&self) -> Vec<u8> {
+        // Serialising our own in-memory enum into a Vec cannot fail.
+        postcard::to_allocvec(self).unwrap_or_default()
+    }
+
+    /// Decodes one message, rejecting oversized, malformed, trailing and out-of-bounds input.
+    pub fn decode(bytes: &[u8]) -> Result<Message, WireError> {
+        if bytes.len() > MAX_MESSAGE_SIZE {
+            return Err(WireError::Oversized {
+                got: bytes.len(),
+                max: MAX_MESSAGE_SIZE,
+            });
+        }
+        let (msg, rest): (Message, &[u8]) = postcard::take_from_bytes(bytes).map_err(|e| {
+            WireError::Malformed(match e {
+                postcard::Error::DeserializeUnexpectedEnd => "truncated",
+                postcard::Error::DeserializeBadVarint => "bad varint",
+                postcard::Error::DeserializeBadEnum => "unknown message or variant tag",
+                postcard::Error::DeserializeBadBool => "bad bool",
+                postcard::Error::DeserializeBadUtf8 => "bad utf-8",
+                _ => "bad encoding",
+            })
+        })?;
+        if !rest.is_empty() {
+            return Err(WireError::Trailing { extra: rest.len() });
+        }
+        msg.check_bounds()?;
+        Ok(msg)
+    }
+
+    fn check_bounds(&self) -> Result<(), WireError> {
+        use WireError::OutOfBounds as Oob;
+        match self {
+            Message::Bitfield { bits, .. } if bits.len() > MAX_BITFIELD_BYTES => {
+                Err(Oob("bitfield"))
+            }
+            Message::Header(h) if h.header.piece_hashes.len() > MAX_PIECES_PER_SEGMENT => {
+                Err(Oob("piece count"))
+            }
+            Message::Piece { data, .. } if data.is_empty() || data.len() > PIECE_SIZE => {
+                Err(Oob("piece size"))
+            }
+            Message::Piece { index, .. } if *index as usize >= MAX_PIECES_PER_SEGMENT => {
+                Err(Oob("piece index"))
+            }
+            Message::Peers { peers } if peers.len() > MAX_PEX_PEERS => Err(Oob("peer list")),
+            Message::Relay { payload, .. } if payload.len() > MAX_SIGNAL_SIZE => {
+                Err(Oob("signal size"))
+            }
+            Message::Init(init) if init.mime.len() > super::segment::MAX_MIME_LEN => {
+                Err(Oob("mime"))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::segment::{SegmentHeader, SegmentMeta};
+    use proptest::prelude::*;
+
+    fn sample_messages() -> Vec<Message> {
+        let header = SegmentHeader::describe(
+            7,
+            1,
+            SegmentMeta {
+                pts_us: 1,
+                duration_us: 2,
+                keyframe: true,
+            },
+            3,
+            &[1u8; 40_000],
+        );
+        vec![
+            Message::Handshake {
+                version: PROTOCOL_VERSION,
+                stream: StreamId([1; 32]),
+                peer: PeerId([2; 20]),
+                role: Role::Viewer,
+                upload_kbps: 4000,
+            },
+            Message::Bitfield {
+                base: 100,
+                bits: vec![0xff, 0x01],
+            },
+            Message::Have { seq: u64::MAX },
+            Message::Header(SignedHeader {
+                header,
+                signature: [[3; 32]; 2],
+            }),
+            Message::Piece {
+                seq: 5,
+                index: 2,
+                data: vec![7; PIECE_SIZE],
+            },
+            Message::Request {
+                seq: 5,
+                pieces: 0b101,
+            },
+            Message::Cancel { seq: 5 },
+            Message::Subscribe { stripe: 3 },
+            Message::Unsubscribe { stripe: 3 },
+            Message::SubscribeAck {
+                stripe: 1,
+                accepted: true,
+                depth: 2,
+            },
+            Message::Reject {
+                reason: RejectReason::Full,
+            },
+            Message::Peers {
+                peers: vec![PeerId([4; 20]); 3],
+            },
+            Message::Relay {
+                from: PeerId([1; 20]),
+                to: PeerId([2; 20]),
+                payload: b"sdp".to_vec(),
+            },
+            Message::Goodbye {
+                reason: RejectReason::Leaving,
+            },
+        ]
+    }
+
+    #[test]
+    fn every_message_round_trips_and_fits_a_data_channel() {
+        for m in sample_messages() {
+            let bytes = m.encode();
+            assert!(
+                bytes.len() <= MAX_MESSAGE_SIZE,
+                "{m:?} is {} bytes",
+                bytes.len()
+            );
+            assert_eq!(Message::decode(&bytes), Ok(m));
+        }
+    }
+
+    #[test]
+    fn truncated_trailing_and_oversized_input_is_rejected() {
+        let bytes = Message::Piece {
+            seq: 1,
+            index: 0,
+            data: vec![1; 100],
+        }
+        .encode();
+        assert_eq!(
+            Message::decode(&bytes[..bytes.len() - 1]),
+            Err(WireError::Malformed("truncated"))
+        );
+        let mut long = bytes.clone();
+        long.push(0);
+        assert_eq!(
+            Message::decode(&long),
+            Err(WireError::Trailing { extra: 1 })
+        );
+        assert!(matches!(
+            Message::decode(&vec![0; MAX_MESSAGE_SIZE + 1]),
+            Err(WireError::Oversized { .. })
+        ));
+        assert!(matches!(
+            Message::decode(&[200]),
+            Err(WireError::Malformed(_))
+        ));
+        assert_eq!(Message::decode(&[]), Err(WireError::Malformed("truncated")));
+    }
+
+    #[test]
+    fn out_of_bounds_fields_are_rejected() {
+        let empty_piece = Message::Piece {
+            seq: 1,
+            index: 0,
+            data: vec![],
+        }
+        .encode();
+        assert_eq!(
+            Message::decode(&empty_piece),
+            Err(WireError::OutOfBounds("piece size"))
+        );
+        let many = Message::Peers {
+            peers: vec![PeerId([0; 20]); MAX_PEX_PEERS + 1],
+        }
+        .encode();
+        assert_eq!(
+            Message::decode(&many),
+            Err(WireError::OutOfBounds("peer list"))
+        );
+    }
+
+    proptest! {
+        #[test]
+        fn decode_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..2048)) {
+            let _ = Message::decode(&bytes);
+        }
+
+        #[test]
+        fn pieces_round_trip(seq in any::<u64>(), index in 0u16..64, data in proptest::collection::vec(any::<u8>(), 1..2000)) {
+            let m = Message::Piece { seq, index, data };
+            prop_assert_eq!(Message::decode(&m.encode()), Ok(m));
+        }
+
+        #[test]
+        fn requests_and_bitfields_round_trip(seq in any::<u64>(), pieces in any::<u64>(), bits in proptest::collection::vec(any::<u8>(), 0..MAX_BITFIELD_BYTES)) {
+            let r = Message::Request { seq, pieces };
+            prop_assert_eq!(Message::decode(&r.encode()), Ok(r));
+            let b = Message::Bitfield { base: seq, bits };
+            prop_assert_eq!(Message::decode(&b.encode()), Ok(b));
+        }
+    }
+}
