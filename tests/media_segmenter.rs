@@ -679,3 +679,60 @@ proptest! {
         prop_assert_eq!(a_seen, audio_sent);
     }
 }
+
+#[test]
+fn a_new_muxer_continues_the_timeline() {
+    let mut seg = Segmenter::new(av_muxer(), 100_000);
+    assert_eq!(seg.origin_us(), None);
+    seg.push_audio(audio(0, 2_000_000)).unwrap();
+    assert_eq!(
+        seg.origin_us(),
+        None,
+        "audio waits for the first video keyframe"
+    );
+    seg.push_video(video(0, 2_000_000, 0, true)).unwrap();
+    assert_eq!(seg.origin_us(), Some(2_000_000));
+    seg.push_video(video(1, 2_033_000, 0, false)).unwrap();
+
+    let mut bigger = video_config();
+    bigger.width = 1280;
+    bigger.height = 720;
+    bigger.avcc[4] = 0xfd; // 2-byte NAL length prefixes from now on
+    let muxer = Fmp4Muxer::new(Some(bigger), Some(AudioTrackConfig::new(48_000, 2))).unwrap();
+    let video_only = Fmp4Muxer::new(Some(video_config()), None).unwrap();
+    assert_eq!(
+        seg.set_muxer(video_only).unwrap_err(),
+        MediaError::TrackLayoutChanged
+    );
+    seg.set_muxer(muxer.clone()).unwrap();
+    let mut out = drain(&mut seg);
+    assert_eq!(out.len(), 1, "the old configuration's segment is flushed");
+
+    let mut frame = vec![0, 6, 0x65, 1, 2, 3, 4, 5];
+    seg.push_video(EncodedFrame {
+        data: frame.clone(),
+        timestamp_us: 2_066_000,
+        duration_us: 0,
+        keyframe: true,
+    })
+    .unwrap();
+    frame[2] = 0x41;
+    seg.push_video(EncodedFrame {
+        data: frame,
+        timestamp_us: 2_099_000,
+        duration_us: 0,
+        keyframe: false,
+    })
+    .unwrap();
+    // A 4-byte-prefixed frame no longer matches the new avcC.
+    assert!(seg.push_video(video(9, 2_132_000, 0, false)).is_err());
+    seg.flush();
+    out.extend(drain(&mut seg));
+    assert_eq!(out.len(), 2);
+    assert_eq!(out[1].seq, 2);
+    assert_eq!(out[1].pts_us, 66_000);
+    assert!(out[1].keyframe);
+    let init = parse_init_segment(&seg.muxer().init_segment()).unwrap();
+    assert_eq!(init.tracks[0].width, 1280);
+    check_invariants(&muxer, &out);
+}

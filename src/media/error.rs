@@ -66,6 +66,10 @@ pub enum MediaError {
         /// What is wrong with it.
         reason: &'static str,
     },
+    /// [`crate::media::Segmenter::set_muxer`] was given a muxer with a different set of tracks:
+    /// the track ids, and so every viewer's `SourceBuffer`, would change mid-stream.
+    #[error("the new muxer has different tracks than the current one")]
+    TrackLayoutChanged,
     /// A frame was pushed for a track the muxer was not configured with.
     #[error("no {track} track configured")]
     NoSuchTrack {

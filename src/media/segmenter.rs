@@ -228,6 +228,28 @@ impl Segmenter {
         &self.muxer
     }
 
+    /// The input timestamp (µs) that is 0 on the output timeline: the first video keyframe's
+    /// (the first audio frame's without video). `None` until that frame has been pushed. Adding
+    /// it to a segment's `pts_us` gives the encoder's (for example wall-clock) time back.
+    pub fn origin_us(&self) -> Option<u64> {
+        self.origin
+    }
+
+    /// Switches to a new muxer, for an encoder whose configuration changed (a new avcC after a
+    /// resolution change): the current segment is flushed first, so no segment mixes the two,
+    /// and the timeline and sequence numbers continue. Publish the new muxer's init segment
+    /// before the segments that follow. The new muxer must have the same tracks.
+    pub fn set_muxer(&mut self, muxer: Fmp4Muxer) -> Result<(), MediaError> {
+        if muxer.video_track_id() != self.muxer.video_track_id()
+            || muxer.audio_track_id() != self.muxer.audio_track_id()
+        {
+            return Err(MediaError::TrackLayoutChanged);
+        }
+        self.flush();
+        self.muxer = muxer;
+        Ok(())
+    }
+
     /// The target segment duration in microseconds.
     pub fn target_duration_us(&self) -> u32 {
         self.target_us as u32
