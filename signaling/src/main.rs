@@ -16,6 +16,8 @@ async fn main() -> std::process::ExitCode {
         .init();
     let config = Config::parse();
     let static_dir = config.static_dir();
+    // Handlers first: a SIGTERM right after the "listening" line must already be graceful.
+    let signals = Signals::install();
     let running = match server::start(config).await {
         Ok(r) => r,
         Err(e) => {
@@ -27,24 +29,42 @@ async fn main() -> std::process::ExitCode {
     println!("listening on http://{}", running.addr);
     let _ = std::io::stdout().flush();
     tracing::info!(addr = %running.addr, static_dir = %static_dir.display(), "serving");
-    wait_for_signal().await;
+    signals.wait().await;
     tracing::info!("shutting down");
     running.shutdown().await;
     std::process::ExitCode::SUCCESS
 }
 
-/// SIGINT or SIGTERM.
-async fn wait_for_signal() {
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::warn!(error = %e, "no SIGTERM handler; only Ctrl-C stops the server");
-            let _ = tokio::signal::ctrl_c().await;
-            return;
+/// SIGINT and SIGTERM, installed before the server announces itself.
+struct Signals {
+    term: Option<tokio::signal::unix::Signal>,
+    int: Option<tokio::signal::unix::Signal>,
+}
+
+impl Signals {
+    fn install() -> Signals {
+        use tokio::signal::unix::{signal, SignalKind};
+        let term = signal(SignalKind::terminate())
+            .map_err(|e| tracing::warn!(error = %e, "no SIGTERM handler"))
+            .ok();
+        let int = signal(SignalKind::interrupt())
+            .map_err(|e| tracing::warn!(error = %e, "no SIGINT handler"))
+            .ok();
+        Signals { term, int }
+    }
+
+    async fn wait(mut self) {
+        async fn recv(s: &mut Option<tokio::signal::unix::Signal>) {
+            match s {
+                Some(s) => {
+                    s.recv().await;
+                }
+                None => std::future::pending().await,
+            }
         }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
+        tokio::select! {
+            _ = recv(&mut self.term) => {}
+            _ = recv(&mut self.int) => {}
+        }
     }
 }
