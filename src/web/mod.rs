@@ -6,6 +6,7 @@
 //! core outputs become `send`, `close` and `appendBuffer` calls. Decisions that need no browser
 //! live in [`crate::client`] and are tested natively.
 
+mod keys;
 mod peer;
 mod player;
 mod rtc;
