@@ -361,7 +361,9 @@ mod tests {
         );
         let answer = frame(json!({"action":"announce","info_hash":hash,"peer_id":peer,
             "offer_id":"o2","answer":{"type":"answer","sdp":"A"}}));
-        assert!(matches!(parse(&answer, HASH), Ok(TrackerMessage::Answer { sdp, .. }) if sdp == "A"));
+        assert!(
+            matches!(parse(&answer, HASH), Ok(TrackerMessage::Answer { sdp, .. }) if sdp == "A")
+        );
         let resp = frame(json!({"action":"announce","info_hash":hash,"interval":120,
             "complete":1,"incomplete":4,"warning message":"slow down"}));
         assert_eq!(
@@ -386,7 +388,8 @@ mod tests {
     fn bad_frames_are_typed_errors() {
         assert_eq!(parse("nope", HASH), Err(TrackerError::NotJson));
         assert_eq!(parse("[1]", HASH), Err(TrackerError::NotJson));
-        let other = frame(json!({"action":"announce","info_hash":binstr::encode(&[1;20]),"interval":5}));
+        let other =
+            frame(json!({"action":"announce","info_hash":binstr::encode(&[1;20]),"interval":5}));
         assert_eq!(parse(&other, HASH), Err(TrackerError::WrongSwarm));
         let bad_peer = frame(json!({"action":"announce","peer_id":"short","offer_id":"o",
             "offer":{"type":"offer","sdp":"S"}}));
@@ -394,8 +397,10 @@ mod tests {
             parse(&bad_peer, HASH),
             Err(TrackerError::BadField("peer_id"))
         );
-        let no_sdp = frame(json!({"action":"announce","peer_id":binstr::encode(&[7;20]),
-            "offer_id":"o","offer":{"type":"offer"}}));
+        let no_sdp = frame(
+            json!({"action":"announce","peer_id":binstr::encode(&[7;20]),
+            "offer_id":"o","offer":{"type":"offer"}}),
+        );
         assert_eq!(parse(&no_sdp, HASH), Err(TrackerError::BadField("offer")));
         assert!(matches!(
             parse(r#"{"action":"scrape"}"#, HASH),
@@ -421,6 +426,9 @@ mod tests {
             assert_eq!(SignalPayload::decode(&p.encode()), Some(p));
         }
         assert_eq!(SignalPayload::decode(b"\xff"), None);
-        assert_eq!(SignalPayload::decode(br#"{"type":"pranswer","sdp":""}"#), None);
+        assert_eq!(
+            SignalPayload::decode(br#"{"type":"pranswer","sdp":""}"#),
+            None
+        );
     }
 }

@@ -11,7 +11,9 @@ use super::rtc::Rtc;
 use super::tracker::Tracker;
 use super::util::{self, Callback};
 use crate::client::playback::LatencyConfig;
-use crate::core::{Config, Input, Instant, Output, PeerId, SegmentMeta, StreamId, StreamKey, Swarm};
+use crate::core::{
+    Config, Input, Instant, Output, PeerId, SegmentMeta, StreamId, StreamKey, Swarm,
+};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use std::cell::RefCell;
@@ -182,14 +184,15 @@ impl Driver {
         let (Some(at), Some(cb)) = (want, self.core_timer_cb.as_ref()) else {
             return;
         };
-        let delay_ms = at.saturating_duration_since(self.now()).as_micros().div_ceil(1000);
+        let delay_ms = at
+            .saturating_duration_since(self.now())
+            .as_micros()
+            .div_ceil(1000);
         let delay_ms = delay_ms.min(i32::MAX as u128) as i32;
-        if let Ok(h) = util::window()
-            .set_timeout_with_callback_and_timeout_and_arguments_0(
-                cb.as_ref().unchecked_ref(),
-                delay_ms,
-            )
-        {
+        if let Ok(h) = util::window().set_timeout_with_callback_and_timeout_and_arguments_0(
+            cb.as_ref().unchecked_ref(),
+            delay_ms,
+        ) {
             self.core_timer = Some((h, at));
         }
     }
@@ -287,10 +290,7 @@ impl Driver {
                     "The broadcast stopped; waiting for it to resume…".to_owned(),
                 )
             } else {
-                (
-                    "waiting",
-                    "Waiting for the broadcast to start…".to_owned(),
-                )
+                ("waiting", "Waiting for the broadcast to start…".to_owned())
             }
         };
         if next != self.state {
@@ -484,7 +484,9 @@ impl SwarmPeer {
             Some(k) => Swarm::source(config, k, local),
             None => Swarm::viewer(config, stream, local),
         };
-        let on_event = util::get(&opts, "onEvent").dyn_into::<js_sys::Function>().ok();
+        let on_event = util::get(&opts, "onEvent")
+            .dyn_into::<js_sys::Function>()
+            .ok();
         let inner = Rc::new_cyclic(|me: &WeakDriver| {
             RefCell::new(Driver {
                 me: me.clone(),

@@ -14,7 +14,9 @@ use crate::client::playback::{decide, trim, Decision, LatencyConfig, Range, Stal
 use crate::core::{InitSegment, PlayableSegment};
 use std::collections::VecDeque;
 use std::sync::Arc;
-use web_sys::{HtmlVideoElement, MediaSource, MediaSourceReadyState, SourceBuffer, TimeRanges, Url};
+use web_sys::{
+    HtmlVideoElement, MediaSource, MediaSourceReadyState, SourceBuffer, TimeRanges, Url,
+};
 
 /// Seconds of media kept behind the playhead; older data is evicted.
 const KEEP_BEHIND_S: f64 = 20.0;
@@ -272,7 +274,9 @@ impl Player {
 
     fn busy(&self) -> bool {
         match (&self.sb, &self.ms) {
-            (Some(sb), Some(ms)) => sb.updating() || ms.ready_state() != MediaSourceReadyState::Open,
+            (Some(sb), Some(ms)) => {
+                sb.updating() || ms.ready_state() != MediaSourceReadyState::Open
+            }
             _ => true,
         }
     }
@@ -312,10 +316,7 @@ impl Player {
             // Everything removed: shift the timeline and append the probe again.
             self.rebasing = false;
             if let Some((_, data)) = self.probe.clone() {
-                self.queue.push_front(Chunk {
-                    data,
-                    pts_us: None,
-                });
+                self.queue.push_front(Chunk { data, pts_us: None });
             }
             self.probe = None;
             self.feed();

@@ -24,8 +24,12 @@ const GATHER_CAP_MS: i32 = 1000;
 /// `bufferedamountlow` fires when the channel's backlog drops to this; the core then sends more.
 const LOW_WATER: u32 = 64 * 1024;
 
-/// An unanswered offer, or a connection that never opened, is given up after this long.
-const SETUP_TIMEOUT_MS: f64 = 30_000.0;
+/// A connection that never opened is given up after this long.
+const SETUP_TIMEOUT_MS: f64 = 20_000.0;
+
+/// A tracker offer nobody answered is given up after this long: trackers forward offers at
+/// once, so an answer that has not come by then will not come.
+const OFFER_TIMEOUT_MS: f64 = 10_000.0;
 
 /// How a connection was set up (where its answer goes or comes from).
 #[derive(Debug, Clone, PartialEq)]
@@ -417,8 +421,9 @@ impl Driver {
         let pc = c.pc.clone();
         let weak = self.me.clone();
         spawn_local(async move {
-            let r = JsFuture::from(pc.set_remote_description(&description(RtcSdpType::Answer, &sdp)))
-                .await;
+            let r =
+                JsFuture::from(pc.set_remote_description(&description(RtcSdpType::Answer, &sdp)))
+                    .await;
             if r.is_err() {
                 with(&weak, |d| d.close_conn(id, true));
             }
@@ -518,7 +523,10 @@ impl Driver {
             .rtc
             .conns
             .iter()
-            .filter(|(_, c)| !c.open && now - c.created_ms > SETUP_TIMEOUT_MS)
+            .filter(|(_, c)| {
+                let age = now - c.created_ms;
+                !c.open && (age > SETUP_TIMEOUT_MS || (c.peer.is_none() && age > OFFER_TIMEOUT_MS))
+            })
             .map(|(&id, _)| id)
             .collect();
         for id in stale {

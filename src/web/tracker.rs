@@ -172,6 +172,8 @@ impl Driver {
             return;
         }
         t.announcing = true;
+        // Offers still out (ours, unanswered) count towards what is wanted.
+        let pending = self.rtc.by_offer.len();
         let wanted = if self.is_source {
             // The source accepts viewers' offers; its own offers reach those that came first.
             self.swarm
@@ -181,7 +183,8 @@ impl Driver {
                 .min(MAX_OFFERS)
         } else {
             self.swarm.wanted_neighbours().min(MAX_OFFERS)
-        };
+        }
+        .saturating_sub(pending);
         let ids: Vec<u64> = (0..wanted)
             .filter_map(|_| self.new_conn(None, true, Via::Tracker(i)))
             .collect();
@@ -190,10 +193,13 @@ impl Driver {
             let mut offers = Vec::new();
             for id in ids {
                 if let Some(sdp) = make_offer(&weak, id).await {
-                    offers.push((id, OfferOut {
-                        offer_id: util::random_bytes(),
-                        sdp,
-                    }));
+                    offers.push((
+                        id,
+                        OfferOut {
+                            offer_id: util::random_bytes(),
+                            sdp,
+                        },
+                    ));
                 } else {
                     with(&weak, |d| d.close_conn(id, false));
                 }
