@@ -742,15 +742,18 @@ async function main() {
   let broadcast = null;
   let sink = null;
   let preview = null;
-  let previewOrigin = null;
-  let lastSwarm = {};
 
+  // Listeners of what is published, for tests and tools: fn('init', {mime, data}) and
+  // fn('segment', {seq, ptsUs, mediaPtsUs, durationUs, keyframe, data}).
+  const listeners = new Set();
+  const tell = (kind, obj) => { for (const fn of listeners) { try { fn(kind, obj); } catch (e) { console.error(e); } } };
   const api = {
     get streamId() { return key.streamId(); },
     viewerUrl: () => viewerUrl(),
     stats,
     start: (kind) => goLive(kind),
     stop,
+    subscribe: (fn) => { listeners.add(fn); return () => listeners.delete(fn); },
   };
   window.swarmcastBroadcaster = api;
 
@@ -818,13 +821,13 @@ async function main() {
     broadcast = new Broadcast(wasm, key, source, settings, {
       onInit: (init, b) => {
         sink.publishInit(init.mime, init.data);
-        previewOrigin = null;
+        tell('init', init);
         preview?.init(init.mime, init.data, b.muxer.originUs);
       },
       onSegment: (seg, b) => {
         sink.publishSegment(seg);
-        previewOrigin = b.muxer.originUs;
-        preview?.segment(seg, previewOrigin);
+        tell('segment', seg);
+        preview?.segment(seg, b.muxer.originUs);
       },
     });
     $('start').disabled = true;
@@ -861,7 +864,6 @@ async function main() {
     const b = broadcast ? broadcast.stats() : { state: 'idle' };
     const targetKbps = broadcast ? broadcast.s.videoKbps + (broadcast.withAudio ? broadcast.s.audioKbps : 0) : 0;
     const sw = sink ? sink.stats(targetKbps) : { available: false };
-    lastSwarm = sw;
     // The share of the stream's delivery carried by viewers: what the audience received minus
     // what the source sent, over what the audience received (an estimate from the source's side).
     let peerShare = null;
