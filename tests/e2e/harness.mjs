@@ -157,20 +157,23 @@ export async function startNpmTracker() {
   const { Server } = await import('bittorrent-tracker');
   const server = new Server({ udp: false, http: false, ws: true, stats: false });
   const seen = { announces: 0, offers: 0, answers: 0 };
-  server.on('start', () => seen.announces++);
-  server.on('update', () => seen.announces++);
   server.on('warning', (e) => console.error(`npm tracker warning: ${e.message}`));
   server.on('error', (e) => console.error(`npm tracker error: ${e.message}`));
   await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve));
-  // Count offers and answers relayed, which is what proves the peers met through it.
-  const orig = server._onWebSocketRequest?.bind(server);
-  if (orig) {
-    server._onWebSocketRequest = (socket, opts, params) => {
-      if (params?.offers) seen.offers += params.offers.length;
-      if (params?.answer) seen.answers++;
-      return orig(socket, opts, params);
-    };
-  }
+  // Count what passes through it (it calls this method per WebSocket message, with the raw
+  // text): announces, and the offers and answers it relays, which prove the peers met through it.
+  const orig = server._onWebSocketRequest.bind(server);
+  server._onWebSocketRequest = (socket, opts, raw) => {
+    try {
+      const m = JSON.parse(raw);
+      if (m.action === 'announce') {
+        if (m.answer) seen.answers++;
+        else seen.announces++;
+        if (Array.isArray(m.offers)) seen.offers += m.offers.length;
+      }
+    } catch {}
+    return orig(socket, opts, raw);
+  };
   const { port } = server.ws.address();
   const stop = () =>
     new Promise((resolve) => {
@@ -430,15 +433,19 @@ export class Monitor {
     };
   }
 
-  /** Writes `<out>/<name>.json` for each viewer: the figures and every raw sample. */
-  writeJson(figs) {
-    for (const f of figs) {
-      const v = this.viewers.get(f.name);
-      fs.writeFileSync(
-        path.join(this.out, `${f.name}.json`),
-        JSON.stringify({ figures: f, samples: v.samples }, null, 1),
-      );
-    }
+  /**
+   * Writes `<out>/<name>.json` for a viewer: its figures (`{ phase: figures }`) and every raw
+   * sample, so a failure can be read without rerunning.
+   */
+  writeJson(name, figures) {
+    const v = this.viewers.get(name);
+    fs.writeFileSync(path.join(this.out, `${name}.json`), JSON.stringify({ figures, samples: v.samples }, null, 1));
+  }
+
+  /** The last stats() a viewer reported (also for viewers that have left). */
+  lastStats(name) {
+    const v = this.viewers.get(name);
+    return [...v.samples].reverse().find((s) => s.stats)?.stats ?? null;
   }
 }
 
@@ -496,4 +503,59 @@ export function fixtureMp4() {
   if (r.status !== 0) throw new Error(`ffmpeg failed (${r.status ?? r.error})`);
   fs.renameSync(`${file}.tmp.mp4`, file);
   return file;
+}
+
+/**
+ * Opens the broadcaster page with the built-in test pattern and waits until it exposes its stream
+ * id (`window.swarmcastBroadcaster.streamId`).
+ */
+export async function openBroadcaster(browser, out, base, extraQuery = '') {
+  const b = await openPage(browser, out, 'broadcaster', `${base}/broadcast.html?autostart=pattern${extraQuery}`, {
+    viewport: { width: 800, height: 600 },
+  });
+  const streamId = await waitInPage(
+    b.page,
+    () => window.swarmcastBroadcaster && window.swarmcastBroadcaster.streamId,
+    undefined,
+    { timeout: 30_000, what: 'broadcaster page exposing window.swarmcastBroadcaster.streamId' },
+  );
+  b.streamId = streamId;
+  b.stats = () =>
+    b.page.evaluate(() => {
+      const s = window.swarmcastBroadcaster.stats();
+      return JSON.parse(JSON.stringify(s instanceof Map ? Object.fromEntries(s) : s));
+    });
+  // Live = encoding and publishing. If it never gets there, say what the page says.
+  const deadline = Date.now() + 30_000;
+  let st = null;
+  while (Date.now() < deadline) {
+    st = await b.stats().catch((e) => ({ state: `stats() threw: ${e.message.split('\n')[0]}` }));
+    if (st.state === 'live' && st.swarm?.available !== false) break;
+    await sleep(250);
+  }
+  if (!(st?.state === 'live' && st.swarm?.available !== false)) {
+    const said = await b.page
+      .evaluate(() => ['status', 'notice'].map((id) => document.getElementById(id)?.textContent?.trim()).join(' | '))
+      .catch(() => '?');
+    throw new Error(
+      `broadcaster did not go live with a swarm in 30 s (state ${st?.state}, swarm ${JSON.stringify(st?.swarm)}): page says "${said}"; see ${out}/broadcaster.console.log`,
+    );
+  }
+  b.log(`live: ${JSON.stringify(st)}`);
+  return b;
+}
+
+/** Opens `n` viewer pages (separate contexts) named `${prefix}${i}`, a few at a time. */
+export async function openViewers(browser, out, urlFor, names) {
+  const viewers = [];
+  // Two at a time: ten pages loading wasm at once on two cores only slows every one of them.
+  for (let i = 0; i < names.length; i += 2) {
+    viewers.push(...(await Promise.all(names.slice(i, i + 2).map((n) => openPage(browser, out, n, urlFor(n))))));
+  }
+  return viewers;
+}
+
+/** What the broadcaster's SwarmPeer uploaded (`stats().swarm.bytesUp` on broadcast.html). */
+export function sourceBytesUp(stats) {
+  return stats?.swarm?.bytesUp ?? stats?.bytesUp ?? null;
 }

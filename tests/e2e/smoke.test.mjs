@@ -7,11 +7,13 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import { after, test } from 'node:test';
 import {
+  Monitor,
   cleanup,
   fixtureMp4,
   launchBrowser,
   openPage,
   outDir,
+  sleep,
   startStaticServer,
   summaryLine,
   withTimeout,
@@ -21,10 +23,33 @@ after(cleanup);
 
 const BLANK = '<!doctype html><meta charset="utf-8"><title>blank</title><body></body>';
 
+// Plays /pattern.mp4 through MSE; `stats()` mimics the real player's fields (latency here is the
+// distance to the buffered end, as if the fixture were live).
+const PLAYER = `<!doctype html><meta charset="utf-8"><title>mse fixture</title><body>
+<video muted playsinline style="width:320px"></video>
+<script type="module">
+const v = document.querySelector('video');
+const ms = new MediaSource();
+v.src = URL.createObjectURL(ms);
+await new Promise((r) => ms.addEventListener('sourceopen', r, { once: true }));
+const sb = ms.addSourceBuffer('video/mp4; codecs="avc1.42C01E"');
+const data = await (await fetch('/pattern.mp4')).arrayBuffer();
+sb.appendBuffer(data);
+await new Promise((r) => sb.addEventListener('updateend', r, { once: true }));
+const end = () => (v.buffered.length ? v.buffered.end(v.buffered.length - 1) : 0);
+window.swarmcastPlayers = [{
+  stats: () => ({ state: 'playing', neighbours: 1, bytesFromPeers: data.byteLength, bytesFromSource: 0,
+    bytesUp: 0, latencyMs: Math.round((end() - v.currentTime) * 1000), bufferMs: 0, stalls: 0, stallMs: 0,
+    currentTime: v.currentTime }),
+}];
+await v.play();
+</script>`;
+
 test('WebRTC data channel between two browser contexts, and MSE playback', { timeout: 120_000 }, async () => {
   const out = outDir('smoke');
   const base = await startStaticServer({
     '/blank.html': { type: 'text/html', body: BLANK },
+    '/player.html': { type: 'text/html', body: PLAYER },
     '/pattern.mp4': { type: 'video/mp4', body: fs.readFileSync(fixtureMp4()) },
   });
   const browser = await launchBrowser();
@@ -70,32 +95,28 @@ test('WebRTC data channel between two browser contexts, and MSE playback', { tim
   assert.equal(atB, 'ping from a');
   assert.equal(atA, 'pong from b');
 
-  // --- MSE: append the whole fixture, play, and check the clock and the decoder both move.
-  const mse = await a.page.evaluate(async () => {
-    const v = document.createElement('video');
-    v.muted = true;
-    document.body.append(v);
-    const ms = new MediaSource();
-    v.src = URL.createObjectURL(ms);
-    await new Promise((r) => ms.addEventListener('sourceopen', r, { once: true }));
-    const sb = ms.addSourceBuffer('video/mp4; codecs="avc1.42C01E"');
-    const data = await (await fetch('/pattern.mp4')).arrayBuffer();
-    sb.appendBuffer(data);
-    await new Promise((r) => sb.addEventListener('updateend', r, { once: true }));
-    await v.play();
-    const t0 = v.currentTime;
-    const f0 = v.getVideoPlaybackQuality().totalVideoFrames;
-    await new Promise((r) => setTimeout(r, 3000));
-    return {
-      advance: v.currentTime - t0,
-      frames: v.getVideoPlaybackQuality().totalVideoFrames - f0,
-      error: v.error && v.error.message,
-    };
-  });
-  await a.page.screenshot({ path: `${out}/mse.png` });
+  // --- MSE: a fixture page appends the whole fMP4 and plays it, exposing a stand-in
+  // `window.swarmcastPlayers` so the harness's Monitor (the same one the swarm tests use) is
+  // exercised too: currentTime, decoded frames, stalls.
+  const player = await openPage(browser, out, 'player', `${base}/player.html`);
+  const monitor = new Monitor(out);
+  monitor.add(player);
+  monitor.start();
+  await monitor.waitStarted(['player'], 15_000);
+  const from = Date.now();
+  await sleep(3000);
+  const to = Date.now();
+  await monitor.stop();
+  const mse = monitor.figures('player', from, to);
+  monitor.writeJson('player', { window: mse });
+  await player.page.screenshot({ path: `${out}/player.png` });
   fs.writeFileSync(`${out}/smoke.json`, JSON.stringify({ rtcMs, mse }, null, 1));
-  assert.equal(mse.error, null);
-  assert.ok(mse.advance >= 2, `MSE currentTime advanced only ${mse.advance} s in 3 s`);
-  assert.ok(mse.frames >= 30, `only ${mse.frames} frames decoded in 3 s`);
-  summaryLine('smoke', [], `data channel ${rtcMs} ms, MSE advance ${mse.advance.toFixed(2)} s / 3 s, ${mse.frames} frames`);
+  assert.equal(mse.videoError, null);
+  assert.deepEqual(mse.pageErrors, []);
+  assert.ok(mse.advanceS >= 2, `MSE currentTime advanced only ${mse.advanceS} s in ${mse.windowMs} ms`);
+  assert.ok(mse.framesDecoded >= 30, `only ${mse.framesDecoded} frames decoded in ${mse.windowMs} ms`);
+  assert.ok(mse.maxStallMs < 1000, `stalled ${mse.maxStallMs} ms`);
+  assert.equal(mse.neighboursLast, 1);
+  assert.equal(typeof mse.latencyMsMax, 'number', 'stats().latencyMs not collected');
+  summaryLine('smoke', [], `data channel ${rtcMs} ms, MSE advance ${mse.advanceS} s in ${mse.windowMs} ms, ${mse.framesDecoded} frames, max stall ${mse.maxStallMs} ms`);
 });
