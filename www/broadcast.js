@@ -279,7 +279,14 @@ class LocalPreview {
     video.addEventListener('waiting', () => { if (this.started) this.stalls++; });
   }
   init(mime, data, originUs) {
+    if (this.sb && this.mime === mime) {
+      // A new configuration on the same timeline: append its init and carry on.
+      this.queue.push(data);
+      this.pump();
+      return;
+    }
     this.reset();
+    this.mime = mime;
     this.ms = new MediaSource();
     this.video.src = URL.createObjectURL(this.ms);
     this.ms.addEventListener('sourceopen', () => {
@@ -560,8 +567,17 @@ class Broadcast {
     }
   }
 
-  /** Publishes a new init segment if the muxer made one, then the finished segments, in order. */
+  /** Publishes finished segments, then the init segment the muxer made, if any: segments that
+   *  come back together with a new init belong to the previous configuration. */
   emit(segments) {
+    for (const seg of segments) {
+      this.segments++;
+      if (seg.keyframe) this.keySegments++;
+      this.bytesPublished += seg.data.byteLength;
+      this.bytesWindow.push([performance.now(), seg.data.byteLength]);
+      this.lastSegment = { seq: seg.seq, ptsUs: seg.ptsUs, durationUs: seg.durationUs, keyframe: seg.keyframe, bytes: seg.data.byteLength, madeAtUs: wallUs() };
+      this.hooks.onSegment(seg, this);
+    }
     const init = this.muxer.takeInit();
     if (init) {
       this.inits++;
@@ -570,14 +586,6 @@ class Broadcast {
       log(`init segment ${init.data.byteLength} B, ${init.mime}${this.mseOk ? '' : ' (NOT playable by MSE here)'}`);
       if (!this.mseOk) notice(`Viewers' browsers like this one cannot play ${init.mime} (MediaSource.isTypeSupported is false).`, 'error');
       this.hooks.onInit(init, this);
-    }
-    for (const seg of segments) {
-      this.segments++;
-      if (seg.keyframe) this.keySegments++;
-      this.bytesPublished += seg.data.byteLength;
-      this.bytesWindow.push([performance.now(), seg.data.byteLength]);
-      this.lastSegment = { seq: seg.seq, ptsUs: seg.ptsUs, durationUs: seg.durationUs, keyframe: seg.keyframe, bytes: seg.data.byteLength, madeAtUs: wallUs() };
-      this.hooks.onSegment(seg, this);
     }
   }
 
