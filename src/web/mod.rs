@@ -1,1 +1,3 @@
 //! The wasm-bindgen binding: browser WebRTC data channels, WebSocket signaling, MSE playback.
+
+mod keys;
