@@ -683,8 +683,11 @@ class SwarmSink {
     }
   }
   setError(e) {
-    this.error = e?.message ?? String(e);
-    log(`swarm: ${this.error}`, 'error');
+    const msg = e?.message ?? String(e);
+    this.errors = (this.errors || 0) + 1;
+    // Once per distinct message: a failing publish would otherwise log five times a second.
+    if (msg !== this.error) log(`swarm: ${msg}`, 'error');
+    this.error = msg;
   }
   publishInit(mime, data) {
     if (!this.peer) return;
@@ -724,6 +727,7 @@ class SwarmSink {
     return {
       available: true,
       error: this.error,
+      errors: this.errors || 0,
       neighbours,
       viewers,
       bytesUp: up,
