@@ -321,7 +321,13 @@ class LocalPreview {
   }
   pump() {
     const sb = this.sb, v = this.video;
-    if (!sb || sb.updating || this.ms.readyState !== 'open') return;
+    if (!sb || sb.updating || this.ms.readyState !== 'open') {
+      if (v.error && !this.reported) {
+        this.reported = true;
+        log(`local playback failed: media error ${v.error.code} ${v.error.message}`, 'error');
+      }
+      return;
+    }
     // Keep 20 s behind the playhead; drop the rest.
     if (sb.buffered.length && v.currentTime - sb.buffered.start(0) > 30) {
       sb.remove(0, v.currentTime - 20);
@@ -345,7 +351,8 @@ class LocalPreview {
   stats() {
     const v = this.video;
     const q = v.getVideoPlaybackQuality ? v.getVideoPlaybackQuality() : {};
-    const buf = this.sb && this.sb.buffered.length ? this.sb.buffered : null;
+    let buf = null;
+    try { buf = this.sb && this.sb.buffered.length ? this.sb.buffered : null; } catch { /* removed after a media error */ }
     const bufferMs = buf ? Math.max(0, (buf.end(buf.length - 1) - v.currentTime) * 1000) : 0;
     const latencyMs = this.originUs != null && this.started && v.currentTime > 0
       ? wallUs() / 1000 - (this.originUs / 1000 + v.currentTime * 1000) : null;

@@ -10,7 +10,7 @@ import fs from 'node:fs';
 import http from 'node:http';
 import path from 'node:path';
 import { after, test } from 'node:test';
-import { ROOT, cleanup, launchBrowser, onCleanup, openPage, outDir, waitInPage } from './harness.mjs';
+import { CHROMIUM, CHROMIUM_ARGS, ROOT, cleanup, launchBrowser, onCleanup, openPage, outDir, waitInPage } from './harness.mjs';
 
 after(cleanup);
 
@@ -146,4 +146,36 @@ test('broadcast page: test pattern -> WebCodecs -> Rust muxer -> MSE, timing con
   assert.notEqual(round.fresh[0], round.fresh[1], 'two generated keys are equal');
   assert.ok(!round.fresh.includes(id1));
   for (const e of round.bad) assert.ok(e, 'a malformed secret was accepted');
+});
+
+test('broadcast page: media file (44.1 kHz audio) and fake camera + mic sources play through MSE', { timeout: 180_000 }, async () => {
+  const out = outDir('broadcast-sources');
+  const clip = path.join(out, 'clip.mp4');
+  const ff = spawnSync('ffmpeg', ['-hide_banner', '-loglevel', 'error', '-y', '-f', 'lavfi', '-i', 'testsrc2=size=480x270:rate=25',
+    '-f', 'lavfi', '-i', 'sine=frequency=300:sample_rate=44100', '-t', '8', '-c:v', 'libx264', '-preset', 'veryfast',
+    '-pix_fmt', 'yuv420p', '-c:a', 'aac', '-ac', '2', clip], { encoding: 'utf8' });
+  assert.equal(ff.status, 0, ff.stderr);
+  const base = await serveWww();
+  const { chromium } = await import('playwright-core');
+  const browser = await chromium.launch({ executablePath: CHROMIUM, headless: true,
+    args: [...CHROMIUM_ARGS, '--use-fake-device-for-media-stream', '--use-fake-ui-for-media-stream'] });
+  onCleanup(() => browser.close());
+  for (const kind of ['file', 'camera']) {
+    const p = await openPage(browser, out, kind, `${base}/broadcast.html?preview=1&key=new`, { viewport: { width: 1280, height: 900 } });
+    await waitInPage(p.page, () => !!window.swarmcastBroadcaster, null, { what: 'broadcaster api' });
+    if (kind === 'file') await p.page.setInputFiles('#file', clip);
+    await p.page.evaluate((k) => window.swarmcastBroadcaster.start(k), kind);
+    const st = await waitInPage(p.page, () => {
+      const s = window.swarmcastBroadcaster.stats();
+      return (s.preview && s.preview.decodedFrames > 60) || s.preview?.errors || s.state === 'error' ? s : null;
+    }, null, { timeout: 30_000, what: `${kind}: local MSE playback` });
+    await p.page.screenshot({ path: path.join(out, `${kind}.png`) });
+    assert.equal(st.state, 'live', `${kind}: ${st.error}`);
+    assert.equal(st.preview.errors, 0, `${kind}: ${st.preview.mediaError}`);
+    assert.equal(st.muxErrors, 0);
+    assert.ok(st.encoder.audio && st.encoder.audio.packets > 0, `${kind}: no audio encoded`);
+    assert.match(st.mime, /opus/);
+    console.log(`e2e broadcast ${kind}: ${st.segments} segments, ${st.preview.decodedFrames} frames decoded, local latency ${st.preview.latencyMs} ms`);
+    await p.close();
+  }
 });
