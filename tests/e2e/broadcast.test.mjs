@@ -115,11 +115,15 @@ test('broadcast page: test pattern -> WebCodecs -> Rust muxer -> MSE, timing con
   const vframes = info.frames.filter((f) => f.media_type === 'video');
   const aframes = info.frames.filter((f) => f.media_type === 'audio');
   const spanS = (segs.at(-1).ptsUs + segs.at(-1).durationUs - segs[0].ptsUs) / 1e6;
-  assert.ok(vframes.length >= spanS * 30 * 0.8, `${vframes.length} video frames in ${spanS} s`);
-  assert.ok(aframes.length >= spanS * 50 * 0.8, `${aframes.length} audio packets in ${spanS} s`);
+  assert.ok(vframes.length >= spanS * 30 * 0.6, `${vframes.length} video frames in ${spanS} s`);
+  assert.ok(aframes.length >= spanS * 50 * 0.9, `${aframes.length} audio packets in ${spanS} s`);
   assert.equal(vframes.filter((f) => f.key_frame === 1).length, keys.length, 'ffprobe keyframes != keyframe segments');
   assert.equal(Number(vframes[0].pts_time), 0, 'the fMP4 timeline starts at 0 at the first keyframe');
-  console.log(`e2e broadcast: ${segs.length} segments, ${vframes.length} video frames, ${aframes.length} audio packets in ${spanS.toFixed(2)} s, ` +
+  // From the capture of a segment's last frame to its publication: encoder + muxer delay.
+  const delays = segs.slice(0, -1).map((x) => (x.atUs - x.ptsUs - x.durationUs) / 1000).sort((a, b) => a - b);
+  const median = delays[Math.floor(delays.length / 2)], worst = delays.at(-1);
+  assert.ok(worst < 1000, `a segment came out ${worst} ms after its end`);
+  console.log(`e2e broadcast: publish delay after a segment's end median ${median.toFixed(0)} ms, max ${worst.toFixed(0)} ms; ${segs.length} segments, ${vframes.length} video frames, ${aframes.length} audio packets in ${spanS.toFixed(2)} s, ` +
     `${keys.length} keyframe segments, local MSE latency ${stats.preview.latencyMs} ms, ${Math.round(stats.measuredKbps)} kbit/s`);
   await b.close();
 
