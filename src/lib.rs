@@ -8,5 +8,7 @@
 pub mod client;
 pub mod core;
 pub mod media;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod sim;
 #[cfg(target_arch = "wasm32")]
 mod web;

@@ -279,7 +279,14 @@ class LocalPreview {
     video.addEventListener('waiting', () => { if (this.started) this.stalls++; });
   }
   init(mime, data, originUs) {
+    if (this.sb && this.mime === mime) {
+      // A new configuration on the same timeline: append its init and carry on.
+      this.queue.push(data);
+      this.pump();
+      return;
+    }
     this.reset();
+    this.mime = mime;
     this.ms = new MediaSource();
     this.video.src = URL.createObjectURL(this.ms);
     this.ms.addEventListener('sourceopen', () => {
@@ -314,7 +321,13 @@ class LocalPreview {
   }
   pump() {
     const sb = this.sb, v = this.video;
-    if (!sb || sb.updating || this.ms.readyState !== 'open') return;
+    if (!sb || sb.updating || this.ms.readyState !== 'open') {
+      if (v.error && !this.reported) {
+        this.reported = true;
+        log(`local playback failed: media error ${v.error.code} ${v.error.message}`, 'error');
+      }
+      return;
+    }
     // Keep 20 s behind the playhead; drop the rest.
     if (sb.buffered.length && v.currentTime - sb.buffered.start(0) > 30) {
       sb.remove(0, v.currentTime - 20);
@@ -338,7 +351,8 @@ class LocalPreview {
   stats() {
     const v = this.video;
     const q = v.getVideoPlaybackQuality ? v.getVideoPlaybackQuality() : {};
-    const buf = this.sb && this.sb.buffered.length ? this.sb.buffered : null;
+    let buf = null;
+    try { buf = this.sb && this.sb.buffered.length ? this.sb.buffered : null; } catch { /* removed after a media error */ }
     const bufferMs = buf ? Math.max(0, (buf.end(buf.length - 1) - v.currentTime) * 1000) : 0;
     const latencyMs = this.originUs != null && this.started && v.currentTime > 0
       ? wallUs() / 1000 - (this.originUs / 1000 + v.currentTime * 1000) : null;
@@ -560,8 +574,17 @@ class Broadcast {
     }
   }
 
-  /** Publishes a new init segment if the muxer made one, then the finished segments, in order. */
+  /** Publishes finished segments, then the init segment the muxer made, if any: segments that
+   *  come back together with a new init belong to the previous configuration. */
   emit(segments) {
+    for (const seg of segments) {
+      this.segments++;
+      if (seg.keyframe) this.keySegments++;
+      this.bytesPublished += seg.data.byteLength;
+      this.bytesWindow.push([performance.now(), seg.data.byteLength]);
+      this.lastSegment = { seq: seg.seq, ptsUs: seg.ptsUs, durationUs: seg.durationUs, keyframe: seg.keyframe, bytes: seg.data.byteLength, madeAtUs: wallUs() };
+      this.hooks.onSegment(seg, this);
+    }
     const init = this.muxer.takeInit();
     if (init) {
       this.inits++;
@@ -570,14 +593,6 @@ class Broadcast {
       log(`init segment ${init.data.byteLength} B, ${init.mime}${this.mseOk ? '' : ' (NOT playable by MSE here)'}`);
       if (!this.mseOk) notice(`Viewers' browsers like this one cannot play ${init.mime} (MediaSource.isTypeSupported is false).`, 'error');
       this.hooks.onInit(init, this);
-    }
-    for (const seg of segments) {
-      this.segments++;
-      if (seg.keyframe) this.keySegments++;
-      this.bytesPublished += seg.data.byteLength;
-      this.bytesWindow.push([performance.now(), seg.data.byteLength]);
-      this.lastSegment = { seq: seg.seq, ptsUs: seg.ptsUs, durationUs: seg.durationUs, keyframe: seg.keyframe, bytes: seg.data.byteLength, madeAtUs: wallUs() };
-      this.hooks.onSegment(seg, this);
     }
   }
 
@@ -668,8 +683,11 @@ class SwarmSink {
     }
   }
   setError(e) {
-    this.error = e?.message ?? String(e);
-    log(`swarm: ${this.error}`, 'error');
+    const msg = e?.message ?? String(e);
+    this.errors = (this.errors || 0) + 1;
+    // Once per distinct message: a failing publish would otherwise log five times a second.
+    if (msg !== this.error) log(`swarm: ${msg}`, 'error');
+    this.error = msg;
   }
   publishInit(mime, data) {
     if (!this.peer) return;
@@ -709,6 +727,7 @@ class SwarmSink {
     return {
       available: true,
       error: this.error,
+      errors: this.errors || 0,
       neighbours,
       viewers,
       bytesUp: up,
@@ -742,15 +761,18 @@ async function main() {
   let broadcast = null;
   let sink = null;
   let preview = null;
-  let previewOrigin = null;
-  let lastSwarm = {};
 
+  // Listeners of what is published, for tests and tools: fn('init', {mime, data}) and
+  // fn('segment', {seq, ptsUs, mediaPtsUs, durationUs, keyframe, data}).
+  const listeners = new Set();
+  const tell = (kind, obj) => { for (const fn of listeners) { try { fn(kind, obj); } catch (e) { console.error(e); } } };
   const api = {
     get streamId() { return key.streamId(); },
     viewerUrl: () => viewerUrl(),
     stats,
     start: (kind) => goLive(kind),
     stop,
+    subscribe: (fn) => { listeners.add(fn); return () => listeners.delete(fn); },
   };
   window.swarmcastBroadcaster = api;
 
@@ -818,13 +840,13 @@ async function main() {
     broadcast = new Broadcast(wasm, key, source, settings, {
       onInit: (init, b) => {
         sink.publishInit(init.mime, init.data);
-        previewOrigin = null;
+        tell('init', init);
         preview?.init(init.mime, init.data, b.muxer.originUs);
       },
       onSegment: (seg, b) => {
         sink.publishSegment(seg);
-        previewOrigin = b.muxer.originUs;
-        preview?.segment(seg, previewOrigin);
+        tell('segment', seg);
+        preview?.segment(seg, b.muxer.originUs);
       },
     });
     $('start').disabled = true;
@@ -861,7 +883,6 @@ async function main() {
     const b = broadcast ? broadcast.stats() : { state: 'idle' };
     const targetKbps = broadcast ? broadcast.s.videoKbps + (broadcast.withAudio ? broadcast.s.audioKbps : 0) : 0;
     const sw = sink ? sink.stats(targetKbps) : { available: false };
-    lastSwarm = sw;
     // The share of the stream's delivery carried by viewers: what the audience received minus
     // what the source sent, over what the audience received (an estimate from the source's side).
     let peerShare = null;

@@ -213,18 +213,38 @@ impl ParseError {
     }
 }
 
+/// A field the reference server checks with `typeof x === 'string'`: any other JSON type must
+/// give that field's own error, not a JSON type error.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Loose<'a> {
+    #[serde(borrow)]
+    Str(Cow<'a, str>),
+    Other(serde::de::IgnoredAny),
+}
+
+impl<'a> Loose<'a> {
+    fn str<'b>(x: &'b Option<Loose<'a>>) -> Option<&'b str> {
+        match x {
+            Some(Loose::Str(s)) => Some(s),
+            _ => None,
+        }
+    }
+}
+
 #[derive(Deserialize)]
 #[serde(untagged)]
 enum OneOrMany<'a> {
     #[serde(borrow)]
     One(Cow<'a, str>),
-    Many(Vec<Cow<'a, str>>),
+    Many(Vec<Loose<'a>>),
+    Other(serde::de::IgnoredAny),
 }
 
 #[derive(Deserialize)]
 struct WireOffer<'a> {
     #[serde(borrow, default)]
-    offer_id: Option<Cow<'a, str>>,
+    offer_id: Option<Loose<'a>>,
     #[serde(default)]
     offer: Option<Box<RawValue>>,
 }
@@ -234,33 +254,45 @@ struct WireOffer<'a> {
 #[derive(Deserialize)]
 struct Wire<'a> {
     #[serde(borrow, default)]
-    action: Option<Cow<'a, str>>,
+    action: Option<Loose<'a>>,
     #[serde(borrow, default)]
     info_hash: Option<OneOrMany<'a>>,
     #[serde(borrow, default)]
-    peer_id: Option<Cow<'a, str>>,
+    peer_id: Option<Loose<'a>>,
     #[serde(borrow, default)]
-    to_peer_id: Option<Cow<'a, str>>,
+    to_peer_id: Option<Loose<'a>>,
     #[serde(borrow, default)]
-    offer_id: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
-    event: Option<Cow<'a, str>>,
+    offer_id: Option<Loose<'a>>,
+    #[serde(default)]
+    event: Option<serde_json::Value>,
     #[serde(default)]
     left: Option<serde_json::Value>,
     #[serde(default)]
     answer: Option<Box<RawValue>>,
+    /// Kept raw: the reference ignores a non-array `offers`.
     #[serde(borrow, default)]
-    offers: Option<Vec<WireOffer<'a>>>,
+    offers: Option<&'a RawValue>,
 }
 
 fn is_object(v: &RawValue) -> bool {
     v.get().trim_start().starts_with('{')
 }
 
-fn offer_id(s: Option<Cow<'_, str>>) -> Result<String, ParseError> {
-    match s {
-        Some(s) if !s.is_empty() && s.chars().count() <= MAX_OFFER_ID_CHARS => Ok(s.into_owned()),
+fn offer_id(s: &Option<Loose<'_>>) -> Result<String, ParseError> {
+    match Loose::str(s) {
+        Some(s) if !s.is_empty() && s.chars().count() <= MAX_OFFER_ID_CHARS => Ok(s.to_owned()),
         _ => Err(ParseError::OfferId),
+    }
+}
+
+/// JS truthiness of a JSON value (`if (params.answer)`, `if (!params.event)`).
+fn truthy(v: &serde_json::Value) -> bool {
+    match v {
+        serde_json::Value::Null => false,
+        serde_json::Value::Bool(b) => *b,
+        serde_json::Value::Number(n) => n.as_f64().is_some_and(|f| f != 0.0),
+        serde_json::Value::String(s) => !s.is_empty(),
+        _ => true,
     }
 }
 
@@ -275,12 +307,21 @@ fn is_zero_left(v: &serde_json::Value) -> bool {
 
 /// Parses one frame's payload (text or binary: the reference server `JSON.parse`s both).
 pub fn parse(frame: &[u8]) -> Result<Request, ParseError> {
+    // serde would read a struct from an array too; JSON that is not an object has no `action`,
+    // which is what the reference server reports.
+    if frame.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return match serde_json::from_slice::<serde::de::IgnoredAny>(frame) {
+            Ok(_) => Err(ParseError::Action("undefined".into())),
+            Err(e) => Err(ParseError::Json(e.to_string())),
+        };
+    }
     let wire: Wire<'_> =
         serde_json::from_slice(frame).map_err(|e| ParseError::Json(e.to_string()))?;
-    match wire.action.as_deref() {
-        Some("announce") => parse_announce(wire).map(Request::Announce),
-        Some("scrape") => parse_scrape(wire).map(Request::Scrape),
-        Some(other) => Err(ParseError::Action(other.chars().take(32).collect())),
+    match &wire.action {
+        Some(Loose::Str(a)) if a == "announce" => parse_announce(wire).map(Request::Announce),
+        Some(Loose::Str(a)) if a == "scrape" => parse_scrape(wire).map(Request::Scrape),
+        Some(Loose::Str(other)) => Err(ParseError::Action(other.chars().take(32).collect())),
+        Some(Loose::Other(_)) => Err(ParseError::Action("[not a string]".into())),
         None => Err(ParseError::Action("undefined".into())),
     }
 }
@@ -290,17 +331,13 @@ fn parse_announce(wire: Wire<'_>) -> Result<Announce, ParseError> {
         Some(OneOrMany::One(s)) => Id20::from_binary_str(s).ok_or(ParseError::InfoHash)?,
         _ => return Err(ParseError::InfoHash),
     };
-    let peer_id = wire
-        .peer_id
-        .as_deref()
+    let peer_id = Loose::str(&wire.peer_id)
         .and_then(Id20::from_binary_str)
         .ok_or(ParseError::PeerId)?;
     let answer = match wire.answer {
-        // JS truthiness: `answer: null` is no answer.
-        Some(raw) if raw.get() != "null" => {
-            let to_peer_id = wire
-                .to_peer_id
-                .as_deref()
+        // JS truthiness: `answer: null`, `false`, `0`, `""` are no answer.
+        Some(raw) if !matches!(raw.get().trim(), "null" | "false" | "0" | "\"\"") => {
+            let to_peer_id = Loose::str(&wire.to_peer_id)
                 .and_then(Id20::from_binary_str)
                 .ok_or(ParseError::ToPeerId)?;
             if !is_object(&raw) {
@@ -308,27 +345,42 @@ fn parse_announce(wire: Wire<'_>) -> Result<Announce, ParseError> {
             }
             Some(Answer {
                 to_peer_id,
-                offer_id: offer_id(wire.offer_id)?,
+                offer_id: offer_id(&wire.offer_id)?,
                 answer: raw,
             })
         }
         _ => None,
     };
-    let event = match wire.event.as_deref() {
-        None | Some("update") | Some("empty") | Some("paused") | Some("") => Event::Update,
-        Some("started") => Event::Started,
-        Some("stopped") => Event::Stopped,
-        Some("completed") => Event::Completed,
+    let event = match &wire.event {
+        None => Event::Update,
+        Some(v) if !truthy(v) => Event::Update,
+        Some(serde_json::Value::String(s)) => match s.as_str() {
+            "update" | "empty" | "paused" => Event::Update,
+            "started" => Event::Started,
+            "stopped" => Event::Stopped,
+            "completed" => Event::Completed,
+            _ => return Err(ParseError::Event),
+        },
         Some(_) => return Err(ParseError::Event),
     };
     let mut offers = Vec::new();
     if answer.is_none() {
-        for o in wire.offers.unwrap_or_default() {
-            let offer = o.offer.filter(|r| is_object(r)).ok_or(ParseError::Offer)?;
-            offers.push(Offer {
-                offer_id: offer_id(o.offer_id)?,
-                offer,
-            });
+        // Like the reference, anything but an array means no offers.
+        if let Some(raw) = wire
+            .offers
+            .filter(|r| r.get().trim_start().starts_with('['))
+        {
+            let list: Vec<&RawValue> =
+                serde_json::from_str(raw.get()).map_err(|e| ParseError::Json(e.to_string()))?;
+            for item in list {
+                let o: WireOffer<'_> =
+                    serde_json::from_str(item.get()).map_err(|_| ParseError::Offer)?;
+                let offer = o.offer.filter(|r| is_object(r)).ok_or(ParseError::Offer)?;
+                offers.push(Offer {
+                    offer_id: offer_id(&o.offer_id)?,
+                    offer,
+                });
+            }
         }
     }
     Ok(Announce {
@@ -343,11 +395,18 @@ fn parse_announce(wire: Wire<'_>) -> Result<Announce, ParseError> {
 
 fn parse_scrape(wire: Wire<'_>) -> Result<Scrape, ParseError> {
     let info_hashes = match wire.info_hash {
-        None => Vec::new(),
+        // The reference treats a non-string, non-array info_hash like an absent one ("all").
+        None | Some(OneOrMany::Other(_)) => Vec::new(),
         Some(OneOrMany::One(s)) => vec![Id20::from_binary_str(&s).ok_or(ParseError::InfoHash)?],
         Some(OneOrMany::Many(v)) => v
             .iter()
-            .map(|s| Id20::from_binary_str(s).ok_or(ParseError::InfoHash))
+            .map(|s| {
+                match s {
+                    Loose::Str(c) => Id20::from_binary_str(c),
+                    Loose::Other(_) => None,
+                }
+                .ok_or(ParseError::InfoHash)
+            })
             .collect::<Result<_, _>>()?,
     };
     Ok(Scrape { info_hashes })
@@ -510,7 +569,11 @@ mod tests {
             parse(br#"{"action":"bogus"}"#).unwrap_err().to_string(),
             "invalid action in WS request: bogus"
         );
-        assert!(matches!(parse(b"[1,2]"), Err(ParseError::Json(_))));
+        assert_eq!(
+            parse(b"[1,2]").unwrap_err(),
+            ParseError::Action("undefined".into())
+        );
+        assert!(matches!(parse(b"{\"action\":"), Err(ParseError::Json(_))));
         assert!(matches!(parse(b"\xff\xfe"), Err(ParseError::Json(_))));
     }
 

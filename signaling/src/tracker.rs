@@ -5,7 +5,7 @@
 //! Invariants:
 //! - a `(info_hash, peer_id)` is registered at most once, owned by exactly one connection; a
 //!   second connection announcing the same pair takes it over (a reconnecting client);
-//! - offers go to distinct peers, never to a peer on the offering connection;
+//! - offers go to distinct peers, never back to the offering peer;
 //! - an answer is delivered only if the answering connection was sent the offer it answers
 //!   (same swarm, same `offer_id`, from the same peer on the same connection);
 //! - an empty swarm is removed at once, so `swarms.len()` counts live swarms only.
@@ -333,7 +333,7 @@ impl Tracker {
         ));
         let mut deliveries = Vec::with_capacity(a.offers.len());
         if !a.offers.is_empty() {
-            let picks = self.pick(&a.info_hash, a.offers.len(), conn);
+            let picks = self.pick(&a.info_hash, a.offers.len(), &a.peer_id);
             for (offer, to) in a.offers.iter().zip(picks) {
                 let key = self.offer_key(&offer.offer_id);
                 if let Some(st) = self.conns.get_mut(&to.id) {
@@ -438,8 +438,12 @@ impl Tracker {
         Ok(())
     }
 
-    /// Up to `k` distinct peers of swarm `ih` on connections other than `exclude`, at random.
-    fn pick(&mut self, ih: &Id20, k: usize, exclude: u64) -> Vec<Arc<ConnHandle>> {
+    /// Up to `k` distinct peers of swarm `ih` other than `exclude`, at random.
+    ///
+    /// Only the sending peer is excluded, not its connection: WebTorrent clients share one
+    /// socket per tracker URL among all their torrents (and peer ids), exactly as the reference
+    /// server assumes.
+    fn pick(&mut self, ih: &Id20, k: usize, exclude: &Id20) -> Vec<Arc<ConnHandle>> {
         let Some(swarm) = self.swarms.get(ih) else {
             return Vec::new();
         };
@@ -449,7 +453,7 @@ impl Tracker {
         if n <= 4 * k + 16 {
             // Small swarm: partial Fisher-Yates over the eligible indices.
             let mut idx: Vec<usize> = (0..n)
-                .filter(|&i| swarm.peers[i].conn.id != exclude)
+                .filter(|&i| swarm.peers[i].peer_id != *exclude)
                 .collect();
             for j in 0..k.min(idx.len()) {
                 let r = j + self.rng.below(idx.len() - j);
@@ -462,7 +466,7 @@ impl Tracker {
             while out.len() < k && tries < 16 * k {
                 tries += 1;
                 let i = self.rng.below(n);
-                if swarm.peers[i].conn.id == exclude || chosen.contains(&i) {
+                if swarm.peers[i].peer_id == *exclude || chosen.contains(&i) {
                     continue;
                 }
                 chosen.push(i);

@@ -7,6 +7,7 @@
 //! live in [`crate::client`] and are tested natively.
 
 mod keys;
+mod muxer;
 mod peer;
 mod player;
 mod rtc;
