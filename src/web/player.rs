@@ -122,6 +122,18 @@ impl Player {
         self.video_closures.push(on_error);
     }
 
+    /// The stream starts over (the peer rejoined): wait for a new init segment.
+    pub(crate) fn forget_stream(&mut self) {
+        self.teardown_source();
+        self.init = None;
+        self.queue.clear();
+        self.need_keyframe = true;
+        self.wall_offset = None;
+        self.probe = None;
+        self.rebasing = false;
+        self.started = false;
+    }
+
     /// A verified init segment: (re)build the MediaSource when it is new.
     pub(crate) fn on_init(&mut self, init: Arc<InitSegment>) -> Result<(), String> {
         if self

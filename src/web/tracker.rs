@@ -72,6 +72,14 @@ impl Tracker {
         }
     }
 
+    /// Reconnects now (the peer rejoined under a new id).
+    pub(crate) fn restart(&mut self) {
+        self.detach();
+        self.reconnect_at = 0.0;
+        self.attempts = 0;
+        self.swarm_size = None;
+    }
+
     fn detach(&mut self) {
         if let Some(ws) = self.ws.take() {
             ws.set_onopen(None);
@@ -212,6 +220,11 @@ impl Driver {
     }
 
     fn send_announce(&mut self, i: usize, event: AnnounceEvent, offers: Vec<(u64, OfferOut)>) {
+        // Connections closed while their offers were made (rejoin, timeout) are not offered.
+        let offers: Vec<(u64, OfferOut)> = offers
+            .into_iter()
+            .filter(|(id, _)| self.rtc.exists(*id))
+            .collect();
         let s = self.swarm.stats();
         let out: Vec<OfferOut> = offers.iter().map(|(_, o)| o.clone()).collect();
         let text = Announce {
