@@ -237,8 +237,11 @@ impl Driver {
         let now = util::now_ms();
         self.tracker_tick(now);
         self.rtc_tick(now);
+        let media_fresh = self
+            .last_media_ms
+            .is_some_and(|t| now - t < MEDIA_SILENCE_MS);
         if let Some(p) = self.player.as_mut() {
-            if let Err(msg) = p.tick(now) {
+            if let Err(msg) = p.tick(now, media_fresh) {
                 self.fail("decode", msg);
             }
         }
