@@ -150,6 +150,25 @@ test('broadcast page: test pattern -> WebCodecs -> Rust muxer -> MSE, timing con
   assert.notEqual(round.fresh[0], round.fresh[1], 'two generated keys are equal');
   assert.ok(!round.fresh.includes(id1));
   for (const e of round.bad) assert.ok(e, 'a malformed secret was accepted');
+
+  // The same through the page's controls: export in one browser profile, import in another.
+  await k.page.click('#exportKey');
+  const exported = await k.page.inputValue('#secretOut');
+  assert.match(exported, /^[A-Za-z0-9_-]{43}$/);
+  const other = await openPage(browser, out, 'import', `${base}/broadcast.html?keyslot=e2e`);
+  const before = await waitInPage(other.page, () => window.swarmcastBroadcaster?.streamId, null, { what: 'stream id' });
+  assert.notEqual(before, id1, 'a fresh profile should start with its own key');
+  await other.page.fill('#importKey', 'garbage');
+  await other.page.click('#importBtn');
+  assert.equal(await other.page.evaluate(() => window.swarmcastBroadcaster.streamId), before, 'garbage replaced the key');
+  await other.page.fill('#importKey', exported);
+  await other.page.click('#importBtn');
+  assert.equal(await other.page.evaluate(() => window.swarmcastBroadcaster.streamId), id1, 'import did not take the key');
+  await other.page.reload();
+  const after = await waitInPage(other.page, () => window.swarmcastBroadcaster?.streamId, null, { what: 'stream id after import + reload' });
+  assert.equal(after, id1, 'the imported key was not kept');
+  assert.ok((await other.page.inputValue('#embed')).includes(`data-swarmcast="${id1}"`), 'embed snippet does not name the stream');
+  assert.ok((await other.page.getAttribute('#viewerLink', 'href')).endsWith(`/watch.html?stream=${id1}`));
 });
 
 test('broadcast page: media file (44.1 kHz audio) and fake camera + mic sources play through MSE', { timeout: 180_000 }, async () => {
