@@ -151,6 +151,29 @@ test('broadcast page: test pattern -> WebCodecs -> Rust muxer -> MSE, timing con
   assert.ok(!round.fresh.includes(id1));
   for (const e of round.bad) assert.ok(e, 'a malformed secret was accepted');
 
+  // The Muxer refuses bad input with errors, never a panic (a panic would poison the module).
+  const mux = await k.page.evaluate(async () => {
+    const { Muxer } = await import('./pkg/swarmcast.js');
+    const err = (f) => { try { f(); return null; } catch (e) { return String(e.message || e); } };
+    const r = {};
+    r.noTracks = err(() => new Muxer(200000, false, false));
+    const m = new Muxer(200000, true, false);
+    r.badAvcc = err(() => m.setVideoConfig('avc1.42001f', 640, 360, new Uint8Array([1, 2, 3])));
+    r.badCodec = err(() => m.setVideoConfig('vp8', 640, 360, new Uint8Array([1, 0x42, 0, 0x1f, 0xff, 0xe1, 0, 2, 0x67, 0x42, 1, 0, 2, 0x68, 0xce])));
+    r.audioNotExpected = err(() => m.pushAudio(1000, 20000, new Uint8Array([1])));
+    r.nanTime = err(() => m.pushVideo(NaN, 0, true, new Uint8Array([0, 0, 0, 1, 0x65])));
+    r.negTime = err(() => m.pushVideo(-5, 0, true, new Uint8Array([0, 0, 0, 1, 0x65])));
+    r.waitingIsQuiet = m.pushVideo(1000, 0, true, new Uint8Array([0, 0, 0, 1, 0x65])).length === 0;
+    r.notReady = m.ready === false && m.mimeType === undefined && m.takeInit() === undefined;
+    let overflow = null;
+    for (let i = 0; i < 700 && !overflow; i++) overflow = err(() => m.pushVideo(2000 + i, 0, false, new Uint8Array([0, 0, 0, 1, 0x41])));
+    r.overflow = overflow;
+    r.stillUsable = err(() => m.flush()) === null;
+    return r;
+  });
+  for (const [k2, v] of Object.entries(mux)) assert.ok(v, `Muxer check ${k2} failed: ${JSON.stringify(mux)}`);
+  assert.match(mux.overflow, /before every track was configured/);
+
   // The same through the page's controls: export in one browser profile, import in another.
   await k.page.click('#exportKey');
   const exported = await k.page.inputValue('#secretOut');
