@@ -108,6 +108,9 @@ async function checkCompat() {
       out.push(`<span class="bad">✘ encoder config rejected: ${e.message}</span>`);
     }
   }
+  // The swarm carries a segment in at most 64 pieces of ~16 KiB (about 1 MiB).
+  const segKiB = ((s.videoKbps + (s.audio ? s.audioKbps : 0)) * s.segMs) / 8 / 1024;
+  if (segKiB > 800) out.push(`<span class="bad">✘ segments of ~${Math.round(segKiB)} KiB: too big for the swarm (1 MiB at most); shorten the segment or lower the bitrate</span>`);
   $('compat').innerHTML = out.join('<br>');
   return mseOk;
 }
