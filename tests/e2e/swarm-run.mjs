@@ -8,7 +8,8 @@
 //
 // Environment: VIEWERS (2), SECS (30), STAGGER (ms between viewers), PAGE (watch.html or
 // embed.html), EXTRA (appended to viewer URLs), CORRUPT_IDX (that viewer loads pkg-test with
-// testCorrupt=1), LATE=1 + PLAN=9:start,30:stop,42:start (drive the broadcaster), QUIET=1 (only
+// testCorrupt=1), LATE=1 + PLAN=9:start,30:stop,42:start (drive the broadcaster; freezeN/thawN freeze viewer N, blockN
+// busies viewer N's main thread for 5 s), QUIET=1 (only
 // warnings from the pages), SHOT=1 (screenshots into out/), SIG (signaling binary, default
 // target/debug/swarmcast-signaling).
 import { spawn } from 'node:child_process';
@@ -57,7 +58,12 @@ for (let i = 0; i < N; i++) {
 const plan = (process.env.PLAN || '').split(',').filter(Boolean).map((x) => x.split(':')); // e.g. 9:start,30:stop,40:start
 for (let s = 0; s < SECS; s += 3) {
   await new Promise((r) => setTimeout(r, 3000));
-  for (const [at, what] of plan) if (Number(at) > s && Number(at) <= s + 3) { console.log(`${ts()} PLAN ${what}`); await bpage.evaluate((w) => w === 'start' ? window.swarmcastBroadcaster.start('pattern') : window.swarmcastBroadcaster.stop(), what); }
+  for (const [at, what] of plan) if (Number(at) > s && Number(at) <= s + 3) { console.log(`${ts()} PLAN ${what}`); 
+    const bl = what.match(/^block(\d+)$/); // busy main thread for 5 s (a janky tab)
+    if (bl) { viewers[Number(bl[1])].evaluate(() => { const t = performance.now(); while (performance.now() - t < 5000); }).catch(() => {}); continue; }
+    const fz = what.match(/^(freeze|thaw)(\d+)$/); // freeze/thaw a viewer page (tab frozen in the background)
+    if (fz) { const cdp = await viewers[Number(fz[2])].context().newCDPSession(viewers[Number(fz[2])]); await cdp.send('Page.setWebLifecycleState', { state: fz[1] === 'freeze' ? 'frozen' : 'active' }); continue; }
+    await bpage.evaluate((w) => w === 'start' ? window.swarmcastBroadcaster.start('pattern') : window.swarmcastBroadcaster.stop(), what); }
   if (bpage) {
     const b = await bpage.evaluate(() => { try { return JSON.stringify(window.swarmcastBroadcaster.stats?.()?.swarm ?? window.swarmcastBroadcaster.stats?.()); } catch (e) { return String(e); } });
     if (!process.env.QUIET) console.log(`${ts()} bcast ${String(b).slice(0, 400)}`);
