@@ -7,5 +7,7 @@
 
 pub mod core;
 pub mod media;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod sim;
 #[cfg(target_arch = "wasm32")]
 mod web;

@@ -1,1 +1,70 @@
-fn main() {}
+//! `swarmcast-signaling`: see the crate docs and `--help`.
+
+use std::io::Write as _;
+
+use clap::Parser;
+use swarmcast_signaling::{config::Config, server};
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let config = Config::parse();
+    let static_dir = config.static_dir();
+    // Handlers first: a SIGTERM right after the "listening" line must already be graceful.
+    let signals = Signals::install();
+    let running = match server::start(config).await {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("swarmcast-signaling: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    // The first stdout line is a contract: tests and xtask parse it for the bound port.
+    println!("listening on http://{}", running.addr);
+    let _ = std::io::stdout().flush();
+    tracing::info!(addr = %running.addr, static_dir = %static_dir.display(), "serving");
+    signals.wait().await;
+    tracing::info!("shutting down");
+    running.shutdown().await;
+    std::process::ExitCode::SUCCESS
+}
+
+/// SIGINT and SIGTERM, installed before the server announces itself.
+struct Signals {
+    term: Option<tokio::signal::unix::Signal>,
+    int: Option<tokio::signal::unix::Signal>,
+}
+
+impl Signals {
+    fn install() -> Signals {
+        use tokio::signal::unix::{signal, SignalKind};
+        let term = signal(SignalKind::terminate())
+            .map_err(|e| tracing::warn!(error = %e, "no SIGTERM handler"))
+            .ok();
+        let int = signal(SignalKind::interrupt())
+            .map_err(|e| tracing::warn!(error = %e, "no SIGINT handler"))
+            .ok();
+        Signals { term, int }
+    }
+
+    async fn wait(mut self) {
+        async fn recv(s: &mut Option<tokio::signal::unix::Signal>) {
+            match s {
+                Some(s) => {
+                    s.recv().await;
+                }
+                None => std::future::pending().await,
+            }
+        }
+        tokio::select! {
+            _ = recv(&mut self.term) => {}
+            _ = recv(&mut self.int) => {}
+        }
+    }
+}

@@ -10,6 +10,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
 
 const WASM_TARGET: &str = "wasm32-unknown-unknown";
+/// Where `setup` installs binaryen's wasm-opt from npm when none is on PATH.
+const LOCAL_WASM_OPT: &str = ".tools/node_modules/.bin/wasm-opt";
 
 fn main() -> ExitCode {
     let args: Vec<String> = env::args().skip(1).collect();
@@ -17,11 +19,15 @@ fn main() -> ExitCode {
     let rest = &args[args.len().min(1)..];
     let result = match task {
         "setup" => setup(false),
-        "build-wasm" => setup(false).and_then(|_| build_wasm()),
+        "build-wasm" => {
+            let hooks = rest.iter().any(|a| a == "--test-hooks");
+            setup(false).and_then(|_| build_wasm(hooks))
+        }
         "demo" => demo(rest),
         "test" => test(rest),
         "e2e" => setup(true)
-            .and_then(|_| build_wasm())
+            .and_then(|_| build_wasm(false))
+            .and_then(|_| build_wasm(true))
             .and_then(|_| e2e(rest)),
         "help" | "--help" | "-h" => {
             println!("{HELP}");
@@ -41,7 +47,9 @@ fn main() -> ExitCode {
 const HELP: &str = "\
 cargo xtask demo [--port N]   build everything, start the signaling server serving www/, print the demo URL
 cargo xtask test [--no-e2e]   every check: fmt, clippy (host + wasm), unit/integration tests, wasm build, browser e2e
-cargo xtask build-wasm        build the browser bundle into the folder named by wasm-pack.toml
+cargo xtask build-wasm [--test-hooks]
+                              build the browser bundle into the folder named by wasm-pack.toml
+                              (--test-hooks: with the test-only hooks, into <out_dir>-test)
 cargo xtask e2e               only the real-browser end-to-end tests
 cargo xtask setup             install what is missing (wasm target, wasm-bindgen-cli)";
 
@@ -147,6 +155,25 @@ fn setup(browser: bool) -> Result {
             run(Command::new(cargo()).args(["install", "wasm-bindgen-cli", "--version", &want]))?;
         }
     }
+    // wasm-opt shrinks the bundle a lot (issue 6: < 250 KiB gzipped). Debian's binaryen is too old
+    // for current rustc output, so take the npm package (RECIPES.md); optional: the build works
+    // without it.
+    if !have("wasm-opt") && !root().join(LOCAL_WASM_OPT).exists() && have("npm") {
+        let tools = root().join(".tools");
+        let installed = run(Command::new("npm")
+            .args([
+                "install",
+                "--no-audit",
+                "--no-fund",
+                "--no-save",
+                "--prefix",
+            ])
+            .arg(&tools)
+            .arg("binaryen@132.0.0"));
+        if let Err(e) = installed {
+            eprintln!("xtask: wasm-opt unavailable ({e}); building without it");
+        }
+    }
     if browser {
         let missing: Vec<&str> = [
             ("chromium", "chromium"),
@@ -175,9 +202,13 @@ fn setup(browser: bool) -> Result {
     Ok(())
 }
 
-fn build_wasm() -> Result {
+/// Builds the browser bundle. With `test_hooks`, the bundle carries the test-only hooks (a
+/// forging viewer for the e2e tests) and goes to `<out_dir>-test`, in a separate target folder so
+/// that the production bundle never contains them.
+fn build_wasm(test_hooks: bool) -> Result {
     let s = wasm_settings()?;
-    run(Command::new(cargo()).args([
+    let mut cmd = Command::new(cargo());
+    cmd.args([
         "build",
         "--package",
         "swarmcast",
@@ -186,20 +217,39 @@ fn build_wasm() -> Result {
         WASM_TARGET,
         "--profile",
         &s.profile,
-    ]))?;
-    let wasm = root()
-        .join("target")
+    ]);
+    let target_dir = if test_hooks {
+        cmd.args([
+            "--features",
+            "test-hooks",
+            "--target-dir",
+            "target/test-hooks",
+        ]);
+        root().join("target/test-hooks")
+    } else {
+        root().join("target")
+    };
+    run(&mut cmd)?;
+    let wasm = target_dir
         .join(WASM_TARGET)
         .join(&s.profile)
         .join("swarmcast.wasm");
-    let out = root().join(&s.out_dir);
+    let out_dir = if test_hooks {
+        format!("{}-test", s.out_dir)
+    } else {
+        s.out_dir.clone()
+    };
+    let out = root().join(out_dir);
     run(Command::new("wasm-bindgen")
         .args(["--target", &s.target, "--no-typescript", "--out-dir"])
         .arg(&out)
         .arg(&wasm))?;
-    let opt = ["wasm-opt", ".tools/node_modules/.bin/wasm-opt"]
-        .into_iter()
-        .find(|p| have(p) || root().join(p).exists());
+    let local = root().join(LOCAL_WASM_OPT);
+    let opt = if have("wasm-opt") {
+        Some(PathBuf::from("wasm-opt"))
+    } else {
+        local.exists().then_some(local)
+    };
     let bg = out.join("swarmcast_bg.wasm");
     match opt {
         Some(bin) => run(Command::new(bin)
@@ -224,7 +274,7 @@ fn build_wasm() -> Result {
 
 fn demo(args: &[String]) -> Result {
     setup(false)?;
-    build_wasm()?;
+    build_wasm(false)?;
     let port = flag_value(args, "--port").unwrap_or_else(|| "8080".into());
     run(Command::new(cargo()).args(["build", "--release", "--package", "swarmcast-signaling"]))?;
     let server = root().join("target/release/swarmcast-signaling");
@@ -269,17 +319,19 @@ fn test(args: &[String]) -> Result {
         "warnings",
     ]))?;
     run(Command::new(cargo()).args(["test", "--workspace", "--release"]))?;
-    build_wasm()?;
+    build_wasm(false)?;
     if e2e_wanted {
+        build_wasm(true)?;
         e2e(&[])?;
     }
     Ok(())
 }
 
-/// Real-browser tests: node's test runner over `tests/e2e/*.test.mjs`, inside a fresh network
-/// namespace with `lo` plus a veth pair and a default route (RECIPES.md: with `lo` alone Chromium
-/// gathers no ICE candidates). Nothing leaves the namespace.
-fn e2e(_args: &[String]) -> Result {
+/// Real-browser tests: node's test runner over `tests/e2e/*.test.mjs` (or the files given), inside a
+/// fresh network namespace with `lo` plus a veth pair and a default route (RECIPES.md: with `lo`
+/// alone Chromium gathers no ICE candidates). Nothing leaves the namespace. The suite also gets its
+/// own PID namespace: when it ends, the kernel kills whatever it left running (browsers, servers).
+fn e2e(args: &[String]) -> Result {
     let dir = root().join("tests/e2e");
     if !dir.join("package.json").exists() {
         return Err("tests/e2e/package.json missing".into());
@@ -289,6 +341,19 @@ fn e2e(_args: &[String]) -> Result {
         ip link add v0 type veth peer name v1 && \
         ip addr add 192.0.2.1/24 dev v0 && ip link set v0 up && ip link set v1 up && \
         ip route add default dev v0 && \
-        exec node --test --test-concurrency=1 tests/e2e/";
-    run(Command::new("unshare").args(["--net", "bash", "-c", script]))
+        node --test --test-concurrency=1 \"${@:-tests/e2e/}\"; exit $?";
+    // bash stays PID 1 of the namespace (no `exec`), so it reaps what the tests orphan.
+    run(Command::new("unshare")
+        .args([
+            "--net",
+            "--pid",
+            "--fork",
+            "--kill-child",
+            "--mount-proc",
+            "bash",
+            "-c",
+            script,
+            "e2e",
+        ])
+        .args(args))
 }

@@ -1,0 +1,13 @@
+//! swarmcast's signaling server: the WebTorrent tracker WebSocket protocol (so any WebTorrent
+//! tracker can bootstrap our peers and WebTorrent clients can use ours), plus static files for
+//! the www/ bundle, `/healthz` and `/metrics`.
+//!
+//! Layering: [`protocol`] parses and encodes messages, [`tracker`] holds swarms without I/O,
+//! [`server`] owns sockets and tasks, [`metrics`] counts, [`config`] is the command line.
+#![deny(missing_docs)]
+
+pub mod config;
+pub mod metrics;
+pub mod protocol;
+pub mod server;
+pub mod tracker;

@@ -1,0 +1,606 @@
+//! The WebTorrent tracker WebSocket protocol: parsing what clients send, encoding what we send.
+//!
+//! The reference is the npm `bittorrent-tracker` server (`lib/server/parse-websocket.js` and
+//! `server.js` `_onWebSocketRequest`): JSON text frames, `info_hash` and `peer_id` as 20-character
+//! "binary strings" (every char code 0–255, i.e. latin1 bytes), `offer`/`answer` objects passed
+//! through untouched. Error texts match the reference server's where it has one, so clients that
+//! show `failure reason` to users see familiar messages. PROTOCOL.md ("Signaling (tracker)
+//! protocol") is the normative description.
+//!
+//! Parsing never panics and allocates at most proportionally to the frame, which the server bounds
+//! before calling [`parse`]; the fuzz target `fuzz/fuzz_targets/parse.rs` checks the first half of
+//! that claim.
+
+use std::borrow::Cow;
+use std::fmt::Write as _;
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+/// Longest `offer_id` we accept, in chars. The reference client sends 20 (a binary string);
+/// anything much longer is abuse of the relay.
+pub const MAX_OFFER_ID_CHARS: usize = 64;
+
+/// A 20-byte identifier (`info_hash`, `peer_id`): on the wire a 20-char latin1 "binary string".
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Id20(pub [u8; 20]);
+
+impl std::fmt::Debug for Id20 {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for b in self.0 {
+            write!(f, "{b:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::fmt::Display for Id20 {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(self, f)
+    }
+}
+
+impl Id20 {
+    /// Decodes a binary string: exactly 20 chars, each U+0000..=U+00FF. `None` otherwise.
+    pub fn from_binary_str(s: &str) -> Option<Id20> {
+        let mut out = [0u8; 20];
+        let mut n = 0;
+        for c in s.chars() {
+            let code = u32::from(c);
+            if n == 20 || code > 0xFF {
+                return None;
+            }
+            out[n] = code as u8;
+            n += 1;
+        }
+        (n == 20).then_some(Id20(out))
+    }
+
+    /// The binary string this id is on the wire (20 chars, latin1).
+    pub fn to_binary_string(&self) -> String {
+        self.0.iter().map(|&b| char::from(b)).collect()
+    }
+
+    /// Appends this id as a JSON string literal (quotes included), escaped the way
+    /// `JSON.stringify` does, so clients compare ids byte for byte.
+    pub fn write_json(&self, out: &mut String) {
+        out.push('"');
+        for &b in &self.0 {
+            push_json_char(out, char::from(b));
+        }
+        out.push('"');
+    }
+}
+
+fn push_json_char(out: &mut String, c: char) {
+    match c {
+        '"' => out.push_str("\\\""),
+        '\\' => out.push_str("\\\\"),
+        '\n' => out.push_str("\\n"),
+        '\r' => out.push_str("\\r"),
+        '\t' => out.push_str("\\t"),
+        '\u{8}' => out.push_str("\\b"),
+        '\u{c}' => out.push_str("\\f"),
+        c if (c as u32) < 0x20 => {
+            let _ = write!(out, "\\u{:04x}", c as u32);
+        }
+        c => out.push(c),
+    }
+}
+
+/// Appends `s` as a JSON string literal.
+pub fn write_json_str(out: &mut String, s: &str) {
+    out.push('"');
+    for c in s.chars() {
+        push_json_char(out, c);
+    }
+    out.push('"');
+}
+
+/// The `event` of an announce. Absent, `"update"` and `"empty"` are all [`Event::Update`];
+/// `"paused"` is treated as an update, as the reference server does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// The peer joins the swarm.
+    Started,
+    /// The peer leaves the swarm.
+    Stopped,
+    /// The peer has everything (becomes a seeder).
+    Completed,
+    /// A periodic re-announce (or `paused`).
+    Update,
+}
+
+/// One offer of an announce, to be forwarded to one other peer.
+#[derive(Debug)]
+pub struct Offer {
+    /// The offerer's id for this offer; the answer carries it back.
+    pub offer_id: String,
+    /// The SDP offer object (`{type, sdp}`), forwarded verbatim.
+    pub offer: Box<RawValue>,
+}
+
+/// An answer to an offer, routed to `to_peer_id`.
+#[derive(Debug)]
+pub struct Answer {
+    /// The peer that made the offer.
+    pub to_peer_id: Id20,
+    /// The offer being answered.
+    pub offer_id: String,
+    /// The SDP answer object, forwarded verbatim.
+    pub answer: Box<RawValue>,
+}
+
+/// A parsed `action: "announce"` message.
+#[derive(Debug)]
+pub struct Announce {
+    /// The swarm.
+    pub info_hash: Id20,
+    /// The announcing peer.
+    pub peer_id: Id20,
+    /// What happened.
+    pub event: Event,
+    /// `left == 0`: the peer is a seeder (counts as `complete`).
+    pub seeder: bool,
+    /// Offers to forward, one per distinct random other peer.
+    pub offers: Vec<Offer>,
+    /// If present, the message is an answer and is only routed (no reply, no swarm update).
+    pub answer: Option<Answer>,
+}
+
+/// A parsed `action: "scrape"` message.
+#[derive(Debug)]
+pub struct Scrape {
+    /// The swarms asked about; empty means "all" (the server caps how many it returns).
+    pub info_hashes: Vec<Id20>,
+}
+
+/// Any message a client may send.
+#[derive(Debug)]
+pub enum Request {
+    /// `action: "announce"`.
+    Announce(Announce),
+    /// `action: "scrape"`.
+    Scrape(Scrape),
+}
+
+/// Why a frame was rejected. The `Display` text is what goes into `failure reason`.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ParseError {
+    /// Not JSON, not an object, or a field of the wrong JSON type.
+    #[error("invalid JSON: {0}")]
+    Json(String),
+    /// `action` missing or unknown (reference server's text).
+    #[error("invalid action in WS request: {0}")]
+    Action(String),
+    /// `info_hash` is not a 20-char binary string.
+    #[error("invalid info_hash")]
+    InfoHash,
+    /// `peer_id` is not a 20-char binary string.
+    #[error("invalid peer_id")]
+    PeerId,
+    /// An answer without a valid `to_peer_id` (reference server's text).
+    #[error("invalid `to_peer_id` (required with `answer`)")]
+    ToPeerId,
+    /// An offer or answer without a string `offer_id` of sane length.
+    #[error("invalid offer_id")]
+    OfferId,
+    /// `offers` entries must carry an object `offer`.
+    #[error("invalid offer")]
+    Offer,
+    /// `answer` must be an object.
+    #[error("invalid answer")]
+    Answer,
+    /// `event` is not one of started/stopped/completed/update/paused/empty.
+    #[error("invalid event")]
+    Event,
+}
+
+impl ParseError {
+    /// Short label for the `reason` of the rejected-messages metric.
+    pub fn metric_reason(&self) -> &'static str {
+        match self {
+            ParseError::Json(_) => "malformed_json",
+            ParseError::Action(_) => "bad_action",
+            ParseError::InfoHash => "bad_info_hash",
+            ParseError::PeerId => "bad_peer_id",
+            ParseError::ToPeerId => "bad_to_peer_id",
+            ParseError::OfferId => "bad_offer_id",
+            ParseError::Offer => "bad_offer",
+            ParseError::Answer => "bad_answer",
+            ParseError::Event => "bad_event",
+        }
+    }
+}
+
+/// A field the reference server checks with `typeof x === 'string'`: any other JSON type must
+/// give that field's own error, not a JSON type error.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Loose<'a> {
+    #[serde(borrow)]
+    Str(Cow<'a, str>),
+    Other(serde::de::IgnoredAny),
+}
+
+impl<'a> Loose<'a> {
+    fn str<'b>(x: &'b Option<Loose<'a>>) -> Option<&'b str> {
+        match x {
+            Some(Loose::Str(s)) => Some(s),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum OneOrMany<'a> {
+    #[serde(borrow)]
+    One(Cow<'a, str>),
+    Many(Vec<Loose<'a>>),
+    Other(serde::de::IgnoredAny),
+}
+
+#[derive(Deserialize)]
+struct WireOffer<'a> {
+    #[serde(borrow, default)]
+    offer_id: Option<Loose<'a>>,
+    #[serde(default)]
+    offer: Option<Box<RawValue>>,
+}
+
+/// The union of all fields we read; everything else (`uploaded`, `downloaded`, `numwant`,
+/// `trackerid`, ...) is ignored like the reference server ignores it.
+#[derive(Deserialize)]
+struct Wire<'a> {
+    #[serde(borrow, default)]
+    action: Option<Loose<'a>>,
+    #[serde(borrow, default)]
+    info_hash: Option<OneOrMany<'a>>,
+    #[serde(borrow, default)]
+    peer_id: Option<Loose<'a>>,
+    #[serde(borrow, default)]
+    to_peer_id: Option<Loose<'a>>,
+    #[serde(borrow, default)]
+    offer_id: Option<Loose<'a>>,
+    #[serde(default)]
+    event: Option<serde_json::Value>,
+    #[serde(default)]
+    left: Option<serde_json::Value>,
+    #[serde(default)]
+    answer: Option<Box<RawValue>>,
+    /// Kept raw: the reference ignores a non-array `offers`.
+    #[serde(borrow, default)]
+    offers: Option<&'a RawValue>,
+}
+
+fn is_object(v: &RawValue) -> bool {
+    v.get().trim_start().starts_with('{')
+}
+
+fn offer_id(s: &Option<Loose<'_>>) -> Result<String, ParseError> {
+    match Loose::str(s) {
+        Some(s) if !s.is_empty() && s.chars().count() <= MAX_OFFER_ID_CHARS => Ok(s.to_owned()),
+        _ => Err(ParseError::OfferId),
+    }
+}
+
+/// JS truthiness of a JSON value (`if (params.answer)`, `if (!params.event)`).
+fn truthy(v: &serde_json::Value) -> bool {
+    match v {
+        serde_json::Value::Null => false,
+        serde_json::Value::Bool(b) => *b,
+        serde_json::Value::Number(n) => n.as_f64().is_some_and(|f| f != 0.0),
+        serde_json::Value::String(s) => !s.is_empty(),
+        _ => true,
+    }
+}
+
+/// `Number(left) === 0` in the reference server: numbers and numeric strings.
+fn is_zero_left(v: &serde_json::Value) -> bool {
+    match v {
+        serde_json::Value::Number(n) => n.as_f64() == Some(0.0),
+        serde_json::Value::String(s) => s.trim().parse::<f64>() == Ok(0.0),
+        _ => false,
+    }
+}
+
+/// Parses one frame's payload (text or binary: the reference server `JSON.parse`s both).
+pub fn parse(frame: &[u8]) -> Result<Request, ParseError> {
+    // serde would read a struct from an array too; JSON that is not an object has no `action`,
+    // which is what the reference server reports.
+    if frame.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return match serde_json::from_slice::<serde::de::IgnoredAny>(frame) {
+            Ok(_) => Err(ParseError::Action("undefined".into())),
+            Err(e) => Err(ParseError::Json(e.to_string())),
+        };
+    }
+    let wire: Wire<'_> =
+        serde_json::from_slice(frame).map_err(|e| ParseError::Json(e.to_string()))?;
+    match &wire.action {
+        Some(Loose::Str(a)) if a == "announce" => parse_announce(wire).map(Request::Announce),
+        Some(Loose::Str(a)) if a == "scrape" => parse_scrape(wire).map(Request::Scrape),
+        Some(Loose::Str(other)) => Err(ParseError::Action(other.chars().take(32).collect())),
+        Some(Loose::Other(_)) => Err(ParseError::Action("[not a string]".into())),
+        None => Err(ParseError::Action("undefined".into())),
+    }
+}
+
+fn parse_announce(wire: Wire<'_>) -> Result<Announce, ParseError> {
+    let info_hash = match &wire.info_hash {
+        Some(OneOrMany::One(s)) => Id20::from_binary_str(s).ok_or(ParseError::InfoHash)?,
+        _ => return Err(ParseError::InfoHash),
+    };
+    let peer_id = Loose::str(&wire.peer_id)
+        .and_then(Id20::from_binary_str)
+        .ok_or(ParseError::PeerId)?;
+    let answer = match wire.answer {
+        // JS truthiness: `answer: null`, `false`, `0`, `""` are no answer.
+        Some(raw) if !matches!(raw.get().trim(), "null" | "false" | "0" | "\"\"") => {
+            let to_peer_id = Loose::str(&wire.to_peer_id)
+                .and_then(Id20::from_binary_str)
+                .ok_or(ParseError::ToPeerId)?;
+            if !is_object(&raw) {
+                return Err(ParseError::Answer);
+            }
+            Some(Answer {
+                to_peer_id,
+                offer_id: offer_id(&wire.offer_id)?,
+                answer: raw,
+            })
+        }
+        _ => None,
+    };
+    let event = match &wire.event {
+        None => Event::Update,
+        Some(v) if !truthy(v) => Event::Update,
+        Some(serde_json::Value::String(s)) => match s.as_str() {
+            "update" | "empty" | "paused" => Event::Update,
+            "started" => Event::Started,
+            "stopped" => Event::Stopped,
+            "completed" => Event::Completed,
+            _ => return Err(ParseError::Event),
+        },
+        Some(_) => return Err(ParseError::Event),
+    };
+    let mut offers = Vec::new();
+    if answer.is_none() {
+        // Like the reference, anything but an array means no offers.
+        if let Some(raw) = wire
+            .offers
+            .filter(|r| r.get().trim_start().starts_with('['))
+        {
+            let list: Vec<&RawValue> =
+                serde_json::from_str(raw.get()).map_err(|e| ParseError::Json(e.to_string()))?;
+            for item in list {
+                let o: WireOffer<'_> =
+                    serde_json::from_str(item.get()).map_err(|_| ParseError::Offer)?;
+                let offer = o.offer.filter(|r| is_object(r)).ok_or(ParseError::Offer)?;
+                offers.push(Offer {
+                    offer_id: offer_id(&o.offer_id)?,
+                    offer,
+                });
+            }
+        }
+    }
+    Ok(Announce {
+        info_hash,
+        peer_id,
+        event,
+        seeder: wire.left.as_ref().is_some_and(is_zero_left),
+        offers,
+        answer,
+    })
+}
+
+fn parse_scrape(wire: Wire<'_>) -> Result<Scrape, ParseError> {
+    let info_hashes = match wire.info_hash {
+        // The reference treats a non-string, non-array info_hash like an absent one ("all").
+        None | Some(OneOrMany::Other(_)) => Vec::new(),
+        Some(OneOrMany::One(s)) => vec![Id20::from_binary_str(&s).ok_or(ParseError::InfoHash)?],
+        Some(OneOrMany::Many(v)) => v
+            .iter()
+            .map(|s| {
+                match s {
+                    Loose::Str(c) => Id20::from_binary_str(c),
+                    Loose::Other(_) => None,
+                }
+                .ok_or(ParseError::InfoHash)
+            })
+            .collect::<Result<_, _>>()?,
+    };
+    Ok(Scrape { info_hashes })
+}
+
+/// `{"failure reason": ...}`: the reply to a frame that could not be parsed.
+pub fn encode_failure(reason: &str) -> String {
+    let mut out = String::with_capacity(reason.len() + 24);
+    out.push_str("{\"failure reason\":");
+    write_json_str(&mut out, reason);
+    out.push('}');
+    out
+}
+
+/// `{"action":"announce","failure reason":...,"info_hash":...}`: the reply to a well-formed
+/// announce the server refuses (swarm full, too many offers, rate limited, ...).
+pub fn encode_announce_failure(reason: &str, info_hash: &Id20) -> String {
+    let mut out = String::with_capacity(reason.len() + 80);
+    out.push_str("{\"action\":\"announce\",\"failure reason\":");
+    write_json_str(&mut out, reason);
+    out.push_str(",\"info_hash\":");
+    info_hash.write_json(&mut out);
+    out.push('}');
+    out
+}
+
+/// The announce reply: `{"action":"announce","interval":..,"info_hash":..,"complete":..,"incomplete":..}`.
+pub fn encode_announce_reply(
+    info_hash: &Id20,
+    interval_secs: u64,
+    complete: usize,
+    incomplete: usize,
+) -> String {
+    let mut out = String::with_capacity(128);
+    let _ = write!(
+        out,
+        "{{\"action\":\"announce\",\"interval\":{interval_secs},\"info_hash\":"
+    );
+    info_hash.write_json(&mut out);
+    let _ = write!(
+        out,
+        ",\"complete\":{complete},\"incomplete\":{incomplete}}}"
+    );
+    out
+}
+
+/// A forwarded offer: `{"action":"announce","offer":..,"offer_id":..,"peer_id":<offerer>,"info_hash":..}`.
+pub fn encode_offer(offer: &Offer, from: &Id20, info_hash: &Id20) -> String {
+    let mut out = String::with_capacity(offer.offer.get().len() + offer.offer_id.len() + 160);
+    out.push_str("{\"action\":\"announce\",\"offer\":");
+    out.push_str(offer.offer.get());
+    out.push_str(",\"offer_id\":");
+    write_json_str(&mut out, &offer.offer_id);
+    out.push_str(",\"peer_id\":");
+    from.write_json(&mut out);
+    out.push_str(",\"info_hash\":");
+    info_hash.write_json(&mut out);
+    out.push('}');
+    out
+}
+
+/// A routed answer: `{"action":"announce","answer":..,"offer_id":..,"peer_id":<answerer>,"info_hash":..}`.
+pub fn encode_answer(answer: &Answer, from: &Id20, info_hash: &Id20) -> String {
+    let mut out = String::with_capacity(answer.answer.get().len() + answer.offer_id.len() + 160);
+    out.push_str("{\"action\":\"announce\",\"answer\":");
+    out.push_str(answer.answer.get());
+    out.push_str(",\"offer_id\":");
+    write_json_str(&mut out, &answer.offer_id);
+    out.push_str(",\"peer_id\":");
+    from.write_json(&mut out);
+    out.push_str(",\"info_hash\":");
+    info_hash.write_json(&mut out);
+    out.push('}');
+    out
+}
+
+/// Per-swarm numbers of a scrape reply.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ScrapeStats {
+    /// Seeders.
+    pub complete: usize,
+    /// Leechers.
+    pub incomplete: usize,
+    /// Completed events seen (a lower bound, like the reference server's).
+    pub downloaded: u64,
+}
+
+/// `{"action":"scrape","files":{<info_hash>:{complete,incomplete,downloaded}},"flags":{"min_request_interval":..}}`.
+pub fn encode_scrape(files: &[(Id20, ScrapeStats)], interval_secs: u64) -> String {
+    let mut out = String::with_capacity(64 + files.len() * 80);
+    out.push_str("{\"action\":\"scrape\",\"files\":{");
+    for (i, (ih, s)) in files.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        ih.write_json(&mut out);
+        let _ = write!(
+            out,
+            ":{{\"complete\":{},\"incomplete\":{},\"downloaded\":{}}}",
+            s.complete, s.incomplete, s.downloaded
+        );
+    }
+    let _ = write!(
+        out,
+        "}},\"flags\":{{\"min_request_interval\":{interval_secs}}}}}"
+    );
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bin(b: u8) -> String {
+        Id20([b; 20]).to_binary_string()
+    }
+
+    #[test]
+    fn announce_with_offers_parses() {
+        let msg = serde_json::json!({
+            "action": "announce", "info_hash": bin(0xff), "peer_id": bin(1), "numwant": 2,
+            "event": "started", "left": 0, "uploaded": 0,
+            "offers": [{"offer": {"type": "offer", "sdp": "v=0"}, "offer_id": bin(7)}]
+        });
+        let Request::Announce(a) = parse(msg.to_string().as_bytes()).unwrap() else {
+            panic!("not an announce")
+        };
+        assert_eq!(a.info_hash, Id20([0xff; 20]));
+        assert_eq!(a.event, Event::Started);
+        assert!(a.seeder);
+        assert_eq!(a.offers.len(), 1);
+        assert_eq!(a.offers[0].offer_id, bin(7));
+    }
+
+    #[test]
+    fn bad_ids_get_reference_texts() {
+        let long = "x".repeat(21);
+        for (msg, want) in [
+            (r#"{"action":"announce"}"#, ParseError::InfoHash),
+            (
+                &*format!(r#"{{"action":"announce","info_hash":"{long}"}}"#),
+                ParseError::InfoHash,
+            ),
+            (
+                r#"{"action":"announce","info_hash":"aaaaaaaaaaaaaaaaaaaa","peer_id":"ĀĀĀĀĀĀĀĀĀĀĀĀĀĀĀĀĀĀĀĀ"}"#,
+                ParseError::PeerId,
+            ),
+            (
+                r#"{"action":"announce","info_hash":"aaaaaaaaaaaaaaaaaaaa","peer_id":"aaaaaaaaaaaaaaaaaaaa","answer":{}}"#,
+                ParseError::ToPeerId,
+            ),
+            (
+                r#"{"action":"announce","info_hash":"aaaaaaaaaaaaaaaaaaaa","peer_id":"aaaaaaaaaaaaaaaaaaaa","event":"x"}"#,
+                ParseError::Event,
+            ),
+        ] {
+            assert_eq!(parse(msg.as_bytes()).unwrap_err(), want, "{msg}");
+        }
+        assert_eq!(
+            parse(br#"{"action":"bogus"}"#).unwrap_err().to_string(),
+            "invalid action in WS request: bogus"
+        );
+        assert_eq!(
+            parse(b"[1,2]").unwrap_err(),
+            ParseError::Action("undefined".into())
+        );
+        assert!(matches!(parse(b"{\"action\":"), Err(ParseError::Json(_))));
+        assert!(matches!(parse(b"\xff\xfe"), Err(ParseError::Json(_))));
+    }
+
+    #[test]
+    fn ids_round_trip_through_json() {
+        let id = Id20(std::array::from_fn(|i| (i * 13) as u8));
+        let mut s = String::new();
+        id.write_json(&mut s);
+        let back: String = serde_json::from_str(&s).unwrap();
+        assert_eq!(Id20::from_binary_str(&back), Some(id));
+    }
+
+    #[test]
+    fn scrape_forms() {
+        let Request::Scrape(s) = parse(br#"{"action":"scrape"}"#).unwrap() else {
+            panic!()
+        };
+        assert!(s.info_hashes.is_empty());
+        let one = serde_json::json!({"action":"scrape","info_hash": bin(3)}).to_string();
+        let Request::Scrape(s) = parse(one.as_bytes()).unwrap() else {
+            panic!()
+        };
+        assert_eq!(s.info_hashes, vec![Id20([3; 20])]);
+        let many = serde_json::json!({"action":"scrape","info_hash": [bin(3), bin(4)]}).to_string();
+        let Request::Scrape(s) = parse(many.as_bytes()).unwrap() else {
+            panic!()
+        };
+        assert_eq!(s.info_hashes.len(), 2);
+    }
+}

@@ -1,0 +1,670 @@
+//! Swarm state: who is in which swarm, on which connection, and which offers are awaiting an
+//! answer. No I/O: operations return the messages to deliver, and the connection tasks deliver
+//! them (after the lock is released). Time comes in as an argument.
+//!
+//! Invariants:
+//! - a `(info_hash, peer_id)` is registered at most once, owned by exactly one connection; a
+//!   second connection announcing the same pair takes it over (a reconnecting client);
+//! - offers go to distinct peers, never back to the offering peer;
+//! - an answer is delivered only if the answering connection was sent the offer it answers
+//!   (same swarm, same `offer_id`, from the same peer on the same connection);
+//! - an empty swarm is removed at once, so `swarms.len()` counts live swarms only.
+
+use std::collections::hash_map::{Entry, RandomState};
+use std::collections::{HashMap, VecDeque};
+use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, Notify};
+
+use crate::metrics::Kind;
+use crate::protocol::{self, Announce, Event, Id20, Scrape, ScrapeStats};
+
+/// Offers remembered per receiving connection for answer validation. The reference client
+/// sends at most 5 offers per announce and gives up on an offer after 50 s, so 128 outstanding
+/// offers per connection is plenty; older ones are forgotten first.
+pub const MAX_PENDING_OFFERS: usize = 128;
+
+/// One message queued for a connection.
+#[derive(Debug)]
+pub struct Out {
+    /// The JSON text frame.
+    pub text: String,
+    /// What it is (for the out-metrics).
+    pub kind: Kind,
+    /// When the relayed offer/answer was read from its sender; `None` for replies.
+    pub relayed_at: Option<Instant>,
+}
+
+/// The shareable side of a connection: its bounded send queue and a kill switch used when
+/// its queue overflows (a slow reader is dropped, never buffered without bound).
+#[derive(Debug)]
+pub struct ConnHandle {
+    /// Unique per server run.
+    pub id: u64,
+    tx: mpsc::Sender<Out>,
+    /// Notified once when the connection must close because it cannot keep up.
+    pub kill: Notify,
+    killed: AtomicBool,
+}
+
+/// What happened to a message handed to [`ConnHandle::send`].
+#[derive(Debug, PartialEq, Eq)]
+pub enum SendOutcome {
+    /// Queued.
+    Queued,
+    /// The queue was full: the connection has been told to close.
+    Overflow,
+    /// The connection is gone already.
+    Closed,
+}
+
+impl ConnHandle {
+    /// A handle for connection `id` whose writer drains `tx`'s receiver.
+    pub fn new(id: u64, tx: mpsc::Sender<Out>) -> ConnHandle {
+        ConnHandle {
+            id,
+            tx,
+            kill: Notify::new(),
+            killed: AtomicBool::new(false),
+        }
+    }
+
+    /// Queues `out` without waiting; on overflow marks the connection for closing.
+    pub fn send(&self, out: Out) -> SendOutcome {
+        match self.tx.try_send(out) {
+            Ok(()) => SendOutcome::Queued,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                if !self.killed.swap(true, Ordering::Relaxed) {
+                    self.kill.notify_one();
+                }
+                SendOutcome::Overflow
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => SendOutcome::Closed,
+        }
+    }
+}
+
+/// Limits the tracker enforces.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// Offers per announce.
+    pub max_offers: usize,
+    /// Peers per swarm.
+    pub max_peers_per_swarm: usize,
+    /// Swarms per server.
+    pub max_swarms: usize,
+    /// `(info_hash, peer_id)` registrations per connection.
+    pub max_swarms_per_connection: usize,
+    /// Swarms returned by a scrape.
+    pub max_scrape: usize,
+    /// Announce interval told to clients, seconds.
+    pub interval_secs: u64,
+}
+
+/// Why the tracker refused an announce. `Display` is the `failure reason`.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum Refusal {
+    /// More offers than [`Limits::max_offers`].
+    #[error("too many offers (max {0})")]
+    TooManyOffers(usize),
+    /// The swarm has [`Limits::max_peers_per_swarm`] peers.
+    #[error("swarm is full")]
+    SwarmFull,
+    /// The server has [`Limits::max_swarms`] swarms.
+    #[error("too many swarms on this server")]
+    TooManySwarms,
+    /// This connection is in [`Limits::max_swarms_per_connection`] swarms.
+    #[error("too many swarms on this connection")]
+    TooManySwarmsPerConnection,
+    /// An answer to an offer this connection was never sent (dropped silently: the protocol has
+    /// no reply to answers).
+    #[error("answer does not match an offer sent to this connection")]
+    AnswerUnmatched,
+}
+
+impl Refusal {
+    /// The `reason` label of the rejected-messages metric.
+    pub fn metric_reason(&self) -> &'static str {
+        match self {
+            Refusal::TooManyOffers(_) => "too_many_offers",
+            Refusal::SwarmFull => "swarm_full",
+            Refusal::TooManySwarms => "too_many_swarms",
+            Refusal::TooManySwarmsPerConnection => "too_many_swarms_per_connection",
+            Refusal::AnswerUnmatched => "answer_unmatched",
+        }
+    }
+}
+
+/// A message for another connection.
+pub struct Delivery {
+    /// The receiver.
+    pub to: Arc<ConnHandle>,
+    /// The message.
+    pub out: Out,
+}
+
+/// The result of an accepted announce.
+#[derive(Default)]
+pub struct Outcome {
+    /// The reply to the announcing connection (none for answers).
+    pub reply: Option<String>,
+    /// Forwarded offers or the routed answer.
+    pub deliveries: Vec<Delivery>,
+}
+
+struct Peer {
+    peer_id: Id20,
+    conn: Arc<ConnHandle>,
+    seeder: bool,
+    last_seen: Instant,
+}
+
+#[derive(Default)]
+struct Swarm {
+    /// Dense, for O(1) random picks; `index` maps peer_id to position.
+    peers: Vec<Peer>,
+    index: HashMap<Id20, usize>,
+    complete: usize,
+    downloaded: u64,
+}
+
+impl Swarm {
+    fn remove_at(&mut self, i: usize) -> Peer {
+        let p = self.peers.swap_remove(i);
+        self.index.remove(&p.peer_id);
+        if let Some(moved) = self.peers.get(i) {
+            self.index.insert(moved.peer_id, i);
+        }
+        if p.seeder {
+            self.complete -= 1;
+        }
+        p
+    }
+}
+
+struct Pending {
+    info_hash: Id20,
+    offer_id: u64,
+    from_peer: Id20,
+    from_conn: u64,
+}
+
+struct ConnState {
+    handle: Arc<ConnHandle>,
+    /// `(info_hash, peer_id)` this connection registered (possibly taken over since).
+    regs: Vec<(Id20, Id20)>,
+    pending: VecDeque<Pending>,
+}
+
+/// Small fast PRNG (wyrand); peer picks need spread, not cryptographic strength.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0xa076_1d64_78bd_642f);
+        let t = u128::from(self.0) * u128::from(self.0 ^ 0xe703_7ed1_a0b4_28db);
+        ((t >> 64) as u64) ^ (t as u64)
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        ((u128::from(self.next()) * n as u128) >> 64) as usize
+    }
+}
+
+/// All swarms of one server.
+pub struct Tracker {
+    limits: Limits,
+    swarms: HashMap<Id20, Swarm>,
+    conns: HashMap<u64, ConnState>,
+    peers: usize,
+    rng: Rng,
+    hasher: RandomState,
+}
+
+impl Tracker {
+    /// An empty tracker.
+    pub fn new(limits: Limits) -> Tracker {
+        let hasher = RandomState::new();
+        let seed = hasher.hash_one(0x5eed_u64);
+        Tracker {
+            limits,
+            swarms: HashMap::new(),
+            conns: HashMap::new(),
+            peers: 0,
+            rng: Rng(seed),
+            hasher,
+        }
+    }
+
+    /// Live swarms.
+    pub fn swarm_count(&self) -> usize {
+        self.swarms.len()
+    }
+
+    /// Peers over all swarms.
+    pub fn peer_count(&self) -> usize {
+        self.peers
+    }
+
+    /// Adds a connection (before its first message).
+    pub fn add_conn(&mut self, handle: Arc<ConnHandle>) {
+        self.conns.insert(
+            handle.id,
+            ConnState {
+                handle,
+                regs: Vec::new(),
+                pending: VecDeque::new(),
+            },
+        );
+    }
+
+    /// Removes a connection and every peer it still owns.
+    pub fn remove_conn(&mut self, id: u64) {
+        let Some(st) = self.conns.remove(&id) else {
+            return;
+        };
+        for (ih, pid) in st.regs {
+            self.remove_peer(&ih, &pid, Some(id));
+        }
+    }
+
+    /// Removes `pid` from swarm `ih` if present and (when `owner` is given) owned by that
+    /// connection. Returns whether a peer was removed.
+    fn remove_peer(&mut self, ih: &Id20, pid: &Id20, owner: Option<u64>) -> bool {
+        let Some(swarm) = self.swarms.get_mut(ih) else {
+            return false;
+        };
+        let Some(&i) = swarm.index.get(pid) else {
+            return false;
+        };
+        if owner.is_some_and(|o| swarm.peers[i].conn.id != o) {
+            return false;
+        }
+        swarm.remove_at(i);
+        self.peers -= 1;
+        if swarm.peers.is_empty() {
+            self.swarms.remove(ih);
+        }
+        true
+    }
+
+    fn offer_key(&self, offer_id: &str) -> u64 {
+        self.hasher.hash_one(offer_id)
+    }
+
+    /// Handles an announce from connection `conn` read at `now`.
+    pub fn announce(&mut self, conn: u64, a: Announce, now: Instant) -> Result<Outcome, Refusal> {
+        if let Some(answer) = &a.answer {
+            return self.route_answer(conn, &a, answer, now);
+        }
+        if a.offers.len() > self.limits.max_offers {
+            return Err(Refusal::TooManyOffers(self.limits.max_offers));
+        }
+        let Some(handle) = self.conns.get(&conn).map(|c| c.handle.clone()) else {
+            return Ok(Outcome::default());
+        };
+        if a.event == Event::Stopped {
+            if self.remove_peer(&a.info_hash, &a.peer_id, Some(conn)) {
+                if let Some(st) = self.conns.get_mut(&conn) {
+                    st.regs.retain(|r| *r != (a.info_hash, a.peer_id));
+                }
+            }
+            let (complete, incomplete) = self.counts(&a.info_hash);
+            return Ok(Outcome {
+                reply: Some(protocol::encode_announce_reply(
+                    &a.info_hash,
+                    self.limits.interval_secs,
+                    complete,
+                    incomplete,
+                )),
+                deliveries: Vec::new(),
+            });
+        }
+        self.upsert(&handle, &a, now)?;
+        let (complete, incomplete) = self.counts(&a.info_hash);
+        let reply = Some(protocol::encode_announce_reply(
+            &a.info_hash,
+            self.limits.interval_secs,
+            complete,
+            incomplete,
+        ));
+        let mut deliveries = Vec::with_capacity(a.offers.len());
+        if !a.offers.is_empty() {
+            let picks = self.pick(&a.info_hash, a.offers.len(), &a.peer_id);
+            for (offer, to) in a.offers.iter().zip(picks) {
+                let key = self.offer_key(&offer.offer_id);
+                if let Some(st) = self.conns.get_mut(&to.id) {
+                    if st.pending.len() >= MAX_PENDING_OFFERS {
+                        st.pending.pop_front();
+                    }
+                    st.pending.push_back(Pending {
+                        info_hash: a.info_hash,
+                        offer_id: key,
+                        from_peer: a.peer_id,
+                        from_conn: conn,
+                    });
+                }
+                deliveries.push(Delivery {
+                    to,
+                    out: Out {
+                        text: protocol::encode_offer(offer, &a.peer_id, &a.info_hash),
+                        kind: Kind::Offer,
+                        relayed_at: Some(now),
+                    },
+                });
+            }
+        }
+        Ok(Outcome { reply, deliveries })
+    }
+
+    fn counts(&self, ih: &Id20) -> (usize, usize) {
+        self.swarms
+            .get(ih)
+            .map_or((0, 0), |s| (s.complete, s.peers.len() - s.complete))
+    }
+
+    fn upsert(
+        &mut self,
+        handle: &Arc<ConnHandle>,
+        a: &Announce,
+        now: Instant,
+    ) -> Result<(), Refusal> {
+        let conn = handle.id;
+        let becomes_seeder = a.seeder || a.event == Event::Completed;
+        let swarm_count = self.swarms.len();
+        let regs_len = self.conns.get(&conn).map_or(0, |c| c.regs.len());
+        let swarm = match self.swarms.entry(a.info_hash) {
+            Entry::Occupied(e) => e.into_mut(),
+            Entry::Vacant(e) => {
+                if swarm_count >= self.limits.max_swarms {
+                    return Err(Refusal::TooManySwarms);
+                }
+                if regs_len >= self.limits.max_swarms_per_connection {
+                    return Err(Refusal::TooManySwarmsPerConnection);
+                }
+                e.insert(Swarm::default())
+            }
+        };
+        if let Some(&i) = swarm.index.get(&a.peer_id) {
+            let p = &mut swarm.peers[i];
+            let taken_over = p.conn.id != conn;
+            if taken_over {
+                p.conn = handle.clone();
+            }
+            p.last_seen = now;
+            if becomes_seeder && !p.seeder {
+                p.seeder = true;
+                swarm.complete += 1;
+                if a.event == Event::Completed {
+                    swarm.downloaded += 1;
+                }
+            }
+            if taken_over {
+                if let Some(st) = self.conns.get_mut(&conn) {
+                    st.regs.push((a.info_hash, a.peer_id));
+                }
+            }
+            return Ok(());
+        }
+        if swarm.peers.len() >= self.limits.max_peers_per_swarm {
+            return Err(Refusal::SwarmFull);
+        }
+        if regs_len >= self.limits.max_swarms_per_connection {
+            if swarm.peers.is_empty() {
+                self.swarms.remove(&a.info_hash);
+            }
+            return Err(Refusal::TooManySwarmsPerConnection);
+        }
+        swarm.index.insert(a.peer_id, swarm.peers.len());
+        swarm.peers.push(Peer {
+            peer_id: a.peer_id,
+            conn: handle.clone(),
+            seeder: becomes_seeder,
+            last_seen: now,
+        });
+        if becomes_seeder {
+            swarm.complete += 1;
+            if a.event == Event::Completed {
+                swarm.downloaded += 1;
+            }
+        }
+        self.peers += 1;
+        if let Some(st) = self.conns.get_mut(&conn) {
+            st.regs.push((a.info_hash, a.peer_id));
+        }
+        Ok(())
+    }
+
+    /// Up to `k` distinct peers of swarm `ih` other than `exclude`, at random.
+    ///
+    /// Only the sending peer is excluded, not its connection: WebTorrent clients share one
+    /// socket per tracker URL among all their torrents (and peer ids), exactly as the reference
+    /// server assumes.
+    fn pick(&mut self, ih: &Id20, k: usize, exclude: &Id20) -> Vec<Arc<ConnHandle>> {
+        let Some(swarm) = self.swarms.get(ih) else {
+            return Vec::new();
+        };
+        let n = swarm.peers.len();
+        let mut out: Vec<Arc<ConnHandle>> = Vec::with_capacity(k);
+        let mut chosen: Vec<usize> = Vec::with_capacity(k);
+        if n <= 4 * k + 16 {
+            // Small swarm: partial Fisher-Yates over the eligible indices.
+            let mut idx: Vec<usize> = (0..n)
+                .filter(|&i| swarm.peers[i].peer_id != *exclude)
+                .collect();
+            for j in 0..k.min(idx.len()) {
+                let r = j + self.rng.below(idx.len() - j);
+                idx.swap(j, r);
+                out.push(swarm.peers[idx[j]].conn.clone());
+            }
+        } else {
+            // Large swarm: rejection sampling; with n > 4k the expected tries are < 2k.
+            let mut tries = 0;
+            while out.len() < k && tries < 16 * k {
+                tries += 1;
+                let i = self.rng.below(n);
+                if swarm.peers[i].peer_id == *exclude || chosen.contains(&i) {
+                    continue;
+                }
+                chosen.push(i);
+                out.push(swarm.peers[i].conn.clone());
+            }
+        }
+        out
+    }
+
+    fn route_answer(
+        &mut self,
+        conn: u64,
+        a: &Announce,
+        answer: &protocol::Answer,
+        now: Instant,
+    ) -> Result<Outcome, Refusal> {
+        let key = self.offer_key(&answer.offer_id);
+        let st = self.conns.get_mut(&conn).ok_or(Refusal::AnswerUnmatched)?;
+        let pos = st
+            .pending
+            .iter()
+            .position(|p| {
+                p.info_hash == a.info_hash && p.offer_id == key && p.from_peer == answer.to_peer_id
+            })
+            .ok_or(Refusal::AnswerUnmatched)?;
+        let from_conn = st.pending[pos].from_conn;
+        st.pending.remove(pos);
+        let to = self
+            .swarms
+            .get(&a.info_hash)
+            .and_then(|s| s.index.get(&answer.to_peer_id).map(|&i| &s.peers[i]))
+            .filter(|p| p.conn.id == from_conn)
+            .map(|p| p.conn.clone())
+            .ok_or(Refusal::AnswerUnmatched)?;
+        Ok(Outcome {
+            reply: None,
+            deliveries: vec![Delivery {
+                to,
+                out: Out {
+                    text: protocol::encode_answer(answer, &a.peer_id, &a.info_hash),
+                    kind: Kind::Answer,
+                    relayed_at: Some(now),
+                },
+            }],
+        })
+    }
+
+    /// The scrape reply; an empty list means all swarms, capped at [`Limits::max_scrape`].
+    pub fn scrape(&self, s: &Scrape) -> String {
+        let stats = |sw: Option<&Swarm>| {
+            sw.map_or_else(ScrapeStats::default, |sw| ScrapeStats {
+                complete: sw.complete,
+                incomplete: sw.peers.len() - sw.complete,
+                downloaded: sw.downloaded,
+            })
+        };
+        let files: Vec<(Id20, ScrapeStats)> = if s.info_hashes.is_empty() {
+            self.swarms
+                .iter()
+                .take(self.limits.max_scrape)
+                .map(|(ih, sw)| (*ih, stats(Some(sw))))
+                .collect()
+        } else {
+            s.info_hashes
+                .iter()
+                .take(self.limits.max_scrape)
+                .map(|ih| (*ih, stats(self.swarms.get(ih))))
+                .collect()
+        };
+        protocol::encode_scrape(&files, self.limits.interval_secs)
+    }
+
+    /// Removes peers not re-announced within `ttl` of `now`. Returns how many.
+    pub fn expire(&mut self, now: Instant, ttl: Duration) -> usize {
+        let mut gone: Vec<(Id20, Id20, u64)> = Vec::new();
+        for (ih, sw) in &self.swarms {
+            for p in &sw.peers {
+                if now.saturating_duration_since(p.last_seen) > ttl {
+                    gone.push((*ih, p.peer_id, p.conn.id));
+                }
+            }
+        }
+        for (ih, pid, conn) in &gone {
+            self.remove_peer(ih, pid, Some(*conn));
+            if let Some(st) = self.conns.get_mut(conn) {
+                st.regs.retain(|r| *r != (*ih, *pid));
+            }
+        }
+        gone.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::Request;
+
+    fn limits() -> Limits {
+        Limits {
+            max_offers: 10,
+            max_peers_per_swarm: 100,
+            max_swarms: 10,
+            max_swarms_per_connection: 4,
+            max_scrape: 10,
+            interval_secs: 120,
+        }
+    }
+
+    fn conn(t: &mut Tracker, id: u64) -> mpsc::Receiver<Out> {
+        let (tx, rx) = mpsc::channel(8);
+        t.add_conn(Arc::new(ConnHandle::new(id, tx)));
+        rx
+    }
+
+    fn announce(ih: u8, pid: u8, offers: usize) -> Announce {
+        let msg = serde_json::json!({
+            "action": "announce",
+            "info_hash": Id20([ih; 20]).to_binary_string(),
+            "peer_id": Id20([pid; 20]).to_binary_string(),
+            "offers": (0..offers).map(|i| serde_json::json!({
+                "offer": {"type": "offer", "sdp": format!("sdp {pid} {i}")},
+                "offer_id": format!("o{pid}-{i}"),
+            })).collect::<Vec<_>>(),
+        });
+        match crate::protocol::parse(msg.to_string().as_bytes()) {
+            Ok(Request::Announce(a)) => a,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn offers_go_to_distinct_others_and_answers_back() {
+        let mut t = Tracker::new(limits());
+        let now = Instant::now();
+        let _rx: Vec<_> = (1..=5).map(|i| conn(&mut t, i)).collect();
+        for i in 1..=4u8 {
+            t.announce(u64::from(i), announce(9, i, 0), now).unwrap();
+        }
+        let out = t.announce(5, announce(9, 5, 10), now).unwrap();
+        let mut to: Vec<u64> = out.deliveries.iter().map(|d| d.to.id).collect();
+        to.sort_unstable();
+        assert_eq!(
+            to,
+            vec![1, 2, 3, 4],
+            "4 others, each once, never the sender"
+        );
+        // Peer on conn 1 answers the offer it got.
+        let offer_to_1 = out.deliveries.iter().find(|d| d.to.id == 1).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&offer_to_1.out.text).unwrap();
+        let mut ans = announce(9, 1, 0);
+        ans.answer = Some(protocol::Answer {
+            to_peer_id: Id20([5; 20]),
+            offer_id: v["offer_id"].as_str().unwrap().to_owned(),
+            answer: serde_json::value::RawValue::from_string("{\"type\":\"answer\"}".into())
+                .unwrap(),
+        });
+        let out = t.announce(1, ans, now).unwrap();
+        assert!(out.reply.is_none());
+        assert_eq!(out.deliveries.len(), 1);
+        assert_eq!(out.deliveries[0].to.id, 5);
+        // The same answer again (replay) or from a connection never sent the offer is refused.
+        let mut again = announce(9, 2, 0);
+        again.answer = Some(protocol::Answer {
+            to_peer_id: Id20([5; 20]),
+            offer_id: v["offer_id"].as_str().unwrap().to_owned(),
+            answer: serde_json::value::RawValue::from_string("{}".into()).unwrap(),
+        });
+        assert_eq!(
+            t.announce(2, again, now).err(),
+            Some(Refusal::AnswerUnmatched)
+        );
+    }
+
+    #[test]
+    fn limits_and_cleanup() {
+        let mut t = Tracker::new(limits());
+        let now = Instant::now();
+        let _a = conn(&mut t, 1);
+        for ih in 0..4 {
+            t.announce(1, announce(ih, 1, 0), now).unwrap();
+        }
+        assert_eq!(
+            t.announce(1, announce(4, 1, 0), now).err(),
+            Some(Refusal::TooManySwarmsPerConnection)
+        );
+        assert_eq!(t.swarm_count(), 4);
+        assert_eq!(
+            t.announce(1, announce(0, 1, 11), now).err(),
+            Some(Refusal::TooManyOffers(10))
+        );
+        t.remove_conn(1);
+        assert_eq!((t.swarm_count(), t.peer_count()), (0, 0));
+        let _b = conn(&mut t, 2);
+        t.announce(2, announce(0, 2, 0), now).unwrap();
+        assert_eq!(
+            t.expire(now + Duration::from_secs(10), Duration::from_secs(5)),
+            1
+        );
+        assert_eq!(t.peer_count(), 0);
+    }
+}
