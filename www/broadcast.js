@@ -108,6 +108,9 @@ async function checkCompat() {
       out.push(`<span class="bad">✘ encoder config rejected: ${e.message}</span>`);
     }
   }
+  // The swarm carries a segment in at most 64 pieces of ~16 KiB (about 1 MiB).
+  const segKiB = ((s.videoKbps + (s.audio ? s.audioKbps : 0)) * s.segMs) / 8 / 1024;
+  if (segKiB > 800) out.push(`<span class="bad">✘ segments of ~${Math.round(segKiB)} KiB: too big for the swarm (1 MiB at most); shorten the segment or lower the bitrate</span>`);
   $('compat').innerHTML = out.join('<br>');
   return mseOk;
 }
@@ -683,8 +686,11 @@ class SwarmSink {
     }
   }
   setError(e) {
-    this.error = e?.message ?? String(e);
-    log(`swarm: ${this.error}`, 'error');
+    const msg = e?.message ?? String(e);
+    this.errors = (this.errors || 0) + 1;
+    // Once per distinct message: a failing publish would otherwise log five times a second.
+    if (msg !== this.error) log(`swarm: ${msg}`, 'error');
+    this.error = msg;
   }
   publishInit(mime, data) {
     if (!this.peer) return;
@@ -724,6 +730,7 @@ class SwarmSink {
     return {
       available: true,
       error: this.error,
+      errors: this.errors || 0,
       neighbours,
       viewers,
       bytesUp: up,
