@@ -108,6 +108,9 @@ async function checkCompat() {
       out.push(`<span class="bad">✘ encoder config rejected: ${e.message}</span>`);
     }
   }
+  // The swarm carries a segment in at most 64 pieces of ~16 KiB (about 1 MiB).
+  const segKiB = ((s.videoKbps + (s.audio ? s.audioKbps : 0)) * s.segMs) / 8 / 1024;
+  if (segKiB > 800) out.push(`<span class="bad">✘ segments of ~${Math.round(segKiB)} KiB: too big for the swarm (1 MiB at most); shorten the segment or lower the bitrate</span>`);
   $('compat').innerHTML = out.join('<br>');
   return mseOk;
 }
@@ -321,7 +324,13 @@ class LocalPreview {
   }
   pump() {
     const sb = this.sb, v = this.video;
-    if (!sb || sb.updating || this.ms.readyState !== 'open') return;
+    if (!sb || sb.updating || this.ms.readyState !== 'open') {
+      if (v.error && !this.reported) {
+        this.reported = true;
+        log(`local playback failed: media error ${v.error.code} ${v.error.message}`, 'error');
+      }
+      return;
+    }
     // Keep 20 s behind the playhead; drop the rest.
     if (sb.buffered.length && v.currentTime - sb.buffered.start(0) > 30) {
       sb.remove(0, v.currentTime - 20);
@@ -345,7 +354,8 @@ class LocalPreview {
   stats() {
     const v = this.video;
     const q = v.getVideoPlaybackQuality ? v.getVideoPlaybackQuality() : {};
-    const buf = this.sb && this.sb.buffered.length ? this.sb.buffered : null;
+    let buf = null;
+    try { buf = this.sb && this.sb.buffered.length ? this.sb.buffered : null; } catch { /* removed after a media error */ }
     const bufferMs = buf ? Math.max(0, (buf.end(buf.length - 1) - v.currentTime) * 1000) : 0;
     const latencyMs = this.originUs != null && this.started && v.currentTime > 0
       ? wallUs() / 1000 - (this.originUs / 1000 + v.currentTime * 1000) : null;
@@ -676,8 +686,11 @@ class SwarmSink {
     }
   }
   setError(e) {
-    this.error = e?.message ?? String(e);
-    log(`swarm: ${this.error}`, 'error');
+    const msg = e?.message ?? String(e);
+    this.errors = (this.errors || 0) + 1;
+    // Once per distinct message: a failing publish would otherwise log five times a second.
+    if (msg !== this.error) log(`swarm: ${msg}`, 'error');
+    this.error = msg;
   }
   publishInit(mime, data) {
     if (!this.peer) return;
@@ -717,6 +730,7 @@ class SwarmSink {
     return {
       available: true,
       error: this.error,
+      errors: this.errors || 0,
       neighbours,
       viewers,
       bytesUp: up,

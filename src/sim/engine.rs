@@ -982,6 +982,8 @@ fn drain(ctx: &Ctx, p: &mut PeerState, me: u32, now: u64, ob: &mut Outbox, st: &
         let Some(out) = live.swarm.poll_output() else {
             break;
         };
+        // Outputs the core may add later are ignored until the simulator models them.
+        #[allow(unreachable_patterns)]
         match out {
             Output::Transmit { peer, data } => {
                 if let Some(to) = peer_index(ctx.specs, &peer) {
@@ -1071,6 +1073,7 @@ fn drain(ctx: &Ctx, p: &mut PeerState, me: u32, now: u64, ob: &mut Outbox, st: &
                     None => p.metrics.bad_signals += 1,
                 }
             }
+            _ => {}
         }
     }
     let Some(live) = p.live.as_mut() else { return };

@@ -116,6 +116,8 @@ pub struct Cuts {
     pub surplus: u64,
     /// Reason `Leaving`.
     pub leaving: u64,
+    /// Any other reason.
+    pub other: u64,
 }
 
 impl Cuts {
@@ -129,6 +131,7 @@ impl Cuts {
         self.useless_honest += o.useless_honest;
         self.surplus += o.surplus;
         self.leaving += o.leaving;
+        self.other += o.other;
     }
 }
 
@@ -235,6 +238,8 @@ impl PeerMetrics {
     pub fn on_disconnect(&mut self, reason: &DisconnectReason, them: Behaviour) {
         let bad = them.malicious();
         let c = &mut self.cuts;
+        // The core may grow new reasons; they are counted as `other` until named here.
+        #[allow(unreachable_patterns)]
         match reason {
             DisconnectReason::Forged if bad => c.forged_malicious += 1,
             DisconnectReason::Forged => c.forged_honest += 1,
@@ -245,6 +250,7 @@ impl PeerMetrics {
             DisconnectReason::Useless => c.useless_honest += 1,
             DisconnectReason::Surplus => c.surplus += 1,
             DisconnectReason::Leaving => c.leaving += 1,
+            _ => c.other += 1,
         }
     }
 
@@ -846,7 +852,7 @@ impl Report {
         );
         let _ = writeln!(
             s,
-            "  connections        {} opened, {} tracker offers, {} relayed offers, {} expired; cuts: useless {} (+{} honest), surplus {}, protocol {}, malformed {}, flood {}",
+            "  connections        {} opened, {} tracker offers, {} relayed offers, {} expired; cuts: useless {} (+{} honest), surplus {}, protocol {}, malformed {}, flood {}, other {}",
             self.connections,
             self.tracker_offers,
             self.pex_offers,
@@ -856,7 +862,8 @@ impl Report {
             se.cuts.surplus,
             se.cuts.protocol,
             se.cuts.malformed,
-            se.cuts.flood
+            se.cuts.flood,
+            se.cuts.other
         );
         if self.sent_unconnected + self.out_of_order_plays + self.past_timers > 0 {
             let _ = writeln!(
