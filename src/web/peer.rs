@@ -31,6 +31,12 @@ const MAX_PUMP_ROUNDS: usize = 8;
 /// No media for this long: the broadcast is considered not (or no longer) on air.
 const MEDIA_SILENCE_MS: f64 = 8_000.0;
 
+/// After playing, no media for this long: the viewer rejoins the swarm from scratch (new peer
+/// id, new core state). A restarted broadcaster numbers its segments from 0 again, which a
+/// viewer holding the old session's state would take as old data; rejoining makes "waiting for
+/// the broadcast to resume" end when it does.
+const REJOIN_AFTER_SILENCE_MS: f64 = 12_000.0;
+
 /// Everything one peer runs. Lives in an `Rc<RefCell<_>>` owned by [`SwarmPeer`].
 pub(crate) struct Driver {
     pub(crate) me: WeakDriver,
@@ -60,6 +66,8 @@ pub(crate) struct Driver {
     fatal: Option<(&'static str, String)>,
     last_media_ms: Option<f64>,
     ever_media: bool,
+    /// Segments were played since the last (re)join.
+    had_play: bool,
 }
 
 /// Upload and download rates, from the core's byte counters sampled once a second.
@@ -159,6 +167,7 @@ impl Driver {
             Output::Play(seg) => {
                 self.last_media_ms = Some(util::now_ms());
                 self.ever_media = true;
+                self.had_play = true;
                 if let Some(p) = self.player.as_mut() {
                     p.on_segment(seg);
                 }
@@ -228,10 +237,21 @@ impl Driver {
         let now = util::now_ms();
         self.tracker_tick(now);
         self.rtc_tick(now);
+        let media_fresh = self
+            .last_media_ms
+            .is_some_and(|t| now - t < MEDIA_SILENCE_MS);
         if let Some(p) = self.player.as_mut() {
-            if let Err(msg) = p.tick(now) {
+            if let Err(msg) = p.tick(now, media_fresh) {
                 self.fail("decode", msg);
             }
+        }
+        if !self.is_source
+            && self.had_play
+            && self
+                .last_media_ms
+                .is_none_or(|t| now - t > REJOIN_AFTER_SILENCE_MS)
+        {
+            self.rejoin();
         }
         if now - self.rates.at_ms >= 1000.0 {
             let s = self.swarm.stats();
@@ -253,6 +273,25 @@ impl Driver {
             };
         }
         self.update_state();
+    }
+
+    /// Starts over as a new viewer of the same stream: every connection closed, a fresh core
+    /// with a fresh peer id, trackers re-announced, the player waiting for a new init segment.
+    fn rejoin(&mut self) {
+        util::warn("no media for a while: rejoining the swarm");
+        self.rtc.close_all();
+        self.local = PeerId(util::random_bytes());
+        let mut config = self.swarm.config().clone();
+        config.seed = u64::from_le_bytes(util::random_bytes());
+        self.swarm = Swarm::viewer(config, self.swarm.stream(), self.local);
+        for t in &mut self.trackers {
+            t.restart();
+        }
+        if let Some(p) = self.player.as_mut() {
+            p.forget_stream();
+        }
+        self.had_play = false;
+        self.pump();
     }
 
     /// Recomputes the page-visible state and emits `state` when it changed.
@@ -515,6 +554,7 @@ impl SwarmPeer {
                 fatal: None,
                 last_media_ms: None,
                 ever_media: false,
+                had_play: false,
             })
         });
         Ok(SwarmPeer { inner })

@@ -122,6 +122,18 @@ impl Player {
         self.video_closures.push(on_error);
     }
 
+    /// The stream starts over (the peer rejoined): wait for a new init segment.
+    pub(crate) fn forget_stream(&mut self) {
+        self.teardown_source();
+        self.init = None;
+        self.queue.clear();
+        self.need_keyframe = true;
+        self.wall_offset = None;
+        self.probe = None;
+        self.rebasing = false;
+        self.started = false;
+    }
+
     /// A verified init segment: (re)build the MediaSource when it is new.
     pub(crate) fn on_init(&mut self, init: Arc<InitSegment>) -> Result<(), String> {
         if self
@@ -397,13 +409,14 @@ impl Player {
     }
 
     /// Periodic control: rate, gap and live-edge seeks, eviction, stall accounting.
-    pub(crate) fn tick(&mut self, now: f64) -> Result<(), String> {
+    /// `media_fresh`: segments are arriving; a broadcast that is off air is no stall.
+    pub(crate) fn tick(&mut self, now: f64, media_fresh: bool) -> Result<(), String> {
         self.graveyard.clear();
         if let Some(e) = self.error.take() {
             return Err(e);
         }
         let current = self.current_time();
-        let expected = self.started && !self.video.paused() && !self.video.ended();
+        let expected = media_fresh && self.started && !self.video.paused() && !self.video.ended();
         self.stalls.sample(now, current, expected);
         if !self.started || self.rebasing {
             return Ok(());

@@ -103,6 +103,11 @@ impl Rtc {
         self.conns.len()
     }
 
+    /// Whether connection `id` still exists.
+    pub(crate) fn exists(&self, id: u64) -> bool {
+        self.conns.contains_key(&id)
+    }
+
     /// Whether any connection (open or being set up) exists to `peer`.
     pub(crate) fn has_peer(&self, peer: &PeerId) -> bool {
         self.by_peer.contains_key(peer)

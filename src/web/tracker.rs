@@ -34,6 +34,8 @@ pub(crate) struct Tracker {
     reconnect_at: f64,
     announce_at: Option<f64>,
     interval_ms: f64,
+    /// Peers in the swarm (seeders + leechers) as the tracker last said, us included.
+    swarm_size: Option<usize>,
     announcing: bool,
     closures: Vec<Callback>,
     graveyard: Vec<Callback>,
@@ -51,6 +53,7 @@ impl Tracker {
             reconnect_at: 0.0,
             announce_at: None,
             interval_ms: DEFAULT_INTERVAL_MS,
+            swarm_size: None,
             announcing: false,
             closures: Vec::new(),
             graveyard: Vec::new(),
@@ -67,6 +70,14 @@ impl Tracker {
             Some(ws) if self.open => ws.send_with_str(text).is_ok(),
             _ => false,
         }
+    }
+
+    /// Reconnects now (the peer rejoined under a new id).
+    pub(crate) fn restart(&mut self) {
+        self.detach();
+        self.reconnect_at = 0.0;
+        self.attempts = 0;
+        self.swarm_size = None;
     }
 
     fn detach(&mut self) {
@@ -209,6 +220,11 @@ impl Driver {
     }
 
     fn send_announce(&mut self, i: usize, event: AnnounceEvent, offers: Vec<(u64, OfferOut)>) {
+        // Connections closed while their offers were made (rejoin, timeout) are not offered.
+        let offers: Vec<(u64, OfferOut)> = offers
+            .into_iter()
+            .filter(|(id, _)| self.rtc.exists(*id))
+            .collect();
         let s = self.swarm.stats();
         let out: Vec<OfferOut> = offers.iter().map(|(_, o)| o.clone()).collect();
         let text = Announce {
@@ -222,8 +238,11 @@ impl Driver {
             seeder: self.is_source,
         }
         .to_json();
-        let hungry = self.swarm.wanted_neighbours() > 0;
         let t = &mut self.trackers[i];
+        // Hungry while neighbours are wanted and the swarm has peers we are not connected to
+        // yet (unknown size counts as "has").
+        let others = t.swarm_size.map_or(usize::MAX, |n| n.saturating_sub(1));
+        let hungry = self.swarm.wanted_neighbours() > 0 && others > self.swarm.stats().neighbours;
         t.announcing = false;
         let sent = t.send(&text);
         let interval = if hungry {
@@ -244,8 +263,17 @@ impl Driver {
     fn on_tracker_message(&mut self, i: usize, text: &str) {
         match parse(text, self.info_hash) {
             Ok(TrackerMessage::Response {
-                interval, warning, ..
+                interval,
+                warning,
+                complete,
+                incomplete,
             }) => {
+                if complete.is_some() || incomplete.is_some() {
+                    let n = complete
+                        .unwrap_or(0)
+                        .saturating_add(incomplete.unwrap_or(0));
+                    self.trackers[i].swarm_size = Some(n.min(usize::MAX as u64) as usize);
+                }
                 if let Some(secs) = interval.filter(|&s| s > 0) {
                     self.trackers[i].interval_ms = (secs as f64 * 1000.0).max(2_000.0);
                 }
