@@ -672,6 +672,7 @@ const num = (o, ...names) => {
 class SwarmSink {
   constructor(wasm, key) {
     this.available = typeof wasm.SwarmPeer === 'function';
+    this.streamId = key.streamId();
     this.peer = null;
     this.error = null;
     this.bigint = false;
@@ -698,6 +699,7 @@ class SwarmSink {
   }
   publishSegment(seg) {
     if (!this.peer) return;
+    this.published = (this.published || 0) + seg.data.byteLength;
     const call = (big) => big
       ? this.peer.publishSegment(BigInt(seg.ptsUs), seg.durationUs, seg.keyframe, seg.data)
       : this.peer.publishSegment(seg.ptsUs, seg.durationUs, seg.keyframe, seg.data);
@@ -734,6 +736,7 @@ class SwarmSink {
       neighbours,
       viewers,
       bytesUp: up,
+      bytesPublished: this.published || 0,
       uploadKbps,
       capKbps: cap ?? multiple * targetKbps,
       capFromPeer: cap != null,
@@ -801,6 +804,8 @@ async function main() {
       return false;
     }
     key = newKey;
+    sink?.destroy();
+    sink = null;
     if (!ephemeralKey) storageSet(keySlot, key.secret());
     showKey();
     log(`stream key changed: ${key.streamId()}`);
@@ -831,7 +836,12 @@ async function main() {
     else if (kind === 'file') source = new ElementSource('file', $('file').files[0]);
     else source = new ElementSource(kind);
     setStatus('starting…');
-    sink = new SwarmSink(wasm, key);
+    // One swarm peer per key for the page's life: going live again after a stop continues the
+    // same stream (segment numbers go on, the new init is a new version) instead of restarting it.
+    if (!sink || sink.streamId !== key.streamId()) {
+      sink?.destroy();
+      sink = new SwarmSink(wasm, key);
+    }
     if (!sink.available) {
       log('SwarmPeer is not in the wasm bundle yet: packaging runs, nothing is sent to viewers');
       notice('The swarm binding (SwarmPeer) is missing from this build: the stream is packaged but not sent. Use the local playback check to see it.');
@@ -860,7 +870,6 @@ async function main() {
     } catch (e) {
       broadcast.fail(`cannot start ${kind}: ${e.message}`);
       broadcast.stop();
-      sink.destroy();
       $('start').disabled = false;
       $('stop').disabled = true;
     }
@@ -873,7 +882,6 @@ async function main() {
       if (tail) broadcast.emit(tail);
     } catch (e) { log(`flush: ${e.message}`, 'error'); }
     broadcast.stop();
-    sink?.destroy();
     preview?.close();
     preview = null;
     $('previewBox').classList.remove('show');
@@ -889,8 +897,8 @@ async function main() {
     // The share of the stream's delivery carried by viewers: what the audience received minus
     // what the source sent, over what the audience received (an estimate from the source's side).
     let peerShare = null;
-    if (sw.available && sw.viewers > 0 && b.bytesPublished > 0) {
-      const delivered = b.bytesPublished * sw.viewers;
+    if (sw.available && sw.viewers > 0 && sw.bytesPublished > 0) {
+      const delivered = sw.bytesPublished * sw.viewers;
       peerShare = Math.max(0, Math.min(1, 1 - (sw.bytesUp ?? 0) / delivered));
     }
     return {
@@ -988,7 +996,7 @@ async function main() {
     if (['pattern', 'camera', 'screen'].includes(auto)) goLive(auto);
     else log(`unknown autostart source ${auto}`, 'error');
   }
-  window.addEventListener('pagehide', () => stop());
+  window.addEventListener('pagehide', () => { stop(); sink?.destroy(); sink = null; });
 }
 
 main().catch((e) => {
