@@ -108,6 +108,9 @@ async function checkCompat() {
       out.push(`<span class="bad">✘ encoder config rejected: ${e.message}</span>`);
     }
   }
+  // The swarm carries a segment in at most 64 pieces of ~16 KiB (about 1 MiB).
+  const segKiB = ((s.videoKbps + (s.audio ? s.audioKbps : 0)) * s.segMs) / 8 / 1024;
+  if (segKiB > 800) out.push(`<span class="bad">✘ segments of ~${Math.round(segKiB)} KiB: too big for the swarm (1 MiB at most); shorten the segment or lower the bitrate</span>`);
   $('compat').innerHTML = out.join('<br>');
   return mseOk;
 }
@@ -669,6 +672,7 @@ const num = (o, ...names) => {
 class SwarmSink {
   constructor(wasm, key) {
     this.available = typeof wasm.SwarmPeer === 'function';
+    this.streamId = key.streamId();
     this.peer = null;
     this.error = null;
     this.bigint = false;
@@ -683,8 +687,11 @@ class SwarmSink {
     }
   }
   setError(e) {
-    this.error = e?.message ?? String(e);
-    log(`swarm: ${this.error}`, 'error');
+    const msg = e?.message ?? String(e);
+    this.errors = (this.errors || 0) + 1;
+    // Once per distinct message: a failing publish would otherwise log five times a second.
+    if (msg !== this.error) log(`swarm: ${msg}`, 'error');
+    this.error = msg;
   }
   publishInit(mime, data) {
     if (!this.peer) return;
@@ -692,6 +699,7 @@ class SwarmSink {
   }
   publishSegment(seg) {
     if (!this.peer) return;
+    this.published = (this.published || 0) + seg.data.byteLength;
     const call = (big) => big
       ? this.peer.publishSegment(BigInt(seg.ptsUs), seg.durationUs, seg.keyframe, seg.data)
       : this.peer.publishSegment(seg.ptsUs, seg.durationUs, seg.keyframe, seg.data);
@@ -724,9 +732,11 @@ class SwarmSink {
     return {
       available: true,
       error: this.error,
+      errors: this.errors || 0,
       neighbours,
       viewers,
       bytesUp: up,
+      bytesPublished: this.published || 0,
       uploadKbps,
       capKbps: cap ?? multiple * targetKbps,
       capFromPeer: cap != null,
@@ -794,6 +804,8 @@ async function main() {
       return false;
     }
     key = newKey;
+    sink?.destroy();
+    sink = null;
     if (!ephemeralKey) storageSet(keySlot, key.secret());
     showKey();
     log(`stream key changed: ${key.streamId()}`);
@@ -824,7 +836,12 @@ async function main() {
     else if (kind === 'file') source = new ElementSource('file', $('file').files[0]);
     else source = new ElementSource(kind);
     setStatus('starting…');
-    sink = new SwarmSink(wasm, key);
+    // One swarm peer per key for the page's life: going live again after a stop continues the
+    // same stream (segment numbers go on, the new init is a new version) instead of restarting it.
+    if (!sink || sink.streamId !== key.streamId()) {
+      sink?.destroy();
+      sink = new SwarmSink(wasm, key);
+    }
     if (!sink.available) {
       log('SwarmPeer is not in the wasm bundle yet: packaging runs, nothing is sent to viewers');
       notice('The swarm binding (SwarmPeer) is missing from this build: the stream is packaged but not sent. Use the local playback check to see it.');
@@ -853,7 +870,6 @@ async function main() {
     } catch (e) {
       broadcast.fail(`cannot start ${kind}: ${e.message}`);
       broadcast.stop();
-      sink.destroy();
       $('start').disabled = false;
       $('stop').disabled = true;
     }
@@ -866,7 +882,6 @@ async function main() {
       if (tail) broadcast.emit(tail);
     } catch (e) { log(`flush: ${e.message}`, 'error'); }
     broadcast.stop();
-    sink?.destroy();
     preview?.close();
     preview = null;
     $('previewBox').classList.remove('show');
@@ -882,8 +897,8 @@ async function main() {
     // The share of the stream's delivery carried by viewers: what the audience received minus
     // what the source sent, over what the audience received (an estimate from the source's side).
     let peerShare = null;
-    if (sw.available && sw.viewers > 0 && b.bytesPublished > 0) {
-      const delivered = b.bytesPublished * sw.viewers;
+    if (sw.available && sw.viewers > 0 && sw.bytesPublished > 0) {
+      const delivered = sw.bytesPublished * sw.viewers;
       peerShare = Math.max(0, Math.min(1, 1 - (sw.bytesUp ?? 0) / delivered));
     }
     return {
@@ -981,7 +996,7 @@ async function main() {
     if (['pattern', 'camera', 'screen'].includes(auto)) goLive(auto);
     else log(`unknown autostart source ${auto}`, 'error');
   }
-  window.addEventListener('pagehide', () => stop());
+  window.addEventListener('pagehide', () => { stop(); sink?.destroy(); sink = null; });
 }
 
 main().catch((e) => {

@@ -115,11 +115,15 @@ test('broadcast page: test pattern -> WebCodecs -> Rust muxer -> MSE, timing con
   const vframes = info.frames.filter((f) => f.media_type === 'video');
   const aframes = info.frames.filter((f) => f.media_type === 'audio');
   const spanS = (segs.at(-1).ptsUs + segs.at(-1).durationUs - segs[0].ptsUs) / 1e6;
-  assert.ok(vframes.length >= spanS * 30 * 0.8, `${vframes.length} video frames in ${spanS} s`);
-  assert.ok(aframes.length >= spanS * 50 * 0.8, `${aframes.length} audio packets in ${spanS} s`);
+  assert.ok(vframes.length >= spanS * 30 * 0.6, `${vframes.length} video frames in ${spanS} s`);
+  assert.ok(aframes.length >= spanS * 50 * 0.9, `${aframes.length} audio packets in ${spanS} s`);
   assert.equal(vframes.filter((f) => f.key_frame === 1).length, keys.length, 'ffprobe keyframes != keyframe segments');
   assert.equal(Number(vframes[0].pts_time), 0, 'the fMP4 timeline starts at 0 at the first keyframe');
-  console.log(`e2e broadcast: ${segs.length} segments, ${vframes.length} video frames, ${aframes.length} audio packets in ${spanS.toFixed(2)} s, ` +
+  // From the capture of a segment's last frame to its publication: encoder + muxer delay.
+  const delays = segs.slice(0, -1).map((x) => (x.atUs - x.ptsUs - x.durationUs) / 1000).sort((a, b) => a - b);
+  const median = delays[Math.floor(delays.length / 2)], worst = delays.at(-1);
+  assert.ok(worst < 1000, `a segment came out ${worst} ms after its end`);
+  console.log(`e2e broadcast: publish delay after a segment's end median ${median.toFixed(0)} ms, max ${worst.toFixed(0)} ms; ${segs.length} segments, ${vframes.length} video frames, ${aframes.length} audio packets in ${spanS.toFixed(2)} s, ` +
     `${keys.length} keyframe segments, local MSE latency ${stats.preview.latencyMs} ms, ${Math.round(stats.measuredKbps)} kbit/s`);
   await b.close();
 
@@ -146,6 +150,48 @@ test('broadcast page: test pattern -> WebCodecs -> Rust muxer -> MSE, timing con
   assert.notEqual(round.fresh[0], round.fresh[1], 'two generated keys are equal');
   assert.ok(!round.fresh.includes(id1));
   for (const e of round.bad) assert.ok(e, 'a malformed secret was accepted');
+
+  // The Muxer refuses bad input with errors, never a panic (a panic would poison the module).
+  const mux = await k.page.evaluate(async () => {
+    const { Muxer } = await import('./pkg/swarmcast.js');
+    const err = (f) => { try { f(); return null; } catch (e) { return String(e.message || e); } };
+    const r = {};
+    r.noTracks = err(() => new Muxer(200000, false, false));
+    const m = new Muxer(200000, true, false);
+    r.badAvcc = err(() => m.setVideoConfig('avc1.42001f', 640, 360, new Uint8Array([1, 2, 3])));
+    r.badCodec = err(() => m.setVideoConfig('vp8', 640, 360, new Uint8Array([1, 0x42, 0, 0x1f, 0xff, 0xe1, 0, 2, 0x67, 0x42, 1, 0, 2, 0x68, 0xce])));
+    r.audioNotExpected = err(() => m.pushAudio(1000, 20000, new Uint8Array([1])));
+    r.nanTime = err(() => m.pushVideo(NaN, 0, true, new Uint8Array([0, 0, 0, 1, 0x65])));
+    r.negTime = err(() => m.pushVideo(-5, 0, true, new Uint8Array([0, 0, 0, 1, 0x65])));
+    r.waitingIsQuiet = m.pushVideo(1000, 0, true, new Uint8Array([0, 0, 0, 1, 0x65])).length === 0;
+    r.notReady = m.ready === false && m.mimeType === undefined && m.takeInit() === undefined;
+    let overflow = null;
+    for (let i = 0; i < 700 && !overflow; i++) overflow = err(() => m.pushVideo(2000 + i, 0, false, new Uint8Array([0, 0, 0, 1, 0x41])));
+    r.overflow = overflow;
+    r.stillUsable = err(() => m.flush()) === null;
+    return r;
+  });
+  for (const [k2, v] of Object.entries(mux)) assert.ok(v, `Muxer check ${k2} failed: ${JSON.stringify(mux)}`);
+  assert.match(mux.overflow, /before every track was configured/);
+
+  // The same through the page's controls: export in one browser profile, import in another.
+  await k.page.click('#exportKey');
+  const exported = await k.page.inputValue('#secretOut');
+  assert.match(exported, /^[A-Za-z0-9_-]{43}$/);
+  const other = await openPage(browser, out, 'import', `${base}/broadcast.html?keyslot=e2e`);
+  const before = await waitInPage(other.page, () => window.swarmcastBroadcaster?.streamId, null, { what: 'stream id' });
+  assert.notEqual(before, id1, 'a fresh profile should start with its own key');
+  await other.page.fill('#importKey', 'garbage');
+  await other.page.click('#importBtn');
+  assert.equal(await other.page.evaluate(() => window.swarmcastBroadcaster.streamId), before, 'garbage replaced the key');
+  await other.page.fill('#importKey', exported);
+  await other.page.click('#importBtn');
+  assert.equal(await other.page.evaluate(() => window.swarmcastBroadcaster.streamId), id1, 'import did not take the key');
+  await other.page.reload();
+  const after = await waitInPage(other.page, () => window.swarmcastBroadcaster?.streamId, null, { what: 'stream id after import + reload' });
+  assert.equal(after, id1, 'the imported key was not kept');
+  assert.ok((await other.page.inputValue('#embed')).includes(`data-swarmcast="${id1}"`), 'embed snippet does not name the stream');
+  assert.ok((await other.page.getAttribute('#viewerLink', 'href')).endsWith(`/watch.html?stream=${id1}`));
 });
 
 test('broadcast page: media file (44.1 kHz audio) and fake camera + mic sources play through MSE', { timeout: 180_000 }, async () => {

@@ -339,6 +339,8 @@ export class Monitor {
 
   start() {
     this.running = true;
+    // A failing test never reaches stop(): without this the polling loop keeps the process alive.
+    onCleanup(() => this.stop());
     this.loop = (async () => {
       while (this.running) {
         const t = Date.now();
@@ -368,6 +370,7 @@ export class Monitor {
   async stop() {
     this.running = false;
     await this.loop;
+    this.loop = null;
   }
 
   /** Waits until every listed viewer has started playing; returns how long each took. */
@@ -378,7 +381,16 @@ export class Monitor {
       await sleep(200);
     }
     const late = names.filter((n) => this.viewers.get(n).startedAt === null);
-    throw new Error(`viewers never started playing within ${timeoutMs} ms: ${late.join(', ')}`);
+    const state = (n) => {
+      const s = this.viewers.get(n).samples.at(-1);
+      if (!s) return `${n} (no sample)`;
+      if (s.evalError) return `${n} (${s.evalError})`;
+      const st = s.stats;
+      return `${n} (state ${st?.state}${st?.message ? ` "${st.message}"` : ''}, neighbours ${neighbourCount(st)}, ` +
+        `from peers ${st?.bytesFromPeers} B, from source ${st?.bytesFromSource} B, ` +
+        `video readyState ${s.video?.readyState} t=${s.video?.currentTime} error ${s.video?.error})`;
+    };
+    throw new Error(`viewers never started playing within ${timeoutMs} ms: ${late.map(state).join('; ')}`);
   }
 
   /**
