@@ -424,7 +424,12 @@ impl Player {
         let buffered = ranges(Some(self.video.buffered()));
         match decide(&buffered, current, &self.cfg) {
             Decision::Seek { to } => {
-                util::debug(&format!("seek {current:.2} -> {to:.2}"));
+                // Whole milliseconds: float formatting would add kilobytes to the bundle.
+                util::debug(&format!(
+                    "seek {} ms -> {} ms",
+                    (current * 1000.0) as i64,
+                    (to * 1000.0) as i64
+                ));
                 self.video.set_current_time(to);
                 self.video.set_playback_rate(1.0);
             }

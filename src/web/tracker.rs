@@ -173,7 +173,10 @@ impl Driver {
         let delay = reconnect_delay_ms(t.attempts, util::random_unit());
         t.attempts += 1;
         t.reconnect_at = util::now_ms() + delay;
-        util::debug(&format!("tracker {} closed; retry in {delay:.0} ms", t.url));
+        util::debug(&format!(
+            "tracker {} closed; retry in {} ms",
+            t.url, delay as u64
+        ));
     }
 
     /// Announces to tracker `i`, with as many fresh offers as the core wants neighbours.
