@@ -52,7 +52,12 @@ if (!stream) {
 console.log('stream', stream);
 const viewers = [];
 for (let i = 0; i < N; i++) {
-  viewers.push(await open(`v${i}`, `/${process.env.PAGE || "watch.html"}?stream=${encodeURIComponent(stream)}&stats=1${i === Number(process.env.CORRUPT_IDX ?? -1) ? '&pkg=pkg-test&testCorrupt=1' : ''}${EXTRA}`));
+  const opened = Date.now();
+  const page = await open(`v${i}`, `/${process.env.PAGE || "watch.html"}?stream=${encodeURIComponent(stream)}&stats=1${i === Number(process.env.CORRUPT_IDX ?? -1) ? '&pkg=pkg-test&testCorrupt=1' : ''}${EXTRA}`);
+  viewers.push(page);
+  // Start-up time: page load to the first 'playing' state (playhead moving).
+  page.waitForFunction(() => window.swarmcastPlayers?.[0]?.stats()?.state === 'playing', null, { polling: 50, timeout: 0 })
+    .then(() => console.log(`${ts()} v${i} STARTUP ${Date.now() - opened} ms after navigation`)).catch(() => {});
   if (process.env.STAGGER) await new Promise((r) => setTimeout(r, Number(process.env.STAGGER)));
 }
 const plan = (process.env.PLAN || '').split(',').filter(Boolean).map((x) => x.split(':')); // e.g. 9:start,30:stop,40:start
