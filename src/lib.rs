@@ -5,7 +5,10 @@
 //! MSE plays; `web` (wasm32 only) is the thin binding to WebRTC, WebSocket signaling and MSE.
 #![deny(missing_docs)]
 
+pub mod client;
 pub mod core;
 pub mod media;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod sim;
 #[cfg(target_arch = "wasm32")]
 mod web;

@@ -8,6 +8,7 @@
 //   key=new                           use a fresh key for this page load only (not stored)
 //   keyslot=NAME                      keep the key under another name in localStorage
 //   w, h, fps, kbps, keyMs, segMs, codec, audio=0|1, audioKbps   encoder settings
+//   upKbps                            the most this page uploads (SwarmPeer `uploadKbps`)
 //   preview=1                         local MSE playback check of the packaged stream
 //   tracker=URL (repeatable)          trackers; default ws(s)://<this host>/announce
 //   pkg=pkg-test                      load the test-hooks bundle
@@ -31,6 +32,8 @@ function bytesOf(src) {
   if (ArrayBuffer.isView(src)) return new Uint8Array(src.buffer, src.byteOffset, src.byteLength).slice();
   return undefined;
 }
+
+const esc = (t) => String(t).replace(/[&<>"]/g, (c) => ({ '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;' }[c]));
 
 const logLines = [];
 function log(msg, level = 'info') {
@@ -58,7 +61,7 @@ function setStatus(text, cls = '') {
 // Settings
 // ---------------------------------------------------------------------------------------------
 
-const SETTING_IDS = ['width', 'height', 'fps', 'kbps', 'keyMs', 'segMs', 'codec', 'audioKbps'];
+const SETTING_IDS = ['width', 'height', 'fps', 'kbps', 'keyMs', 'segMs', 'codec', 'audioKbps', 'upKbps'];
 const PARAM_NAMES = { width: 'w', height: 'h' };
 
 function applyUrlSettings() {
@@ -83,6 +86,7 @@ function readSettings() {
     codec: $('codec').value,
     audio: $('audio').checked,
     audioKbps: num('audioKbps', 6, 256),
+    upKbps: num('upKbps', 500, 100000),
   };
 }
 
@@ -105,9 +109,12 @@ async function checkCompat() {
       const sup = await VideoEncoder.isConfigSupported(videoEncoderConfig(s));
       if (!sup.supported) out.push(`<span class="bad">✘ this browser cannot encode ${s.codec} at ${s.width}×${s.height}</span>`);
     } catch (e) {
-      out.push(`<span class="bad">✘ encoder config rejected: ${e.message}</span>`);
+      out.push(`<span class="bad">✘ encoder config rejected: ${esc(e.message)}</span>`);
     }
   }
+  // The swarm carries a segment in at most 64 pieces of ~16 KiB (about 1 MiB).
+  const segKiB = ((s.videoKbps + (s.audio ? s.audioKbps : 0)) * s.segMs) / 8 / 1024;
+  if (segKiB > 800) out.push(`<span class="bad">✘ segments of ~${Math.round(segKiB)} KiB: too big for the swarm (1 MiB at most); shorten the segment or lower the bitrate</span>`);
   $('compat').innerHTML = out.join('<br>');
   return mseOk;
 }
@@ -228,6 +235,8 @@ class ElementSource {
       video.volume = 0.0001;
     }
     this.video = video;
+    // The person ends screen sharing (or unplugs the camera) from the browser's own controls.
+    for (const t of this.stream?.getVideoTracks() ?? []) t.addEventListener('ended', () => this.onEnded?.());
     await video.play();
     if (this.kind === 'file') {
       const cap = video.captureStream ? video.captureStream() : video.mozCaptureStream?.();
@@ -321,7 +330,13 @@ class LocalPreview {
   }
   pump() {
     const sb = this.sb, v = this.video;
-    if (!sb || sb.updating || this.ms.readyState !== 'open') return;
+    if (!sb || sb.updating || this.ms.readyState !== 'open') {
+      if (v.error && !this.reported) {
+        this.reported = true;
+        log(`local playback failed: media error ${v.error.code} ${v.error.message}`, 'error');
+      }
+      return;
+    }
     // Keep 20 s behind the playhead; drop the rest.
     if (sb.buffered.length && v.currentTime - sb.buffered.start(0) > 30) {
       sb.remove(0, v.currentTime - 20);
@@ -345,7 +360,8 @@ class LocalPreview {
   stats() {
     const v = this.video;
     const q = v.getVideoPlaybackQuality ? v.getVideoPlaybackQuality() : {};
-    const buf = this.sb && this.sb.buffered.length ? this.sb.buffered : null;
+    let buf = null;
+    try { buf = this.sb && this.sb.buffered.length ? this.sb.buffered : null; } catch { /* removed after a media error */ }
     const bufferMs = buf ? Math.max(0, (buf.end(buf.length - 1) - v.currentTime) * 1000) : 0;
     const latencyMs = this.originUs != null && this.started && v.currentTime > 0
       ? wallUs() / 1000 - (this.originUs / 1000 + v.currentTime * 1000) : null;
@@ -408,6 +424,7 @@ class Broadcast {
     const s = this.s;
     this.canvas.width = s.width;
     this.canvas.height = s.height;
+    this.source.onEnded = () => this.hooks.onSourceEnded?.(this);
     await this.source.open(s);
     const audioTrack = s.audio ? this.source.audioTrack() : null;
     const withAudio = s.audio && (this.source.kind === 'pattern' || !!audioTrack);
@@ -659,16 +676,22 @@ const num = (o, ...names) => {
   return undefined;
 };
 
+/** The source's upload cap as the core applies it: a multiple of the stream's bitrate (3 by
+ *  default), and never more than the upload the page allows. */
+const SOURCE_CAP_MULTIPLE = 3;
+
 class SwarmSink {
-  constructor(wasm, key) {
+  constructor(wasm, key, upKbps) {
     this.available = typeof wasm.SwarmPeer === 'function';
+    this.streamId = key.streamId();
+    this.upKbps = upKbps;
     this.peer = null;
     this.error = null;
     this.bigint = false;
     this.upWindow = [];
     if (!this.available) return;
     try {
-      this.peer = new wasm.SwarmPeer({ stream: key.streamId(), secret: key.secret(), trackers: trackerUrls() });
+      this.peer = new wasm.SwarmPeer({ stream: key.streamId(), secret: key.secret(), trackers: trackerUrls(), uploadKbps: upKbps });
       const started = this.peer.start?.();
       if (started?.catch) started.catch((e) => this.setError(e));
     } catch (e) {
@@ -676,8 +699,11 @@ class SwarmSink {
     }
   }
   setError(e) {
-    this.error = e?.message ?? String(e);
-    log(`swarm: ${this.error}`, 'error');
+    const msg = e?.message ?? String(e);
+    this.errors = (this.errors || 0) + 1;
+    // Once per distinct message: a failing publish would otherwise log five times a second.
+    if (msg !== this.error) log(`swarm: ${msg}`, 'error');
+    this.error = msg;
   }
   publishInit(mime, data) {
     if (!this.peer) return;
@@ -685,6 +711,7 @@ class SwarmSink {
   }
   publishSegment(seg) {
     if (!this.peer) return;
+    this.published = (this.published || 0) + seg.data.byteLength;
     const call = (big) => big
       ? this.peer.publishSegment(BigInt(seg.ptsUs), seg.durationUs, seg.keyframe, seg.data)
       : this.peer.publishSegment(seg.ptsUs, seg.durationUs, seg.keyframe, seg.data);
@@ -713,16 +740,23 @@ class SwarmSink {
     const neighbours = num(ps, 'neighbours', 'neighbors') ?? 0;
     const viewers = num(ps, 'viewers', 'swarmSize', 'swarm_size', 'audience') ?? neighbours;
     const cap = num(ps, 'capKbps', 'uploadCapKbps', 'sourceCapKbps');
-    const multiple = num(ps, 'sourceCapMultiple', 'source_cap_multiple') ?? 3;
+    const multiple = num(ps, 'sourceCapMultiple', 'source_cap_multiple') ?? SOURCE_CAP_MULTIPLE;
+    const bitrate = num(ps, 'bitrateKbps', 'bitrate_kbps') || targetKbps;
     return {
       available: true,
       error: this.error,
+      errors: this.errors || 0,
       neighbours,
       viewers,
       bytesUp: up,
+      bytesPublished: this.published || 0,
       uploadKbps,
-      capKbps: cap ?? multiple * targetKbps,
+      capKbps: cap ?? Math.min(multiple * bitrate, this.upKbps),
       capFromPeer: cap != null,
+      state: ps.state ?? null,
+      message: ps.message ?? null,
+      trackersOpen: num(ps, 'trackersOpen'),
+      connections: num(ps, 'connections'),
       raw: ps,
     };
   }
@@ -787,6 +821,8 @@ async function main() {
       return false;
     }
     key = newKey;
+    sink?.destroy();
+    sink = null;
     if (!ephemeralKey) storageSet(keySlot, key.secret());
     showKey();
     log(`stream key changed: ${key.streamId()}`);
@@ -817,7 +853,12 @@ async function main() {
     else if (kind === 'file') source = new ElementSource('file', $('file').files[0]);
     else source = new ElementSource(kind);
     setStatus('starting…');
-    sink = new SwarmSink(wasm, key);
+    // One swarm peer per key for the page's life: going live again after a stop continues the
+    // same stream (segment numbers go on, the new init is a new version) instead of restarting it.
+    if (!sink || sink.streamId !== key.streamId() || sink.upKbps !== settings.upKbps) {
+      sink?.destroy();
+      sink = new SwarmSink(wasm, key, settings.upKbps);
+    }
     if (!sink.available) {
       log('SwarmPeer is not in the wasm bundle yet: packaging runs, nothing is sent to viewers');
       notice('The swarm binding (SwarmPeer) is missing from this build: the stream is packaged but not sent. Use the local playback check to see it.');
@@ -831,6 +872,10 @@ async function main() {
         sink.publishInit(init.mime, init.data);
         tell('init', init);
         preview?.init(init.mime, init.data, b.muxer.originUs);
+      },
+      onSourceEnded: () => {
+        log(`the ${kind} source ended`);
+        stop();
       },
       onSegment: (seg, b) => {
         sink.publishSegment(seg);
@@ -846,7 +891,6 @@ async function main() {
     } catch (e) {
       broadcast.fail(`cannot start ${kind}: ${e.message}`);
       broadcast.stop();
-      sink.destroy();
       $('start').disabled = false;
       $('stop').disabled = true;
     }
@@ -859,7 +903,6 @@ async function main() {
       if (tail) broadcast.emit(tail);
     } catch (e) { log(`flush: ${e.message}`, 'error'); }
     broadcast.stop();
-    sink?.destroy();
     preview?.close();
     preview = null;
     $('previewBox').classList.remove('show');
@@ -875,8 +918,8 @@ async function main() {
     // The share of the stream's delivery carried by viewers: what the audience received minus
     // what the source sent, over what the audience received (an estimate from the source's side).
     let peerShare = null;
-    if (sw.available && sw.viewers > 0 && b.bytesPublished > 0) {
-      const delivered = b.bytesPublished * sw.viewers;
+    if (sw.available && sw.viewers > 0 && sw.bytesPublished > 0) {
+      const delivered = sw.bytesPublished * sw.viewers;
       peerShare = Math.max(0, Math.min(1, 1 - (sw.bytesUp ?? 0) / delivered));
     }
     return {
@@ -899,30 +942,37 @@ async function main() {
     const rows = [];
     const cls = (ok) => (ok ? 'ok' : 'bad');
     rows.push(['state', `<span class="${st.state === 'live' ? 'ok' : st.state === 'error' ? 'bad' : ''}">${st.state}</span>${st.source ? ' · ' + st.source : ''}`]);
-    rows.push(['viewers (neighbours)', `${st.viewers} (${st.neighbours})`]);
-    rows.push(['source upload', `${fmtKbps(st.uploadKbps)} of cap ${fmtKbps(st.capKbps)}${st.swarm?.capFromPeer === false && st.capKbps ? ' (3× bitrate)' : ''}`]);
+    // The source sees only the viewers connected to it; the others get the stream from them.
+    rows.push(['viewers connected to you', st.viewers > st.neighbours ? `${st.neighbours} (audience ~${st.viewers})` : `${st.neighbours}`]);
+    rows.push(['source upload', `${fmtKbps(st.uploadKbps)} of cap ${fmtKbps(st.capKbps)}${st.swarm?.capFromPeer === false && st.capKbps ? ` (min of ${SOURCE_CAP_MULTIPLE}× bitrate, your limit)` : ''}`]);
     rows.push(['stream bitrate (target / measured)', `${fmtKbps(st.targetKbps)} / ${fmtKbps(st.measuredKbps)}`]);
     rows.push(['share carried by peers', st.peerShare == null ? '–' : `${Math.round(st.peerShare * 100)} % (est.)`]);
     if (st.encoder) {
       const e = st.encoder;
       rows.push(['encoder', `${e.state} · queue ${e.queue} · ${e.fps.toFixed(1)} fps · dropped ${e.dropped}`]);
       rows.push(['frames in / encoded / keyframes', `${e.framesIn} / ${e.framesEncoded} / ${e.keyframes}`]);
-      if (e.audio) rows.push(['audio encoder', `${e.audio.state} · queue ${e.audio.queue} · ${e.audio.packets} packets${e.audio.error ? ' · ' + e.audio.error : ''}`]);
+      if (e.audio) rows.push(['audio encoder', `${e.audio.state} · queue ${e.audio.queue} · ${e.audio.packets} packets${e.audio.error ? ' · ' + esc(e.audio.error) : ''}`]);
       rows.push(['segments (keyframe)', `${st.segments} (${st.keySegments}) · ${fmtBytes(st.bytesPublished)}${st.muxErrors ? ` · <span class="bad">${st.muxErrors} errors</span>` : ''}`]);
-      rows.push(['format', st.mime ? `<span class="${cls(st.mseSupported)}">${st.mime}</span>` : '–']);
+      rows.push(['format', st.mime ? `<span class="${cls(st.mseSupported)}">${esc(st.mime)}</span>` : '–']);
     }
     if (!st.swarm?.available) rows.push(['swarm', '<span class="warn">binding missing: not sending</span>']);
-    else if (st.swarm.error) rows.push(['swarm', `<span class="bad">${st.swarm.error}</span>`]);
+    else {
+      const sw = st.swarm;
+      const trackers = sw.trackersOpen == null ? '' : ` · trackers open ${sw.trackersOpen}`;
+      const conns = sw.connections == null ? '' : ` · connections ${sw.connections}`;
+      rows.push(['swarm', `${esc(sw.state ?? '–')}${sw.message ? ' · ' + esc(sw.message) : ''}${trackers}${conns}` +
+        (sw.error ? `<br><span class="bad">${esc(sw.error)}</span>` : '')]);
+    }
     if (st.preview) {
       const p = st.preview;
-      rows.push(['local playback', `${p.playing ? '<span class="ok">playing</span>' : 'waiting'} · latency ${p.latencyMs ?? '–'} ms · buffer ${p.bufferMs} ms · frames ${p.decodedFrames ?? '–'} (dropped ${p.droppedFrames ?? '–'}) · stalls ${p.stalls}${p.errors ? ` · <span class="bad">${p.errors} errors ${p.mediaError ?? ''}</span>` : ''}`]);
+      rows.push(['local playback', `${p.playing ? '<span class="ok">playing</span>' : 'waiting'} · latency ${p.latencyMs ?? '–'} ms · buffer ${p.bufferMs} ms · frames ${p.decodedFrames ?? '–'} (dropped ${p.droppedFrames ?? '–'}) · stalls ${p.stalls}${p.errors ? ` · <span class="bad">${p.errors} errors ${esc(p.mediaError ?? '')}</span>` : ''}`]);
     }
     $('health').tBodies[0].innerHTML = rows.map(([k, v]) => `<tr><td>${k}</td><td>${v}</td></tr>`).join('');
     const ratio = st.capKbps && st.uploadKbps != null ? st.uploadKbps / st.capKbps : 0;
     const bar = $('capBar');
     bar.style.width = `${Math.min(100, ratio * 100)}%`;
     bar.style.background = ratio > 1 ? 'var(--bad)' : ratio > 0.8 ? 'var(--warn)' : 'var(--ok)';
-    if (st.state === 'live') setStatus(`● LIVE · ${st.viewers} watching`, 'bad');
+    if (st.state === 'live') setStatus(`● LIVE · ${st.neighbours} connected`, 'bad');
     else if (st.state === 'error') setStatus('error', 'bad');
     else if (st.state !== 'starting') setStatus(st.state === 'idle' ? 'ready' : st.state);
   }
@@ -974,7 +1024,7 @@ async function main() {
     if (['pattern', 'camera', 'screen'].includes(auto)) goLive(auto);
     else log(`unknown autostart source ${auto}`, 'error');
   }
-  window.addEventListener('pagehide', () => stop());
+  window.addEventListener('pagehide', () => { stop(); sink?.destroy(); sink = null; });
 }
 
 main().catch((e) => {

@@ -11,9 +11,18 @@
 //! let wake_at = swarm.poll_timeout();
 //! ```
 
+mod bitfield;
+mod bucket;
 mod id;
 mod identity;
+mod neighbour;
+mod playout;
+mod rng;
+mod scheduler;
 mod segment;
+mod sender;
+mod store;
+mod stripes;
 mod swarm;
 mod time;
 pub mod wire;

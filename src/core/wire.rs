@@ -20,6 +20,16 @@ pub const MAX_PEX_PEERS: usize = 32;
 /// Longest relayed signalling payload (an SDP offer or answer with candidates).
 pub const MAX_SIGNAL_SIZE: usize = 12 * 1024;
 
+/// Most stripes a stream may be split into (a [`Message::Status`] carries one depth per stripe).
+pub const MAX_STRIPES: usize = 32;
+
+/// Depth advertised for a stripe the sender does not currently receive.
+pub const NO_DEPTH: u8 = u8::MAX;
+
+/// Postcard tag (variant index) of [`Message::Piece`]: the hot path decodes and encodes pieces
+/// without building a [`Message`], so the payload is copied once per hop, not three times.
+const PIECE_TAG: u8 = 4;
+
 /// What a peer is in the stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Role {
@@ -142,6 +152,48 @@ pub enum Message {
         /// Why.
         reason: RejectReason,
     },
+    /// The sender's place in each stripe tree and its room for stripe-children: what a
+    /// neighbour needs to choose a parent (lowest depth with spare capacity) without probing.
+    Status {
+        /// Per stripe, hops from the source (0: the source; [`NO_DEPTH`]: not receiving it).
+        /// Exactly as many entries as the stream has stripes.
+        depths: Vec<u8>,
+        /// Further stripe-child subscriptions the sender would accept now.
+        free: u16,
+    },
+    /// Round-trip probe; answered with [`Message::Pong`] carrying the same token.
+    Ping {
+        /// Opaque to the receiver (the sender puts its clock in it).
+        token: u64,
+    },
+    /// Answer to [`Message::Ping`].
+    Pong {
+        /// The ping's token.
+        token: u64,
+    },
+}
+
+/// A message decoded without copying a piece's payload: pieces are most of the traffic.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Decoded<'a> {
+    /// A [`Message::Piece`], payload borrowed from the input.
+    Piece {
+        /// Segment.
+        seq: u64,
+        /// Piece index.
+        index: u16,
+        /// The bytes.
+        data: &'a [u8],
+    },
+    /// Any other message.
+    Other(Message),
+}
+
+#[derive(Deserialize)]
+struct PieceRef<'a> {
+    seq: u64,
+    index: u16,
+    data: &'a [u8],
 }
 
 /// Why bytes are not a valid message. Any of these from a neighbour disconnects it.
@@ -178,27 +230,43 @@ impl Message {
 
     /// Decodes one message, rejecting oversized, malformed, trailing and out-of-bounds input.
     pub fn decode(bytes: &[u8]) -> Result<Message, WireError> {
+        match Message::decode_borrowed(bytes)? {
+            Decoded::Piece { seq, index, data } => Ok(Message::Piece {
+                seq,
+                index,
+                data: data.to_vec(),
+            }),
+            Decoded::Other(m) => Ok(m),
+        }
+    }
+
+    /// Like [`Message::decode`] (same acceptance, same errors) but borrows a piece's payload.
+    pub fn decode_borrowed(bytes: &[u8]) -> Result<Decoded<'_>, WireError> {
         if bytes.len() > MAX_MESSAGE_SIZE {
             return Err(WireError::Oversized {
                 got: bytes.len(),
                 max: MAX_MESSAGE_SIZE,
             });
         }
-        let (msg, rest): (Message, &[u8]) = postcard::take_from_bytes(bytes).map_err(|e| {
-            WireError::Malformed(match e {
-                postcard::Error::DeserializeUnexpectedEnd => "truncated",
-                postcard::Error::DeserializeBadVarint => "bad varint",
-                postcard::Error::DeserializeBadEnum => "unknown message or variant tag",
-                postcard::Error::DeserializeBadBool => "bad bool",
-                postcard::Error::DeserializeBadUtf8 => "bad utf-8",
-                _ => "bad encoding",
-            })
-        })?;
+        if bytes.first() == Some(&PIECE_TAG) {
+            let (p, rest): (PieceRef<'_>, &[u8]) =
+                postcard::take_from_bytes(&bytes[1..]).map_err(malformed)?;
+            if !rest.is_empty() {
+                return Err(WireError::Trailing { extra: rest.len() });
+            }
+            check_piece(p.index, p.data.len())?;
+            return Ok(Decoded::Piece {
+                seq: p.seq,
+                index: p.index,
+                data: p.data,
+            });
+        }
+        let (msg, rest): (Message, &[u8]) = postcard::take_from_bytes(bytes).map_err(malformed)?;
         if !rest.is_empty() {
             return Err(WireError::Trailing { extra: rest.len() });
         }
         msg.check_bounds()?;
-        Ok(msg)
+        Ok(Decoded::Other(msg))
     }
 
     fn check_bounds(&self) -> Result<(), WireError> {
@@ -210,11 +278,9 @@ impl Message {
             Message::Header(h) if h.header.piece_hashes.len() > MAX_PIECES_PER_SEGMENT => {
                 Err(Oob("piece count"))
             }
-            Message::Piece { data, .. } if data.is_empty() || data.len() > PIECE_SIZE => {
-                Err(Oob("piece size"))
-            }
-            Message::Piece { index, .. } if *index as usize >= MAX_PIECES_PER_SEGMENT => {
-                Err(Oob("piece index"))
+            Message::Piece { data, index, .. } => check_piece(*index, data.len()),
+            Message::Status { depths, .. } if depths.is_empty() || depths.len() > MAX_STRIPES => {
+                Err(Oob("stripe count"))
             }
             Message::Peers { peers } if peers.len() > MAX_PEX_PEERS => Err(Oob("peer list")),
             Message::Relay { payload, .. } if payload.len() > MAX_SIGNAL_SIZE => {
@@ -226,6 +292,47 @@ impl Message {
             _ => Ok(()),
         }
     }
+}
+
+fn malformed(e: postcard::Error) -> WireError {
+    WireError::Malformed(match e {
+        postcard::Error::DeserializeUnexpectedEnd => "truncated",
+        postcard::Error::DeserializeBadVarint => "bad varint",
+        postcard::Error::DeserializeBadEnum => "unknown message or variant tag",
+        postcard::Error::DeserializeBadBool => "bad bool",
+        postcard::Error::DeserializeBadUtf8 => "bad utf-8",
+        _ => "bad encoding",
+    })
+}
+
+fn check_piece(index: u16, len: usize) -> Result<(), WireError> {
+    if len == 0 || len > PIECE_SIZE {
+        return Err(WireError::OutOfBounds("piece size"));
+    }
+    if index as usize >= MAX_PIECES_PER_SEGMENT {
+        return Err(WireError::OutOfBounds("piece index"));
+    }
+    Ok(())
+}
+
+fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+/// Encodes a [`Message::Piece`] straight from a borrowed payload: byte for byte what
+/// `Message::Piece { .. }.encode()` gives, without first copying the payload into a `Vec`.
+pub fn encode_piece(seq: u64, index: u16, data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(data.len() + 16);
+    out.push(PIECE_TAG);
+    put_varint(&mut out, seq);
+    put_varint(&mut out, index as u64);
+    put_varint(&mut out, data.len() as u64);
+    out.extend_from_slice(data);
+    out
 }
 
 #[cfg(test)]

@@ -24,6 +24,9 @@ use wasm_bindgen::prelude::*;
 /// memory without bound.
 const MAX_WAITING_FRAMES: usize = 600;
 
+/// Opus' decoding rate, whatever rate the encoder was fed.
+const OPUS_RATE: u32 = 48_000;
+
 /// Largest integer a JS number holds exactly (2^53 − 1); wall-clock µs stay far below it.
 const MAX_SAFE_INTEGER: f64 = 9_007_199_254_740_991.0;
 
@@ -129,12 +132,16 @@ impl Muxer {
         if !self.want_audio {
             return Err(MuxerError::TrackNotExpected(TrackKind::Audio).into());
         }
-        let config = match description {
+        let mut config = match description {
             Some(head) if !head.is_empty() => {
                 AudioTrackConfig::from_opus_head(&head).map_err(MuxerError::from)?
             }
             _ => AudioTrackConfig::new(sample_rate, channels),
         };
+        // The capture rate (44.1 kHz from many files and microphones) is informational for Opus,
+        // which always decodes at 48 kHz; Chromium's MP4 parser refuses a `dOps` whose input
+        // rate differs from the sample entry's, so the track always says 48 kHz.
+        config.sample_rate = OPUS_RATE;
         if self.audio.as_ref() == Some(&config) {
             return Ok(Array::new());
         }

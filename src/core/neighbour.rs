@@ -1,0 +1,134 @@
+//! What one peer knows about one neighbour: handshake facts, availability, stripe relations,
+//! the outgoing data queue and the transport's backlog.
+
+use super::bitfield::SeqBits;
+use super::time::Instant;
+use super::wire::Role;
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+/// Queue class of a fresh piece pushed to a stripe-child: goes before any requested piece.
+pub(crate) const CLASS_PUSH: u8 = 0;
+/// Queue class of a piece a neighbour requested: served by deadline (oldest segment first).
+pub(crate) const CLASS_REPLY: u8 = 1;
+
+/// Most queued items per neighbour; beyond this, new pushes and requests are dropped (the
+/// neighbour pulls them elsewhere), which bounds memory whatever it asks.
+pub(crate) const MAX_QUEUE: usize = 1024;
+
+/// One outgoing data item: `(class, seq, index)`. Ordered so that pushes come first, then
+/// requests, each oldest segment first (deadline order).
+pub(crate) type QueueItem = (u8, u64, u16);
+
+/// A neighbour's state.
+#[derive(Debug)]
+pub(crate) struct Neighbour {
+    /// When the transport opened.
+    pub connected_at: Instant,
+    /// Its handshake arrived and was valid.
+    pub established: bool,
+    /// What it says it is.
+    pub role: Role,
+    /// Upload it offers, kbit/s.
+    pub upload_kbps: u32,
+    /// Its depth on each stripe (from its last `Status`); empty before the first.
+    pub depths: Vec<u8>,
+    /// Stripe-child slots it says it still has.
+    pub free: u16,
+    /// Complete segments it holds (from `Bitfield` and `Have`).
+    pub haves: SeqBits,
+    /// Segments whose header went out on this connection.
+    pub headers_sent: SeqBits,
+    /// Newest init version sent to it.
+    pub init_sent: u32,
+    /// Data waiting for transport room.
+    pub queue: BTreeSet<QueueItem>,
+    /// Bytes the transport holds: last reported `Buffered` plus what was emitted since.
+    pub in_flight: usize,
+    /// The binding reports `Buffered` for it; until then its transport is not throttled.
+    pub buffered_known: bool,
+    /// Bit `s`: it subscribed stripe `s` from us.
+    pub child_stripes: u64,
+    /// Bit `s`: we receive stripe `s` from it.
+    pub parent_stripes: u64,
+    /// Our outstanding requests to it: segment → piece bitmask.
+    pub requests: BTreeMap<u64, u64>,
+    /// Number of pieces in `requests`.
+    pub requested_pieces: u32,
+    /// Smoothed round-trip time.
+    pub srtt: Option<Duration>,
+    /// Next ping due.
+    pub next_ping: Instant,
+    /// Payload bytes sent to it / received from it.
+    pub bytes_up: u64,
+    /// Payload bytes received from it.
+    pub bytes_down: u64,
+    /// Last time it gave us a new piece or we sent it one.
+    pub last_useful: Instant,
+    /// Start of the current one-second flood window and messages seen in it.
+    pub flood_window: Instant,
+    /// Messages received in the flood window.
+    pub flood_msgs: u32,
+    /// Relays received in the flood window.
+    pub flood_relays: u32,
+    /// Pieces it sent that we already had.
+    pub duplicates: u64,
+    /// Fresh pieces it sent that we had.
+    pub useful: u64,
+}
+
+impl Neighbour {
+    pub(crate) fn new(now: Instant) -> Self {
+        Neighbour {
+            connected_at: now,
+            established: false,
+            role: Role::Viewer,
+            upload_kbps: 0,
+            depths: Vec::new(),
+            free: 0,
+            haves: SeqBits::default(),
+            headers_sent: SeqBits::default(),
+            init_sent: 0,
+            queue: BTreeSet::new(),
+            in_flight: 0,
+            buffered_known: false,
+            child_stripes: 0,
+            parent_stripes: 0,
+            requests: BTreeMap::new(),
+            requested_pieces: 0,
+            srtt: None,
+            next_ping: now,
+            bytes_up: 0,
+            bytes_down: 0,
+            last_useful: now,
+            flood_window: now,
+            flood_msgs: 0,
+            flood_relays: 0,
+            duplicates: 0,
+            useful: 0,
+        }
+    }
+
+    /// The transport has room for more data under `budget`.
+    pub(crate) fn has_room(&self, budget: usize) -> bool {
+        !self.buffered_known || self.in_flight < budget
+    }
+
+    /// Depth on stripe `s` as advertised, [`super::wire::NO_DEPTH`] when unknown.
+    pub(crate) fn depth(&self, s: usize) -> u8 {
+        self.depths.get(s).copied().unwrap_or(super::wire::NO_DEPTH)
+    }
+
+    /// Round-trip estimate with a conservative default before the first sample.
+    pub(crate) fn rtt_or_default(&self) -> Duration {
+        self.srtt.unwrap_or(Duration::from_millis(200))
+    }
+
+    /// Folds in one round-trip sample (EWMA 1/8, as TCP).
+    pub(crate) fn rtt_sample(&mut self, sample: Duration) {
+        self.srtt = Some(match self.srtt {
+            None => sample,
+            Some(s) => (s * 7 + sample) / 8,
+        });
+    }
+}

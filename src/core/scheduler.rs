@@ -1,0 +1,222 @@
+//! Pull repair: what the push trees did not deliver in time is requested from neighbours that
+//! hold it, deadline-first near the playhead and rarest-first farther ahead; requests time out
+//! and are retried elsewhere.
+
+use super::id::PeerId;
+use super::swarm::Swarm;
+use super::time::Instant;
+use super::wire::{Message, Role};
+use std::time::Duration;
+
+/// Most pieces outstanding at one neighbour: enough to fill a path, few enough that a slow
+/// neighbour does not hold many pieces hostage until their timeout.
+const MAX_OUTSTANDING: u32 = 24;
+/// Pieces assumed for a request of a segment whose header is unknown.
+const BLIND_COST: u32 = 8;
+/// Segments within this of their deadline are pulled at once, push tree or not.
+const URGENT: Duration = Duration::from_millis(700);
+/// Segments looked at beyond the playhead.
+const LOOKAHEAD: u64 = 128;
+
+/// A segment worth pulling: `(urgent, availability, seq, pieces)`.
+type Candidate = (bool, u32, u64, u64);
+/// Preference order of request targets (smaller is better).
+type TargetKey = (bool, bool, u32, u128, u64);
+
+impl Swarm {
+    fn request_timeout(&self, peer: &PeerId) -> Duration {
+        let rtt = self
+            .neighbours
+            .get(peer)
+            .map_or(Duration::from_millis(200), |n| n.rtt_or_default());
+        rtt * 3 + Duration::from_millis(500)
+    }
+
+    /// Periodic: forgets requests that took too long, remembering whom not to ask first again.
+    pub(crate) fn expire_requests(&mut self, now: Instant) {
+        let timeouts: Vec<(u64, PeerId)> = self
+            .segments
+            .iter()
+            .flat_map(|(seq, seg)| seg.requests.iter().map(move |r| (*seq, r.0, r.2)))
+            .filter(|(_, p, at)| now.saturating_duration_since(*at) > self.request_timeout(p))
+            .map(|(seq, p, _)| (seq, p))
+            .collect();
+        for (seq, p) in timeouts {
+            let seg = self.segments.get_mut(&seq).expect("listed");
+            seg.requests.retain(|r| r.0 != p);
+            seg.requested = seg.requests.iter().fold(0, |m, r| m | r.1);
+            if !seg.tried.contains(&p) {
+                seg.tried.push(p);
+            }
+            if let Some(n) = self.neighbours.get_mut(&p) {
+                if let Some(m) = n.requests.remove(&seq) {
+                    n.requested_pieces = n.requested_pieces.saturating_sub(m.count_ones());
+                }
+                self.send(p, &Message::Cancel { seq });
+            }
+        }
+        let blind_timeouts: Vec<(u64, PeerId)> = self
+            .blind
+            .iter()
+            .filter(|(_, (p, at))| now.saturating_duration_since(*at) > self.request_timeout(p))
+            .map(|(seq, (p, _))| (*seq, *p))
+            .collect();
+        for (seq, p) in blind_timeouts {
+            self.blind.remove(&seq);
+            if let Some(n) = self.neighbours.get_mut(&p) {
+                n.requested_pieces = n.requested_pieces.saturating_sub(BLIND_COST);
+            }
+        }
+    }
+
+    /// Requests what is missing between the playhead and the newest known segment.
+    pub(crate) fn schedule_pulls(&mut self, now: Instant) {
+        if self.is_source() {
+            return;
+        }
+        let Some(_) = self.playout.start else {
+            return self.probe(now);
+        };
+        let from = self.playout.next.max(self.window_start);
+        let newest = self.stats.newest_seq.unwrap_or(0);
+        let top = newest.max(self.max_advertised.map_or(0, |(m, _)| m));
+        if top < from {
+            return;
+        }
+        let orphan: Vec<usize> = (0..self.k)
+            .filter(|s| self.stripes[*s].parent.is_none())
+            .collect();
+        let mut cands: Vec<Candidate> = Vec::new();
+        for seq in from..=top.min(from + LOOKAHEAD) {
+            if self.complete.contains(seq) {
+                continue;
+            }
+            let urgent = self.deadline_of(seq).is_some_and(|d| d <= now + URGENT);
+            let avail = self.availability(seq);
+            if avail == 0 {
+                continue;
+            }
+            match self.segments.get(&seq) {
+                Some(seg) => {
+                    let mut missing = seg.full & !seg.have & !seg.requested;
+                    if missing == 0 {
+                        continue;
+                    }
+                    let overdue =
+                        now.saturating_duration_since(seg.learned_at) >= self.config.pull_grace;
+                    if !urgent && !overdue {
+                        let orphan_bits = orphan
+                            .iter()
+                            .fold(0u64, |m, s| m | self.stripe_mask(seq, *s));
+                        missing &= orphan_bits;
+                    }
+                    if missing != 0 {
+                        cands.push((urgent, avail, seq, missing));
+                    }
+                }
+                None => {
+                    if self.blind.contains_key(&seq) {
+                        continue;
+                    }
+                    let adv_overdue = self.max_advertised.is_some_and(|(_, at)| {
+                        now.saturating_duration_since(at) >= self.config.pull_grace
+                    });
+                    if seq < newest || urgent || adv_overdue {
+                        cands.push((urgent, avail, seq, u64::MAX));
+                    }
+                }
+            }
+        }
+        // Deadline order for urgent segments, rarest first (then oldest) for the rest.
+        cands.sort_by_key(
+            |&(urgent, avail, seq, _)| {
+                if urgent {
+                    (0, 0, seq)
+                } else {
+                    (1, avail, seq)
+                }
+            },
+        );
+        for (_, _, seq, pieces) in cands {
+            self.request(now, seq, pieces);
+        }
+    }
+
+    /// Neighbours advertising `seq` complete.
+    fn availability(&self, seq: u64) -> u32 {
+        self.neighbours
+            .values()
+            .filter(|n| n.established && n.haves.contains(seq))
+            .count() as u32
+    }
+
+    /// Asks the best neighbour holding `seq` for `pieces` (all of them when the header is
+    /// unknown). Prefers neighbours not yet tried for it, then the least loaded, then the
+    /// nearest.
+    fn request(&mut self, now: Instant, seq: u64, pieces: u64) -> bool {
+        let cost = if pieces == u64::MAX {
+            BLIND_COST
+        } else {
+            pieces.count_ones()
+        };
+        let tried: &[PeerId] = self.segments.get(&seq).map_or(&[], |s| s.tried.as_slice());
+        let mut best: Option<(TargetKey, PeerId)> = None;
+        for (id, n) in &self.neighbours {
+            if !n.established
+                || !n.haves.contains(seq)
+                || (n.upload_kbps == 0 && n.role != Role::Source)
+                || n.requested_pieces + cost > MAX_OUTSTANDING
+            {
+                continue;
+            }
+            let key = (
+                tried.contains(id),
+                // The source's upload is the scarcest: ask it last.
+                n.role == Role::Source,
+                n.requested_pieces,
+                n.rtt_or_default().as_millis(),
+                self.rng.next_u64(),
+            );
+            if best.as_ref().is_none_or(|(b, _)| key < *b) {
+                best = Some((key, *id));
+            }
+        }
+        let Some((_, peer)) = best else {
+            return false;
+        };
+        let n = self.neighbours.get_mut(&peer).expect("chosen");
+        n.requested_pieces += cost;
+        if pieces == u64::MAX {
+            self.blind.insert(seq, (peer, now));
+        } else {
+            *n.requests.entry(seq).or_insert(0) |= pieces;
+            let seg = self.segments.get_mut(&seq).expect("header known");
+            seg.requests.push((peer, pieces, now));
+            seg.requested |= pieces;
+        }
+        self.send(peer, &Message::Request { seq, pieces });
+        true
+    }
+
+    /// Before a start point is chosen: asks for the newest segment a neighbour holds, so that
+    /// its header (keyframe or not) and bytes come at once (fast start).
+    fn probe(&mut self, now: Instant) {
+        let Some((m, _)) = self.max_advertised else {
+            return;
+        };
+        if let Some((seq, at)) = self.playout.probe {
+            if seq >= m && now.saturating_duration_since(at) < Duration::from_millis(1500) {
+                return;
+            }
+        }
+        if self.segments.contains_key(&m) && !self.complete.contains(m) {
+            let seg = &self.segments[&m];
+            let missing = seg.full & !seg.have & !seg.requested;
+            if missing != 0 && self.request(now, m, missing) {
+                self.playout.probe = Some((m, now));
+            }
+        } else if !self.blind.contains_key(&m) && self.request(now, m, u64::MAX) {
+            self.playout.probe = Some((m, now));
+        }
+    }
+}

@@ -1,0 +1,115 @@
+//! The send path: per-neighbour priority queues drained into transports that have room
+//! (`Input::Buffered` below the budget), paced by the upload token bucket, dropping anything
+//! that fell behind the window instead of sending it.
+
+use super::id::PeerId;
+use super::neighbour::{QueueItem, CLASS_PUSH};
+use super::swarm::Swarm;
+use super::time::Instant;
+use super::wire::{encode_piece, MAX_MESSAGE_SIZE};
+
+impl Swarm {
+    /// Upload pacing rate, bytes/s: the source's cap (a multiple of the signed bitrate, and at
+    /// most its configured upload), a viewer's configured upload.
+    pub(crate) fn upload_rate(&self) -> u64 {
+        let up = self.config.upload_kbps as u64 * 125;
+        if self.is_source() {
+            let cap = (self.config.source_cap_multiple as f64
+                * self.stats.bitrate_kbps as f64
+                * 125.0) as u64;
+            if up > 0 {
+                cap.min(up)
+            } else {
+                cap
+            }
+        } else {
+            up
+        }
+    }
+
+    /// Hands queued data to every transport with room, round-robin, while the bucket allows.
+    pub(crate) fn flush(&mut self, now: Instant) {
+        let rate = self.upload_rate();
+        // A quarter second of burst: enough to start a segment's pieces at once, small enough
+        // that the cap holds tightly over any few seconds.
+        let burst = (rate / 4).max(2 * MAX_MESSAGE_SIZE as u64);
+        self.bucket.refill(now, rate, burst);
+        let budget = self.config.send_budget;
+        let ids: Vec<PeerId> = self
+            .neighbours
+            .iter()
+            .filter(|(_, n)| n.established && !n.queue.is_empty())
+            .map(|(id, _)| *id)
+            .collect();
+        if ids.is_empty() {
+            return;
+        }
+        let start = (self.rr % ids.len() as u64) as usize;
+        self.rr = self.rr.wrapping_add(1);
+        // Two passes: every neighbour's fresh pushes before anyone's requested pieces, so that
+        // repairs never take the upload the push trees need.
+        for pushes_only in [true, false] {
+            loop {
+                let mut progress = false;
+                for j in 0..ids.len() {
+                    if !self.bucket.ready() {
+                        return;
+                    }
+                    let p = ids[(start + j) % ids.len()];
+                    let Some(n) = self.neighbours.get_mut(&p) else {
+                        continue;
+                    };
+                    if !n.has_room(budget) {
+                        continue;
+                    }
+                    let Some(&item) = n.queue.first() else {
+                        continue;
+                    };
+                    if pushes_only && item.0 != CLASS_PUSH {
+                        continue;
+                    }
+                    n.queue.pop_first();
+                    progress = true;
+                    self.send_item(now, p, item);
+                }
+                if !progress {
+                    break;
+                }
+            }
+        }
+    }
+
+    /// Sends one queued piece (with its header first if this connection has not had it), or
+    /// drops it when stale, unsubscribed or already held by the neighbour.
+    fn send_item(&mut self, now: Instant, peer: PeerId, (class, seq, index): QueueItem) {
+        if seq < self.window_start {
+            return;
+        }
+        let k = self.k as u64;
+        let Some(seg) = self.segments.get(&seq) else {
+            return;
+        };
+        let Some(Some(piece)) = seg.pieces.get(index as usize) else {
+            return;
+        };
+        let piece = piece.clone();
+        let header_msg = seg.header_msg.clone();
+        let n = self.neighbours.get_mut(&peer).expect("caller checked");
+        if n.haves.contains(seq) {
+            return;
+        }
+        if class == CLASS_PUSH {
+            let s = (seq + index as u64) % k;
+            if n.child_stripes & (1 << s) == 0 {
+                return;
+            }
+        }
+        n.last_useful = now;
+        if !n.headers_sent.contains(seq) {
+            n.headers_sent.insert(seq);
+            self.transmit(peer, header_msg.to_vec(), 0, true);
+        }
+        let data = encode_piece(seq, index, &piece);
+        self.transmit(peer, data, piece.len(), true);
+    }
+}

@@ -1,0 +1,358 @@
+//! The push trees: the stream is split into `K` stripes (piece `(seq, i)` on stripe
+//! `(seq + i) % K`); each viewer takes each stripe from one parent and forwards it to its own
+//! stripe-children piece by piece. Parents are chosen by depth (hops from the source), then
+//! spread over distinct neighbours, then RTT, then a seeded coin.
+
+use super::id::PeerId;
+use super::neighbour::CLASS_PUSH;
+use super::swarm::{DisconnectReason, Swarm};
+use super::time::Instant;
+use super::wire::{Message, NO_DEPTH};
+use std::time::Duration;
+
+/// Deepest depth a peer advertises as usable (its children would be at 254).
+const MAX_DEPTH: u8 = NO_DEPTH - 2;
+/// A neighbour that refused a subscription is not asked again for this long.
+const REFUSED_BACKOFF: Duration = Duration::from_secs(3);
+/// A parent abandoned for stalling is not asked again for this long.
+const STALLED_BACKOFF: Duration = Duration::from_secs(15);
+/// Share of its upload a viewer commits to stripe-children (the rest serves repairs).
+const VIEWER_PUSH_SHARE: f64 = 0.85;
+/// Share of its cap the source commits to stripe-children (the rest covers headers, control and
+/// repairs, so pushes never queue behind the cap).
+const SOURCE_PUSH_SHARE: f64 = 0.9;
+/// Bitrate assumed before the first header tells the real one, kbit/s.
+const DEFAULT_BITRATE_KBPS: u32 = 2500;
+
+impl Swarm {
+    /// Bits `i` of a segment that travel on stripe `s`.
+    pub(crate) fn stripe_mask(&self, seq: u64, s: usize) -> u64 {
+        let k = self.k as u64;
+        let phase = (s as u64 + k - seq % k) % k;
+        let mut m = 0u64;
+        let mut i = phase;
+        while i < 64 {
+            m |= 1 << i;
+            i += k;
+        }
+        m
+    }
+
+    /// Stripe-child subscriptions this peer can carry: upload over the per-stripe bitrate.
+    pub(crate) fn child_slots(&self) -> usize {
+        let k = self.k as f64;
+        let bitrate = if self.stats.bitrate_kbps > 0 {
+            self.stats.bitrate_kbps
+        } else {
+            DEFAULT_BITRATE_KBPS
+        } as f64;
+        let per_stripe = bitrate / k;
+        if self.is_source() {
+            let by_cap =
+                (self.config.source_cap_multiple as f64 * k * SOURCE_PUSH_SHARE).floor() as usize;
+            let by_upload = if self.config.upload_kbps > 0 {
+                (self.config.upload_kbps as f64 * SOURCE_PUSH_SHARE / per_stripe).floor() as usize
+            } else {
+                usize::MAX
+            };
+            by_cap.min(by_upload).max(1)
+        } else if self.config.upload_kbps == 0 {
+            0
+        } else {
+            ((self.config.upload_kbps as f64 * VIEWER_PUSH_SHARE / per_stripe).floor() as usize)
+                .min(3 * self.k)
+        }
+    }
+
+    pub(crate) fn child_count(&self) -> usize {
+        self.children.iter().map(Vec::len).sum()
+    }
+
+    /// Our `Status`: depth per stripe and free child slots.
+    pub(crate) fn status_message(&self) -> Message {
+        let free = self.child_slots().saturating_sub(self.child_count());
+        Message::Status {
+            depths: self.stripes.iter().map(|s| s.depth).collect(),
+            free: free.min(u16::MAX as usize) as u16,
+        }
+    }
+
+    pub(crate) fn update_depth_stats(&mut self) {
+        self.stats.stripe_depths = self.stripes.iter().map(|s| s.depth).collect();
+    }
+
+    pub(crate) fn on_status(&mut self, now: Instant, peer: PeerId, depths: Vec<u8>, free: u16) {
+        if depths.len() != self.k {
+            return self.cut(
+                now,
+                peer,
+                DisconnectReason::Protocol("stripe count mismatch"),
+            );
+        }
+        let mut changed = false;
+        for (st, &d) in self.stripes.iter_mut().zip(&depths) {
+            if st.parent == Some(peer) {
+                let mine = if d > MAX_DEPTH { NO_DEPTH } else { d + 1 };
+                if st.depth != mine {
+                    st.depth = mine;
+                    changed = true;
+                }
+            }
+        }
+        let n = self.neighbours.get_mut(&peer).expect("established");
+        n.depths = depths;
+        n.free = free;
+        if changed {
+            self.status_dirty = true;
+            self.update_depth_stats();
+        }
+        if !self.is_source() {
+            self.choose_parents(now);
+        }
+    }
+
+    pub(crate) fn on_subscribe(&mut self, now: Instant, peer: PeerId, stripe: u8) {
+        let s = stripe as usize;
+        if s >= self.k {
+            return self.cut(now, peer, DisconnectReason::Protocol("no such stripe"));
+        }
+        let bit = 1u64 << s;
+        let depth = self.stripes[s].depth;
+        let n = self.neighbours.get(&peer).expect("established");
+        let already = n.child_stripes & bit != 0;
+        let slots = self.child_slots();
+        let count = self.child_count();
+        // The source keeps half its slots for peers that can forward: a free-rider as a
+        // first-hop child would waste the source's scarce upload.
+        let free_rider_at_source = self.is_source() && n.upload_kbps == 0 && count * 2 >= slots;
+        let accept = already
+            || (depth <= MAX_DEPTH
+                && count < slots
+                && self.stripes[s].parent != Some(peer)
+                && !free_rider_at_source);
+        if accept && !already {
+            self.children[s].push(peer);
+            self.children[s].sort_unstable();
+            self.neighbours
+                .get_mut(&peer)
+                .expect("established")
+                .child_stripes |= bit;
+            self.status_dirty = true;
+            self.catch_up_child(peer, s);
+        }
+        self.send(
+            peer,
+            &Message::SubscribeAck {
+                stripe,
+                accepted: accept,
+                depth,
+            },
+        );
+    }
+
+    /// A new child gets the stripe's pieces of the newest segment at once, so it need not
+    /// pull what is already in flight.
+    fn catch_up_child(&mut self, peer: PeerId, s: usize) {
+        let Some((&seq, seg)) = self.segments.last_key_value() else {
+            return;
+        };
+        let mut bits = seg.have & self.stripe_mask(seq, s);
+        let n = self.neighbours.get_mut(&peer).expect("established");
+        if n.haves.contains(seq) {
+            return;
+        }
+        while bits != 0 {
+            let i = bits.trailing_zeros() as u16;
+            bits &= bits - 1;
+            n.queue.insert((CLASS_PUSH, seq, i));
+        }
+    }
+
+    pub(crate) fn on_unsubscribe(&mut self, peer: PeerId, stripe: u8) {
+        let s = stripe as usize;
+        if s >= self.k {
+            return;
+        }
+        let n = self.neighbours.get_mut(&peer).expect("established");
+        if n.child_stripes & (1 << s) != 0 {
+            n.child_stripes &= !(1 << s);
+            self.children[s].retain(|c| *c != peer);
+            self.status_dirty = true;
+        }
+    }
+
+    pub(crate) fn on_subscribe_ack(
+        &mut self,
+        now: Instant,
+        peer: PeerId,
+        stripe: u8,
+        accepted: bool,
+        depth: u8,
+    ) {
+        let s = stripe as usize;
+        if s >= self.k {
+            return self.cut(now, peer, DisconnectReason::Protocol("no such stripe"));
+        }
+        let is_source = self.is_source();
+        let st = &mut self.stripes[s];
+        if st.pending.map(|(p, _)| p) != Some(peer) {
+            if accepted && st.parent != Some(peer) {
+                // A late acceptance we no longer want: keep the parent's books right.
+                self.send(peer, &Message::Unsubscribe { stripe });
+            }
+            return;
+        }
+        st.pending = None;
+        if accepted && !is_source {
+            st.parent = Some(peer);
+            st.depth = if depth > MAX_DEPTH {
+                NO_DEPTH
+            } else {
+                depth + 1
+            };
+            st.last_push = now;
+            self.neighbours
+                .get_mut(&peer)
+                .expect("established")
+                .parent_stripes |= 1 << s;
+            self.status_dirty = true;
+            self.update_depth_stats();
+        } else {
+            st.avoid.push((peer, now + REFUSED_BACKOFF));
+            if let Some(n) = self.neighbours.get_mut(&peer) {
+                n.free = 0;
+            }
+            self.choose_parents(now);
+        }
+    }
+
+    /// Subscribes every stripe that has neither a parent nor a pending subscription.
+    pub(crate) fn choose_parents(&mut self, now: Instant) {
+        if self.is_source() {
+            return;
+        }
+        for s in 0..self.k {
+            let st = &self.stripes[s];
+            if st.parent.is_some() || st.pending.is_some() {
+                continue;
+            }
+            let Some(best) = self.best_parent(now, s) else {
+                continue;
+            };
+            self.stripes[s].pending = Some((best, now));
+            if let Some(n) = self.neighbours.get_mut(&best) {
+                n.free = n.free.saturating_sub(1);
+            }
+            self.send(best, &Message::Subscribe { stripe: s as u8 });
+        }
+    }
+
+    fn best_parent(&mut self, now: Instant, s: usize) -> Option<PeerId> {
+        let bit = 1u64 << s;
+        let st = &self.stripes[s];
+        let mut best: Option<((u8, u32, u128, u64), PeerId)> = None;
+        // Loop guard: after losing a parent, first look only at peers no deeper than we were
+        // (our own descendants are all deeper); fall back to any candidate.
+        for strict in [true, false] {
+            if !strict && st.old_depth == NO_DEPTH {
+                break;
+            }
+            for (id, n) in &self.neighbours {
+                let d = n.depth(s);
+                if !n.established
+                    || d > MAX_DEPTH
+                    || n.free == 0
+                    || n.child_stripes & bit != 0
+                    || (strict && st.old_depth != NO_DEPTH && d >= st.old_depth)
+                    || st.avoid.iter().any(|(p, until)| p == id && *until > now)
+                {
+                    continue;
+                }
+                let key = (
+                    d,
+                    n.parent_stripes.count_ones(),
+                    n.rtt_or_default().as_millis(),
+                    self.rng.next_u64(),
+                );
+                if best.as_ref().is_none_or(|(b, _)| key < *b) {
+                    best = Some((key, *id));
+                }
+            }
+            if best.is_some() {
+                break;
+            }
+        }
+        best.map(|(_, id)| id)
+    }
+
+    /// A piece of stripe `s` came from `peer`: if it is that stripe's parent, it is alive.
+    pub(crate) fn note_parent_progress(
+        &mut self,
+        now: Instant,
+        peer: PeerId,
+        seq: u64,
+        idx: usize,
+    ) {
+        let s = ((seq + idx as u64) % self.k as u64) as usize;
+        if self.stripes[s].parent == Some(peer) {
+            self.stripes[s].last_push = now;
+        }
+    }
+
+    /// Periodic: expires unanswered subscriptions, abandons stalled parents, fills gaps.
+    pub(crate) fn check_stripes(&mut self, now: Instant) {
+        for s in 0..self.k {
+            self.stripes[s].avoid.retain(|(_, until)| *until > now);
+            if let Some((p, at)) = self.stripes[s].pending {
+                let rtt = self.neighbours.get(&p).map(|n| n.rtt_or_default());
+                let limit = rtt.map_or(Duration::ZERO, |r| r * 3 + Duration::from_millis(500));
+                if now.saturating_duration_since(at) > limit {
+                    self.stripes[s].pending = None;
+                    self.stripes[s].avoid.push((p, now + REFUSED_BACKOFF));
+                }
+            }
+            let Some(parent) = self.stripes[s].parent else {
+                continue;
+            };
+            let last = self.stripes[s].last_push;
+            if now.saturating_duration_since(last) <= self.config.stall_timeout {
+                continue;
+            }
+            if self.stripe_overdue(now, s, last) {
+                self.abandon_parent(now, s, parent);
+            }
+        }
+        self.choose_parents(now);
+    }
+
+    /// A segment learned after `since` and older than the stall timeout has pieces on stripe
+    /// `s`: the parent should have delivered some of them by now.
+    fn stripe_overdue(&self, now: Instant, s: usize, since: Instant) -> bool {
+        for (&seq, seg) in self.segments.iter().rev() {
+            if seg.learned_at < since {
+                break;
+            }
+            if now.saturating_duration_since(seg.learned_at) > self.config.stall_timeout
+                && self.stripe_mask(seq, s) & seg.full != 0
+            {
+                return true;
+            }
+        }
+        false
+    }
+
+    fn abandon_parent(&mut self, now: Instant, s: usize, parent: PeerId) {
+        self.stats.stalls += 1;
+        let st = &mut self.stripes[s];
+        st.parent = None;
+        st.old_depth = st.depth;
+        st.depth = NO_DEPTH;
+        st.avoid.push((parent, now + STALLED_BACKOFF));
+        if let Some(n) = self.neighbours.get_mut(&parent) {
+            n.parent_stripes &= !(1 << s);
+        }
+        self.send(parent, &Message::Unsubscribe { stripe: s as u8 });
+        self.status_dirty = true;
+        self.update_depth_stats();
+    }
+}
