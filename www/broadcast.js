@@ -247,6 +247,8 @@ class ElementSource {
       video.volume = 0.0001;
     }
     this.video = video;
+    // The person ends screen sharing (or unplugs the camera) from the browser's own controls.
+    for (const t of this.stream?.getVideoTracks() ?? []) t.addEventListener('ended', () => this.onEnded?.());
     await video.play();
     if (this.kind === 'file') {
       const cap = video.captureStream ? video.captureStream() : video.mozCaptureStream?.();
@@ -434,6 +436,7 @@ class Broadcast {
     const s = this.s;
     this.canvas.width = s.width;
     this.canvas.height = s.height;
+    this.source.onEnded = () => this.hooks.onSourceEnded?.(this);
     await this.source.open(s);
     const audioTrack = s.audio ? this.source.audioTrack() : null;
     const withAudio = s.audio && (this.source.kind === 'pattern' || !!audioTrack);
@@ -881,6 +884,10 @@ async function main() {
         sink.publishInit(init.mime, init.data);
         tell('init', init);
         preview?.init(init.mime, init.data, b.muxer.originUs);
+      },
+      onSourceEnded: () => {
+        log(`the ${kind} source ended`);
+        stop();
       },
       onSegment: (seg, b) => {
         sink.publishSegment(seg);
