@@ -822,7 +822,7 @@ async function main() {
     $('viewerLink').href = link;
     $('viewerLink').textContent = link;
     const script = new URL('swarmcast.js', location.href).href;
-    $('embed').value = `<script src="${script}" async></script>\n<div data-swarmcast="${id}" style="aspect-ratio:16/9;max-width:640px"></div>`;
+    $('embed').value = `<script type="module" src="${script}"></script>\n<div data-swarmcast="${id}" style="aspect-ratio:16/9;max-width:640px"></div>`;
     $('secretOut').hidden = true;
     $('secretOut').value = '';
   }
