@@ -42,6 +42,9 @@ export const CHROMIUM_ARGS = [
   '--disable-backgrounding-occluded-windows',
 ];
 
+/** When this test process started: the zero of every `[12.34s]` stamp in the console logs. */
+const T0 = Date.now();
+
 const cleanups = [];
 const childPids = new Set();
 
@@ -227,8 +230,8 @@ export async function launchBrowser() {
 export async function openPage(browser, out, name, url, { viewport = { width: 640, height: 400 } } = {}) {
   const context = await browser.newContext({ viewport });
   const log = fs.createWriteStream(path.join(out, `${name}.console.log`));
-  const t0 = Date.now();
-  const stamp = () => `[${((Date.now() - t0) / 1000).toFixed(2).padStart(7)}s]`;
+  // One time base for every log of a test process, so pages' logs line up with each other.
+  const stamp = () => `[${((Date.now() - T0) / 1000).toFixed(2).padStart(7)}s]`;
   const errors = [];
   const page = await context.newPage();
   page.on('console', (m) => log.write(`${stamp()} ${m.type()}: ${m.text()}\n`));
