@@ -84,7 +84,7 @@ class Player extends EventTarget {
     msg.className = 'sc-msg';
     const unmute = document.createElement('button');
     unmute.className = 'sc-unmute';
-    unmute.textContent = '🔇 Click to unmute';
+    unmute.textContent = 'Click to unmute';
     unmute.hidden = !video.muted;
     const toggle = document.createElement('button');
     toggle.className = 'sc-toggle';

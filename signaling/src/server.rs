@@ -37,7 +37,7 @@ use crate::tracker::{ConnHandle, Out, SendOutcome, Tracker};
 
 /// Read buffer per connection. tungstenite's default is 128 KiB, allocated up front; tracker
 /// messages are a few KiB at most, and idle connections must stay small (goal: < 8 KiB each).
-const READ_BUFFER: usize = 4096;
+const READ_BUFFER: usize = 2048;
 
 /// Messages written per flush when a queue has several waiting.
 const WRITE_BATCH: usize = 32;
@@ -105,12 +105,10 @@ impl Running {
 
 /// Binds and starts serving in the background.
 pub async fn start(config: Config) -> Result<Running, ServeError> {
-    let listener = TcpListener::bind(config.listen)
-        .await
-        .map_err(|source| ServeError::Bind {
-            addr: config.listen,
-            source,
-        })?;
+    let listener = listen(config.listen).map_err(|source| ServeError::Bind {
+        addr: config.listen,
+        source,
+    })?;
     let addr = listener.local_addr()?;
     let (stop, stop_rx) = watch::channel(false);
     let grace = config.grace();
@@ -153,6 +151,22 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
         stop,
         task,
     })
+}
+
+/// Accept queue length. tokio's `TcpListener::bind` listens with a backlog of 128; a burst of
+/// reconnecting clients (a restart, a popular stream starting) overflows that and every dropped
+/// SYN costs its client a 1 s retransmit. The kernel caps this at `net.core.somaxconn`.
+const BACKLOG: u32 = 4096;
+
+fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(BACKLOG)
 }
 
 /// Removes peers that stopped re-announcing, every quarter TTL.
@@ -325,7 +339,7 @@ async fn drive(
     mut ws: WebSocket,
     state: &Arc<AppState>,
     handle: &Arc<ConnHandle>,
-    mut rx: mpsc::Receiver<Out>,
+    mut rx: mpsc::Receiver<Box<Out>>,
 ) {
     let cfg = &state.config;
     let mut shutdown = state.shutdown.clone();
@@ -425,8 +439,8 @@ fn is_capacity(e: &axum::Error) -> bool {
 
 async fn write_batch(
     ws: &mut WebSocket,
-    rx: &mut mpsc::Receiver<Out>,
-    first: Out,
+    rx: &mut mpsc::Receiver<Box<Out>>,
+    first: Box<Out>,
     metrics: &Metrics,
 ) -> Result<(), axum::Error> {
     let mut relayed: [Option<Instant>; WRITE_BATCH] = [None; WRITE_BATCH];

@@ -44,7 +44,7 @@ pub struct Out {
 pub struct ConnHandle {
     /// Unique per server run.
     pub id: u64,
-    tx: mpsc::Sender<Out>,
+    tx: mpsc::Sender<Box<Out>>,
     /// Notified once when the connection must close because it cannot keep up.
     pub kill: Notify,
     killed: AtomicBool,
@@ -63,7 +63,9 @@ pub enum SendOutcome {
 
 impl ConnHandle {
     /// A handle for connection `id` whose writer drains `tx`'s receiver.
-    pub fn new(id: u64, tx: mpsc::Sender<Out>) -> ConnHandle {
+    /// The queue carries boxes: tokio allocates a queue's slots 32 at a time up front, and a
+    /// pointer-sized slot keeps that at 256 bytes per idle connection instead of 1.5 KiB.
+    pub fn new(id: u64, tx: mpsc::Sender<Box<Out>>) -> ConnHandle {
         ConnHandle {
             id,
             tx,
@@ -74,7 +76,7 @@ impl ConnHandle {
 
     /// Queues `out` without waiting; on overflow marks the connection for closing.
     pub fn send(&self, out: Out) -> SendOutcome {
-        match self.tx.try_send(out) {
+        match self.tx.try_send(Box::new(out)) {
             Ok(()) => SendOutcome::Queued,
             Err(mpsc::error::TrySendError::Full(_)) => {
                 if !self.killed.swap(true, Ordering::Relaxed) {
@@ -575,7 +577,7 @@ mod tests {
         }
     }
 
-    fn conn(t: &mut Tracker, id: u64) -> mpsc::Receiver<Out> {
+    fn conn(t: &mut Tracker, id: u64) -> mpsc::Receiver<Box<Out>> {
         let (tx, rx) = mpsc::channel(8);
         t.add_conn(Arc::new(ConnHandle::new(id, tx)));
         rx

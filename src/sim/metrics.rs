@@ -138,6 +138,8 @@ impl Cuts {
 /// Measurements of one peer session.
 #[derive(Debug, Clone, Default)]
 pub struct PeerMetrics {
+    /// Session index.
+    pub index: u32,
     /// Behaviour of the session.
     pub behaviour: Option<Behaviour>,
     /// Capacity class.
@@ -217,8 +219,9 @@ pub struct PeerMetrics {
 
 impl PeerMetrics {
     /// Fresh measurements for a session.
-    pub fn new(spec: &PeerSpec) -> Self {
+    pub fn new(index: u32, spec: &PeerSpec) -> Self {
         PeerMetrics {
+            index,
             behaviour: Some(spec.behaviour),
             class: spec.class,
             up_bps: spec.up_bps,
@@ -487,6 +490,8 @@ pub struct Report {
     pub published: u64,
     /// API errors and oddities seen.
     pub notes: Vec<String>,
+    /// The first few honest sessions that never played, with what the simulator knows of them.
+    pub never_started_detail: Vec<String>,
     /// Issue 4's goals, judged for this run.
     pub goals: Vec<Goal>,
 }
@@ -548,6 +553,7 @@ impl Report {
         let mut class_startup: Vec<Vec<u32>> = vec![Vec::new(); nclass];
         let mut class_lat: Vec<Vec<u32>> = vec![Vec::new(); nclass];
         let mut notes = Vec::new();
+        let mut never_detail = Vec::new();
         let mut r_conn = (0, 0, 0, 0, 0, 0, 0);
         for (spec, m) in specs.iter().zip(metrics.iter_mut()) {
             wire_up_all += m.wire_up;
@@ -585,6 +591,25 @@ impl Report {
                 if m.first_play.is_none() {
                     never_started += 1;
                     class_never[c] += 1;
+                    if never_detail.len() < 5 {
+                        let cs = m.core_stats.clone().unwrap_or_default();
+                        never_detail.push(format!(
+                            "session {} ({:?}, class {}): joined {:.2} s, left {:.2} s, init {:?}, transports opened {}, offers {}+{} relayed, expired {}, core: neighbours {}, newest seq {:?}, payload down {} B",
+                            m.index,
+                            spec.behaviour,
+                            spec.class,
+                            joined as f64 / 1e6,
+                            left as f64 / 1e6,
+                            m.init_at.map(|t| t as f64 / 1e6),
+                            m.connections,
+                            m.offers,
+                            m.pex_offers,
+                            m.setup_expired,
+                            cs.neighbours,
+                            cs.newest_seq,
+                            m.payload_down
+                        ));
+                    }
                 }
             }
             if let Some((t, _, _)) = m.first_play {
@@ -700,6 +725,7 @@ impl Report {
             past_timers: r_conn.6,
             published,
             notes,
+            never_started_detail: never_detail,
             goals: Vec::new(),
         };
         r.goals = r.judge();
@@ -874,6 +900,9 @@ impl Report {
         }
         for n in &self.notes {
             let _ = writeln!(s, "  note: {n}");
+        }
+        for n in &self.never_started_detail {
+            let _ = writeln!(s, "  never started: {n}");
         }
         let _ = writeln!(
             s,

@@ -386,12 +386,14 @@ impl Driver {
             return;
         }
         self.stop_trackers();
+        // Goodbyes to the neighbours, so they replace us at once rather than on a timeout.
         let now = self.now();
-        for peer in self.rtc.peers() {
-            self.swarm.handle_input(now, Input::Disconnected { peer });
+        self.swarm.close(now);
+        while let Some(out) = self.swarm.poll_output() {
+            if let Output::Transmit { peer, data } = out {
+                self.rtc.send(&peer, &data);
+            }
         }
-        // Courtesy goodbyes the core may queue cannot be sent any more; drop them.
-        while self.swarm.poll_output().is_some() {}
         self.rtc.close_all();
         if let Some(p) = self.player.as_mut() {
             p.close();

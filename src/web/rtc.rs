@@ -89,15 +89,6 @@ impl Rtc {
         }
     }
 
-    /// Peers the core knows as connected.
-    pub(crate) fn peers(&self) -> Vec<PeerId> {
-        self.conns
-            .values()
-            .filter(|c| c.open)
-            .filter_map(|c| c.peer)
-            .collect()
-    }
-
     /// Number of connections, set up or open.
     pub(crate) fn len(&self) -> usize {
         self.conns.len()
