@@ -134,6 +134,7 @@ class Player extends EventTarget {
         targetLatencyMs: o.targetLatencyMs,
         uploadKbps: o.uploadKbps,
         testCorrupt: !!o.testCorrupt,
+        testTrackerLimit: o.testTrackerLimit,
         onEvent: (type, detail) => this.onPeerEvent(type, detail),
       });
       this.peer.start();

@@ -61,6 +61,10 @@ pub(crate) struct Driver {
     pub(crate) destroyed: bool,
     #[cfg(feature = "test-hooks")]
     test_corrupt: bool,
+    /// Test hook: at most this many connections set up through trackers, so that the rest
+    /// must come through the core's relay (peer exchange).
+    #[cfg(feature = "test-hooks")]
+    pub(crate) test_tracker_limit: Option<usize>,
     rates: Rates,
     state: (&'static str, String),
     fatal: Option<(&'static str, String)>,
@@ -209,6 +213,15 @@ impl Driver {
     fn on_core_timer(&mut self) {
         self.core_timer = None;
         self.input(Input::Timeout);
+    }
+
+    /// How many more connections the trackers may set up (unlimited without the test hook).
+    pub(crate) fn tracker_room(&self) -> usize {
+        #[cfg(feature = "test-hooks")]
+        if let Some(limit) = self.test_tracker_limit {
+            return limit.saturating_sub(self.rtc.via_tracker());
+        }
+        usize::MAX
     }
 
     /// Queues a page event (`state`, `error`).
@@ -551,6 +564,8 @@ impl SwarmPeer {
                 destroyed: false,
                 #[cfg(feature = "test-hooks")]
                 test_corrupt: util::get(&opts, "testCorrupt").is_truthy(),
+                #[cfg(feature = "test-hooks")]
+                test_tracker_limit: opt_f64(&opts, "testTrackerLimit").map(|n| n.max(0.0) as usize),
                 rates: Rates::default(),
                 state: ("idle", String::new()),
                 fatal: None,
