@@ -206,6 +206,18 @@ class PatternSource {
       ctx.fillStyle = i === tenth ? '#3ccf7a' : 'rgba(255,255,255,0.2)';
       ctx.fillRect(w * 0.2 + i * w * 0.062, h * 0.7, w * 0.05, h * 0.05);
     }
+    // Machine-readable timecode along the bottom edge: the capture time in ms since the Unix
+    // epoch as 41 black/white cells, most significant bit first, after a white and a black
+    // calibration cell. The e2e tests read it back from the viewers' <video> to measure latency
+    // independently of the player's own figure (tests/e2e/harness.mjs, readTimecode).
+    const cells = 43;
+    const ms = Math.floor(tUs / 1000);
+    const ch = Math.max(8, Math.round(h * 0.035));
+    for (let i = 0; i < cells; i++) {
+      const bit = i === 0 ? 1 : i === 1 ? 0 : Math.floor(ms / 2 ** (cells - 1 - i)) % 2;
+      ctx.fillStyle = bit ? '#fff' : '#000';
+      ctx.fillRect(Math.floor((i * w) / cells), h - ch, Math.ceil(w / cells), ch);
+    }
   }
   audioTrack() { return null; }
   close() {}
@@ -810,7 +822,7 @@ async function main() {
     $('viewerLink').href = link;
     $('viewerLink').textContent = link;
     const script = new URL('swarmcast.js', location.href).href;
-    $('embed').value = `<script src="${script}" async></script>\n<div data-swarmcast="${id}" style="aspect-ratio:16/9;max-width:640px"></div>`;
+    $('embed').value = `<script type="module" src="${script}"></script>\n<div data-swarmcast="${id}" style="aspect-ratio:16/9;max-width:640px"></div>`;
     $('secretOut').hidden = true;
     $('secretOut').value = '';
   }

@@ -128,6 +128,19 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
+/// CPU seconds (user + system) the process has used so far, from /proc/<pid>/stat. Under a
+/// loaded machine wall-clock rates drift with the neighbours; work per CPU-second does not.
+fn cpu_secs(pid: u32) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    // Fields after the `(comm)`: state is field 3; utime and stime are fields 14 and 15.
+    let after = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(11) + ticks(12)) / 100.0
+}
+
 fn id(n: u64, tag: u8) -> String {
     let mut b = [tag; 20];
     b[..8].copy_from_slice(&n.to_be_bytes());
@@ -364,10 +377,16 @@ async fn run_target(args: &Args, name: &str) {
 
     // Phase: announces/s.
     let r0 = stats.replies.load(Relaxed);
+    let c0 = cpu_secs(pid);
     let s = Instant::now();
     let conns_active = closed_loop(conns, ih.clone(), false, t0, s + secs).await;
-    let ann = (stats.replies.load(Relaxed) - r0) as f64 / s.elapsed().as_secs_f64();
-    println!("[{name}] announces/s (closed loop, {active} active): {ann:.0}");
+    let n = stats.replies.load(Relaxed) - r0;
+    let ann = n as f64 / s.elapsed().as_secs_f64();
+    let cpu = cpu_secs(pid) - c0;
+    println!(
+        "[{name}] announces/s (closed loop, {active} active): {ann:.0}; server CPU {cpu:.2} s = {:.0} announces per server CPU-second",
+        n as f64 / cpu.max(0.01)
+    );
 
     // Phase: latency at fixed offered load (open loop, round robin over active connections).
     let mut conns_active = conns_active;
@@ -414,17 +433,21 @@ async fn run_target(args: &Args, name: &str) {
     stats.latencies_us.lock().unwrap().clear();
     stats.record.store(true, Relaxed);
     let o0 = stats.offers.load(Relaxed);
+    let c0 = cpu_secs(pid);
     let s = Instant::now();
     let conns_active = closed_loop(conns_active, ih.clone(), true, t0, s + secs).await;
     let el = s.elapsed().as_secs_f64();
     tokio::time::sleep(Duration::from_millis(300)).await;
     stats.record.store(false, Relaxed);
-    let relayed = (stats.offers.load(Relaxed) - o0) as f64 / el;
+    let cpu = cpu_secs(pid) - c0;
+    let delivered = stats.offers.load(Relaxed) - o0;
+    let relayed = delivered as f64 / el;
     let mut lat = std::mem::take(&mut *stats.latencies_us.lock().unwrap());
     lat.sort_unstable();
     let rss2 = rss_kib(pid);
     println!(
-        "[{name}] relay throughput (closed loop, {active} active): {relayed:.0} offers/s delivered; latency under saturation p50 {:.2} ms, p99 {:.2} ms; server RSS now {rss2} KiB; failures {}",
+        "[{name}] relay throughput (closed loop, {active} active): {relayed:.0} offers/s delivered; server CPU {cpu:.2} s = {:.0} offers relayed per server CPU-second; latency under saturation p50 {:.2} ms, p99 {:.2} ms; server RSS now {rss2} KiB; failures {}",
+        delivered as f64 / cpu.max(0.01),
         pct(&lat, 0.5),
         pct(&lat, 0.99),
         stats.failures.load(Relaxed)

@@ -190,7 +190,10 @@ test('broadcast page: test pattern -> WebCodecs -> Rust muxer -> MSE, timing con
   await other.page.reload();
   const after = await waitInPage(other.page, () => window.swarmcastBroadcaster?.streamId, null, { what: 'stream id after import + reload' });
   assert.equal(after, id1, 'the imported key was not kept');
-  assert.ok((await other.page.inputValue('#embed')).includes(`data-swarmcast="${id1}"`), 'embed snippet does not name the stream');
+  const snippet = await other.page.inputValue('#embed');
+  assert.ok(snippet.includes(`data-swarmcast="${id1}"`), 'embed snippet does not name the stream');
+  // swarmcast.js is an ES module: a plain <script> would fail on import.meta.
+  assert.ok(snippet.includes(`<script type="module" src="${base}/swarmcast.js"></script>`), snippet);
   assert.ok((await other.page.getAttribute('#viewerLink', 'href')).endsWith(`/watch.html?stream=${id1}`));
 });
 
