@@ -57,6 +57,9 @@ pub(crate) struct Driver {
     tick_cb: Option<Closure<dyn FnMut()>>,
     tick_handle: Option<i32>,
     pagehide_cb: Option<Callback>,
+    /// A tab coming back to the foreground is re-synced at once (its timers were throttled
+    /// while hidden, so the next tick could be a second away).
+    visible_cb: Option<Callback>,
     started: bool,
     pub(crate) destroyed: bool,
     #[cfg(feature = "test-hooks")]
@@ -421,6 +424,12 @@ impl Driver {
         if let Some(cb) = self.pagehide_cb.as_ref() {
             let _ = w.remove_event_listener_with_callback("pagehide", cb.as_ref().unchecked_ref());
         }
+        if let (Some(cb), Some(doc)) = (self.visible_cb.as_ref(), w.document()) {
+            let _ = doc.remove_event_listener_with_callback(
+                "visibilitychange",
+                cb.as_ref().unchecked_ref(),
+            );
+        }
         self.destroyed = true;
         self.update_state();
     }
@@ -560,6 +569,7 @@ impl SwarmPeer {
                 tick_cb: None,
                 tick_handle: None,
                 pagehide_cb: None,
+                visible_cb: None,
                 started: false,
                 destroyed: false,
                 #[cfg(feature = "test-hooks")]
@@ -607,6 +617,20 @@ impl SwarmPeer {
             let _ = util::window()
                 .add_event_listener_with_callback("pagehide", hide.as_ref().unchecked_ref());
             d.pagehide_cb = Some(hide);
+            let w = weak.clone();
+            let visible = util::callback(move |_| {
+                let shown = util::window().document().is_some_and(|d| !d.hidden());
+                if shown {
+                    with(&w, |d| d.tick());
+                }
+            });
+            if let Some(doc) = util::window().document() {
+                let _ = doc.add_event_listener_with_callback(
+                    "visibilitychange",
+                    visible.as_ref().unchecked_ref(),
+                );
+            }
+            d.visible_cb = Some(visible);
             if let Some(p) = d.player.as_mut() {
                 p.attach();
             }
