@@ -588,7 +588,7 @@ export function summaryLine(test, figs, extra = '') {
   const sum = (k) => figs.reduce((a, f) => a + (f[k] ?? 0), 0);
   const line = !n
     ? `e2e ${test}: ${extra}`
-    : `e2e ${test}: ${n} viewers, advance min ${min('advanceS')} s, max stall ${max('maxStallMs')} ms, ` +
+    : `e2e ${test}: ${n} viewers, start-up max ${max('startupMs')} ms, advance min ${min('advanceS')} s, max stall ${max('maxStallMs')} ms, ` +
     `latency max ${max('latencyMsMax')} ms (player's own figure off by ≤${max('playerMinusTimecodeAbs')} ms), ` +
     `frames min ${min('framesDecoded')}, ` +
     `received ${(sum('bytesReceived') / 1e6).toFixed(2)} MB (from peers ${(sum('bytesFromPeers') / 1e6).toFixed(2)} MB)` +
