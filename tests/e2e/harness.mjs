@@ -636,6 +636,23 @@ export async function openBroadcaster(browser, out, base, extraQuery = '') {
     { timeout: 30_000, what: 'broadcaster page exposing window.swarmcastBroadcaster.streamId' },
   );
   b.streamId = streamId;
+  // Every segment the page publishes (metadata only), so a swarm-wide hole can be told apart from
+  // a broadcaster that captured nothing for a while (e.g. its main thread starved).
+  await b.page.evaluate(() => {
+    window.__e2ePublished = [];
+    window.swarmcastBroadcaster.subscribe?.((kind, o) => {
+      if (kind !== 'segment') return;
+      window.__e2ePublished.push({
+        seq: o.seq,
+        ptsUs: o.ptsUs,
+        durationUs: o.durationUs,
+        keyframe: o.keyframe,
+        bytes: o.data?.length,
+        atUs: Math.round((performance.timeOrigin + performance.now()) * 1000),
+      });
+    });
+  });
+  b.published = () => b.page.evaluate(() => window.__e2ePublished);
   b.stats = () =>
     b.page.evaluate(() => {
       const s = window.swarmcastBroadcaster.stats();
