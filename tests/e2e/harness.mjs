@@ -338,12 +338,26 @@ function sampleInPage(readTimecodeSrc) {
   const q = v && v.getVideoPlaybackQuality ? v.getVideoPlaybackQuality() : null;
   const buffered = [];
   if (v) for (let i = 0; i < v.buffered.length; i++) buffered.push([v.buffered.start(i), v.buffered.end(i)]);
+  // The media time of the frame last presented (requestVideoFrameCallback): currentTime minus it
+  // is how far the picture lags the playback clock (decoder starved), which tells a wrong
+  // latency mapping in the player from a picture that really is late.
+  if (v && !v.__e2eFrames && v.requestVideoFrameCallback) {
+    v.__e2eFrames = { last: null };
+    const onFrame = (_, meta) => {
+      v.__e2eFrames.last = meta.mediaTime;
+      v.requestVideoFrameCallback(onFrame);
+    };
+    v.requestVideoFrameCallback(onFrame);
+  }
+  const frameLagMs =
+    v && v.__e2eFrames && v.__e2eFrames.last !== null ? Math.round((v.currentTime - v.__e2eFrames.last) * 1000) : null;
   const overlay = document.querySelector('.sc-stats');
   return {
     wall: performance.timeOrigin + performance.now(),
     hasPlayer: !!(players && players.length),
     overlay: overlay && !overlay.hidden ? overlay.textContent : null,
     timecode,
+    frameLagMs,
     stats,
     statsError,
     video: v
@@ -499,6 +513,7 @@ export class Monitor {
       playerLatencyMsMedian: median(lat),
       // How far the player's figure is from the test's, per sample (median): a check of the
       // player's timeline mapping.
+      frameLagMsMedian: median(win.map((s) => s.frameLagMs).filter((x) => typeof x === 'number')),
       playerMinusTimecodeMs: median(
         win
           .filter((s) => typeof s.stats?.latencyMs === 'number' && typeof s.timecode?.latencyMs === 'number')
@@ -573,7 +588,7 @@ export function summaryLine(test, figs, extra = '') {
   const sum = (k) => figs.reduce((a, f) => a + (f[k] ?? 0), 0);
   const line = !n
     ? `e2e ${test}: ${extra}`
-    : `e2e ${test}: ${n} viewers, advance min ${min('advanceS')} s, max stall ${max('maxStallMs')} ms, ` +
+    : `e2e ${test}: ${n} viewers, start-up max ${max('startupMs')} ms, advance min ${min('advanceS')} s, max stall ${max('maxStallMs')} ms, ` +
     `latency max ${max('latencyMsMax')} ms (player's own figure off by ≤${max('playerMinusTimecodeAbs')} ms), ` +
     `frames min ${min('framesDecoded')}, ` +
     `received ${(sum('bytesReceived') / 1e6).toFixed(2)} MB (from peers ${(sum('bytesFromPeers') / 1e6).toFixed(2)} MB)` +
