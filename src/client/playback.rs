@@ -34,10 +34,10 @@ impl Default for LatencyConfig {
         LatencyConfig {
             target: 1.0,
             deadband: 0.15,
-            gain: 0.1,
+            gain: 0.15,
             min_rate: 0.95,
             max_rate: 1.1,
-            max_excess: 3.0,
+            max_excess: 1.5,
         }
     }
 }
@@ -180,9 +180,9 @@ mod tests {
             Decision::Play { rate } => assert!((0.95..1.0).contains(&rate), "{rate}"),
             d => panic!("{d:?}"),
         }
-        // 3.5 s ahead: still catch-up, clamped at 1.1.
+        // 2.4 s ahead: still catch-up, clamped at 1.1.
         assert_eq!(
-            decide(&[r(0.0, 13.5)], 10.0, &cfg),
+            decide(&[r(0.0, 12.4)], 10.0, &cfg),
             Decision::Play { rate: 1.1 }
         );
     }

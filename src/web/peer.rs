@@ -57,10 +57,17 @@ pub(crate) struct Driver {
     tick_cb: Option<Closure<dyn FnMut()>>,
     tick_handle: Option<i32>,
     pagehide_cb: Option<Callback>,
+    /// A tab coming back to the foreground is re-synced at once (its timers were throttled
+    /// while hidden, so the next tick could be a second away).
+    visible_cb: Option<Callback>,
     started: bool,
     pub(crate) destroyed: bool,
     #[cfg(feature = "test-hooks")]
     test_corrupt: bool,
+    /// Test hook: at most this many connections set up through trackers, so that the rest
+    /// must come through the core's relay (peer exchange).
+    #[cfg(feature = "test-hooks")]
+    pub(crate) test_tracker_limit: Option<usize>,
     rates: Rates,
     state: (&'static str, String),
     fatal: Option<(&'static str, String)>,
@@ -209,6 +216,15 @@ impl Driver {
     fn on_core_timer(&mut self) {
         self.core_timer = None;
         self.input(Input::Timeout);
+    }
+
+    /// How many more connections the trackers may set up (unlimited without the test hook).
+    pub(crate) fn tracker_room(&self) -> usize {
+        #[cfg(feature = "test-hooks")]
+        if let Some(limit) = self.test_tracker_limit {
+            return limit.saturating_sub(self.rtc.via_tracker());
+        }
+        usize::MAX
     }
 
     /// Queues a page event (`state`, `error`).
@@ -386,12 +402,14 @@ impl Driver {
             return;
         }
         self.stop_trackers();
+        // Goodbyes to the neighbours, so they replace us at once rather than on a timeout.
         let now = self.now();
-        for peer in self.rtc.peers() {
-            self.swarm.handle_input(now, Input::Disconnected { peer });
+        self.swarm.close(now);
+        while let Some(out) = self.swarm.poll_output() {
+            if let Output::Transmit { peer, data } = out {
+                self.rtc.send(&peer, &data);
+            }
         }
-        // Courtesy goodbyes the core may queue cannot be sent any more; drop them.
-        while self.swarm.poll_output().is_some() {}
         self.rtc.close_all();
         if let Some(p) = self.player.as_mut() {
             p.close();
@@ -405,6 +423,12 @@ impl Driver {
         }
         if let Some(cb) = self.pagehide_cb.as_ref() {
             let _ = w.remove_event_listener_with_callback("pagehide", cb.as_ref().unchecked_ref());
+        }
+        if let (Some(cb), Some(doc)) = (self.visible_cb.as_ref(), w.document()) {
+            let _ = doc.remove_event_listener_with_callback(
+                "visibilitychange",
+                cb.as_ref().unchecked_ref(),
+            );
         }
         self.destroyed = true;
         self.update_state();
@@ -545,10 +569,13 @@ impl SwarmPeer {
                 tick_cb: None,
                 tick_handle: None,
                 pagehide_cb: None,
+                visible_cb: None,
                 started: false,
                 destroyed: false,
                 #[cfg(feature = "test-hooks")]
                 test_corrupt: util::get(&opts, "testCorrupt").is_truthy(),
+                #[cfg(feature = "test-hooks")]
+                test_tracker_limit: opt_f64(&opts, "testTrackerLimit").map(|n| n.max(0.0) as usize),
                 rates: Rates::default(),
                 state: ("idle", String::new()),
                 fatal: None,
@@ -590,6 +617,20 @@ impl SwarmPeer {
             let _ = util::window()
                 .add_event_listener_with_callback("pagehide", hide.as_ref().unchecked_ref());
             d.pagehide_cb = Some(hide);
+            let w = weak.clone();
+            let visible = util::callback(move |_| {
+                let shown = util::window().document().is_some_and(|d| !d.hidden());
+                if shown {
+                    with(&w, |d| d.tick());
+                }
+            });
+            if let Some(doc) = util::window().document() {
+                let _ = doc.add_event_listener_with_callback(
+                    "visibilitychange",
+                    visible.as_ref().unchecked_ref(),
+                );
+            }
+            d.visible_cb = Some(visible);
             if let Some(p) = d.player.as_mut() {
                 p.attach();
             }

@@ -417,7 +417,20 @@ impl Player {
         }
         let current = self.current_time();
         let expected = media_fresh && self.started && !self.video.paused() && !self.video.ended();
+        let was_stalled = self.stalls.is_stalled();
         self.stalls.sample(now, current, expected);
+        if self.stalls.is_stalled() != was_stalled {
+            let ahead: Vec<(i64, i64)> = ranges(Some(self.video.buffered()))
+                .iter()
+                .map(|r| ((r.start * 1000.0) as i64, (r.end * 1000.0) as i64))
+                .collect();
+            util::debug(&format!(
+                "stall {} at {} ms, buffered {ahead:?}, queued {}",
+                if was_stalled { "ends" } else { "begins" },
+                (current * 1000.0) as i64,
+                self.queue.len()
+            ));
+        }
         if !self.started || self.rebasing {
             return Ok(());
         }

@@ -89,18 +89,18 @@ impl Rtc {
         }
     }
 
-    /// Peers the core knows as connected.
-    pub(crate) fn peers(&self) -> Vec<PeerId> {
-        self.conns
-            .values()
-            .filter(|c| c.open)
-            .filter_map(|c| c.peer)
-            .collect()
-    }
-
     /// Number of connections, set up or open.
     pub(crate) fn len(&self) -> usize {
         self.conns.len()
+    }
+
+    /// Connections (open or being set up) made through a tracker.
+    #[cfg(feature = "test-hooks")]
+    pub(crate) fn via_tracker(&self) -> usize {
+        self.conns
+            .values()
+            .filter(|c| matches!(c.via, Via::Tracker(_)))
+            .count()
     }
 
     /// Whether connection `id` still exists.
@@ -472,6 +472,7 @@ impl Driver {
         if peer == self.local || self.rtc.has_peer(&peer) {
             return;
         }
+        util::debug(&format!("offering to {peer} through the relay"));
         let Some(id) = self.new_conn(Some(peer), true, Via::Relay) else {
             return;
         };
@@ -495,7 +496,16 @@ impl Driver {
 
     /// Signalling relayed by a neighbour from `from`.
     pub(crate) fn on_relayed_signal(&mut self, from: PeerId, payload: Vec<u8>) {
-        match SignalPayload::decode(&payload) {
+        let decoded = SignalPayload::decode(&payload);
+        util::debug(&format!(
+            "relayed {} from {from}",
+            match &decoded {
+                Some(SignalPayload::Offer(_)) => "offer",
+                Some(SignalPayload::Answer(_)) => "answer",
+                None => "junk",
+            }
+        ));
+        match decoded {
             Some(SignalPayload::Offer(sdp)) => {
                 if let Some(&existing) = self.rtc.by_peer.get(&from) {
                     // Both sides offered at once: the smaller id's offer wins on both ends.

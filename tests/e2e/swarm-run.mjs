@@ -51,8 +51,14 @@ if (!stream) {
 }
 console.log('stream', stream);
 const viewers = [];
+const samples = [];
 for (let i = 0; i < N; i++) {
-  viewers.push(await open(`v${i}`, `/${process.env.PAGE || "watch.html"}?stream=${encodeURIComponent(stream)}&stats=1${i === Number(process.env.CORRUPT_IDX ?? -1) ? '&pkg=pkg-test&testCorrupt=1' : ''}${EXTRA}`));
+  const opened = Date.now();
+  const page = await open(`v${i}`, `/${process.env.PAGE || "watch.html"}?stream=${encodeURIComponent(stream)}&stats=1${i === Number(process.env.CORRUPT_IDX ?? -1) ? '&pkg=pkg-test&testCorrupt=1' : ''}${EXTRA}`);
+  viewers.push(page);
+  // Start-up time: page load to the first 'playing' state (playhead moving).
+  page.waitForFunction(() => window.swarmcastPlayers?.[0]?.stats()?.state === 'playing', null, { polling: 50, timeout: 0 })
+    .then(() => console.log(`${ts()} v${i} STARTUP ${Date.now() - opened} ms after navigation`)).catch(() => {});
   if (process.env.STAGGER) await new Promise((r) => setTimeout(r, Number(process.env.STAGGER)));
 }
 const plan = (process.env.PLAN || '').split(',').filter(Boolean).map((x) => x.split(':')); // e.g. 9:start,30:stop,40:start
@@ -72,8 +78,16 @@ for (let s = 0; s < SECS; s += 3) {
     const st = await p.evaluate(() => { const s = window.swarmcastPlayers?.[0]?.stats(); const v = document.querySelector('video');
       const b = []; if (v) for (let k = 0; k < v.buffered.length; k++) b.push([+v.buffered.start(k).toFixed(2), +v.buffered.end(k).toFixed(2)]);
       return JSON.stringify({ ...s, buffered: b, paused: v?.paused, err: v?.error?.code }); });
-    const o = JSON.parse(st); console.log(`${ts()} v${i} ${o.state} "${o.message}" nb=${o.neighbours} src=${o.bytesFromSource} peers=${o.bytesFromPeers} up=${o.bytesUp} lat=${o.latencyMs?.toFixed(0)} buf=${o.bufferMs?.toFixed(0)} stalls=${o.stalls}/${o.stallMs?.toFixed(0)} t=${o.currentTime?.toFixed(2)} played=${o.segmentsPlayed} skip=${o.segmentsSkipped} cut=${o.forgersCut} conns=${o.connections} reinit=${o.reinits} b=${JSON.stringify(o.buffered)} paused=${o.paused} err=${o.err}`);
+    const o = JSON.parse(st); (samples[i] ??= []).push(o); console.log(`${ts()} v${i} ${o.state} "${o.message}" nb=${o.neighbours} src=${o.bytesFromSource} peers=${o.bytesFromPeers} up=${o.bytesUp} lat=${o.latencyMs?.toFixed(0)} buf=${o.bufferMs?.toFixed(0)} stalls=${o.stalls}/${o.stallMs?.toFixed(0)} t=${o.currentTime?.toFixed(2)} played=${o.segmentsPlayed} skip=${o.segmentsSkipped} cut=${o.forgersCut} conns=${o.connections} reinit=${o.reinits} b=${JSON.stringify(o.buffered)} paused=${o.paused} err=${o.err}`);
   }
+}
+// Summary per viewer over the samples taken while playing.
+for (const [i, list] of samples.entries()) {
+  const lat = list.filter((o) => o.state === 'playing' && o.latencyMs != null).map((o) => o.latencyMs).sort((a, b) => a - b);
+  const q = (f) => (lat.length ? lat[Math.min(lat.length - 1, Math.floor(f * lat.length))].toFixed(0) : '-');
+  const last = list[list.length - 1] || {};
+  const total = (last.bytesFromPeers || 0) + (last.bytesFromSource || 0);
+  console.log(`SUMMARY v${i}: latency ms median ${q(0.5)} p90 ${q(0.9)} max ${q(1)} (${lat.length} samples); stalls ${last.stalls} (${(last.stallMs || 0).toFixed(0)} ms); from peers ${total ? ((100 * last.bytesFromPeers) / total).toFixed(0) : 0} %; segments played ${last.segmentsPlayed}, skipped ${last.segmentsSkipped}; forgers cut ${last.forgersCut}`);
 }
 if (process.env.SHOT) (await import('node:fs')).mkdirSync(`${ROOT}/out`, { recursive: true });
 if (process.env.SHOT) for (const [i, p] of viewers.entries()) await p.screenshot({ path: `${ROOT}/out/v${i}.png` });
