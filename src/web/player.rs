@@ -391,7 +391,7 @@ impl Player {
     }
 
     /// Starts over from the next keyframe with a fresh MediaSource (decode error, full buffer).
-    fn reinit(&mut self, why: &str) {
+    pub(crate) fn reinit(&mut self, why: &str) {
         let now = util::now_ms();
         while self.reinits.front().is_some_and(|&t| now - t > 60_000.0) {
             self.reinits.pop_front();
