@@ -33,6 +33,7 @@ use tower_http::set_header::SetResponseHeaderLayer;
 use crate::config::Config;
 use crate::metrics::{Kind, Metrics};
 use crate::protocol::{self, Request as Msg};
+use crate::tls::{TlsListener, TlsReloader};
 use crate::tracker::{ConnHandle, Out, SendOutcome, Tracker};
 
 /// Read buffer per connection. tungstenite's default is 128 KiB, allocated up front; tracker
@@ -82,6 +83,9 @@ pub enum ServeError {
     /// Other socket errors.
     #[error("server I/O error: {0}")]
     Io(#[from] std::io::Error),
+    /// The TLS certificate or key is unusable.
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 /// A started server.
@@ -90,11 +94,22 @@ pub struct Running {
     pub addr: SocketAddr,
     /// Shared state (metrics, tracker sizes).
     pub state: Arc<AppState>,
+    /// With `--tls-cert`: reloads the certificate (main calls it on SIGHUP).
+    pub tls: Option<Arc<TlsReloader>>,
     stop: watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl Running {
+    /// `http` or `https`.
+    pub fn scheme(&self) -> &'static str {
+        if self.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        }
+    }
+
     /// Stops accepting, asks every WebSocket to close (1001) and waits up to the configured
     /// grace period for them to go.
     pub async fn shutdown(self) {
@@ -105,6 +120,11 @@ impl Running {
 
 /// Binds and starts serving in the background.
 pub async fn start(config: Config) -> Result<Running, ServeError> {
+    // Certificate problems are start-up errors, reported before anything listens.
+    let tls = match (&config.tls_cert, &config.tls_key) {
+        (Some(c), Some(k)) => Some(TlsReloader::new(c.clone(), k.clone())?),
+        _ => None,
+    };
     let listener = listen(config.listen).map_err(|source| ServeError::Bind {
         addr: config.listen,
         source,
@@ -122,19 +142,25 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
         shutdown: stop_rx.clone(),
     });
     let app = router(state.clone());
-    // Small messages must not wait for Nagle + delayed ACK (40 ms).
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
     let st = state.clone();
+    let (tls_listener, plain) = match &tls {
+        Some(t) => (Some(TlsListener::new(listener, t.clone())?), None),
+        None => (None, Some(listener)),
+    };
     let task = tokio::spawn(async move {
         let sweeper = tokio::spawn(sweep(st.clone(), ttl));
-        let mut stop_http = stop_rx.clone();
-        let served = axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = stop_http.wait_for(|s| *s).await;
-            })
-            .await;
+        let stop_http = stop_rx.clone();
+        let served = match (tls_listener, plain) {
+            (Some(l), _) => serve_on(l, app, stop_http).await,
+            (None, Some(l)) => {
+                // Small messages must not wait for Nagle + delayed ACK (40 ms).
+                let l = l.tap_io(|tcp| {
+                    let _ = tcp.set_nodelay(true);
+                });
+                serve_on(l, app, stop_http).await
+            }
+            (None, None) => Ok(()),
+        };
         if let Err(e) = served {
             tracing::error!(error = %e, "server stopped with an error");
         }
@@ -148,9 +174,26 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
     Ok(Running {
         addr,
         state,
+        tls,
         stop,
         task,
     })
+}
+
+async fn serve_on<L>(
+    listener: L,
+    app: Router,
+    mut stop: watch::Receiver<bool>,
+) -> std::io::Result<()>
+where
+    L: axum::serve::Listener,
+    L::Addr: std::fmt::Debug,
+{
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            let _ = stop.wait_for(|s| *s).await;
+        })
+        .await
 }
 
 /// Accept queue length. tokio's `TcpListener::bind` listens with a backlog of 128; a burst of

@@ -1290,6 +1290,9 @@ impl Swarm {
         }
         if to == self.local {
             if !self.banned.contains(&from) {
+                // The answer goes back the way the offer came, even if no peer exchange named
+                // `from` to us yet.
+                self.pex.entry(from).or_insert(peer);
                 self.outputs.push_back(Output::Signal { from, payload });
             }
         } else if from == peer && self.neighbours.get(&to).is_some_and(|n| n.established) {

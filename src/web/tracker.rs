@@ -200,7 +200,8 @@ impl Driver {
         } else {
             self.swarm.wanted_neighbours().min(MAX_OFFERS)
         }
-        .saturating_sub(pending);
+        .saturating_sub(pending)
+        .min(self.tracker_room());
         let ids: Vec<u64> = (0..wanted)
             .filter_map(|_| self.new_conn(None, true, Via::Tracker(i)))
             .collect();
@@ -303,6 +304,9 @@ impl Driver {
                 offer_id,
                 sdp,
             }) => {
+                if self.tracker_room() == 0 {
+                    return;
+                }
                 self.answer_offer(peer, sdp, Via::Tracker(i), move |d, answer| {
                     let text = answer_json(d.info_hash, d.local, peer, &offer_id, &answer);
                     d.trackers[i].send(&text);

@@ -338,12 +338,26 @@ function sampleInPage(readTimecodeSrc) {
   const q = v && v.getVideoPlaybackQuality ? v.getVideoPlaybackQuality() : null;
   const buffered = [];
   if (v) for (let i = 0; i < v.buffered.length; i++) buffered.push([v.buffered.start(i), v.buffered.end(i)]);
+  // The media time of the frame last presented (requestVideoFrameCallback): currentTime minus it
+  // is how far the picture lags the playback clock (decoder starved), which tells a wrong
+  // latency mapping in the player from a picture that really is late.
+  if (v && !v.__e2eFrames && v.requestVideoFrameCallback) {
+    v.__e2eFrames = { last: null };
+    const onFrame = (_, meta) => {
+      v.__e2eFrames.last = meta.mediaTime;
+      v.requestVideoFrameCallback(onFrame);
+    };
+    v.requestVideoFrameCallback(onFrame);
+  }
+  const frameLagMs =
+    v && v.__e2eFrames && v.__e2eFrames.last !== null ? Math.round((v.currentTime - v.__e2eFrames.last) * 1000) : null;
   const overlay = document.querySelector('.sc-stats');
   return {
     wall: performance.timeOrigin + performance.now(),
     hasPlayer: !!(players && players.length),
     overlay: overlay && !overlay.hidden ? overlay.textContent : null,
     timecode,
+    frameLagMs,
     stats,
     statsError,
     video: v
@@ -474,6 +488,21 @@ export class Monitor {
       prev = s;
     }
     if (stallStart !== null && prev) maxStallMs = Math.max(maxStallMs, prev.wall - stallStart);
+    // Longest span in which no media bytes arrived at all (a counter that drops means the
+    // player's SwarmPeer was rebuilt: that counts as arrival). Tells "the swarm delivered nothing"
+    // from "data arrived but the player did not play it".
+    let longestNoBytesMs = 0;
+    {
+      let since = null;
+      let prevBytes = null;
+      for (const s of win) {
+        if (!s.stats) continue;
+        const b = (s.stats.bytesFromPeers ?? 0) + (s.stats.bytesFromSource ?? 0);
+        if (prevBytes === null || b !== prevBytes) since = s.wall;
+        else longestNoBytesMs = Math.max(longestNoBytesMs, s.wall - since);
+        prevBytes = b;
+      }
+    }
     const lat = win.map((s) => s.stats?.latencyMs).filter((x) => typeof x === 'number' && isFinite(x));
     const tc = win.map((s) => s.timecode?.latencyMs).filter((x) => typeof x === 'number');
     const median = (xs) => (xs.length ? Math.round([...xs].sort((a, b) => a - b)[xs.length >> 1]) : null);
@@ -487,6 +516,7 @@ export class Monitor {
       samples: win.length,
       advanceS: first && last ? +(last.video.currentTime - first.video.currentTime).toFixed(3) : 0,
       maxStallMs: Math.round(maxStallMs),
+      longestNoBytesMs: Math.round(longestNoBytesMs),
       framesDecoded: first && last ? last.video.totalFrames - first.video.totalFrames : 0,
       framesDropped: first && last ? last.video.droppedFrames - first.video.droppedFrames : 0,
       // Latency as the test measures it: wall now minus the capture time read from the frame.
@@ -499,6 +529,7 @@ export class Monitor {
       playerLatencyMsMedian: median(lat),
       // How far the player's figure is from the test's, per sample (median): a check of the
       // player's timeline mapping.
+      frameLagMsMedian: median(win.map((s) => s.frameLagMs).filter((x) => typeof x === 'number')),
       playerMinusTimecodeMs: median(
         win
           .filter((s) => typeof s.stats?.latencyMs === 'number' && typeof s.timecode?.latencyMs === 'number')
@@ -547,7 +578,9 @@ export class Monitor {
 export function violations(f, { minAdvanceS = 15, maxStallMs = 1000, maxLatencyMs = 3000 } = {}) {
   const bad = [];
   if (!(f.advanceS >= minAdvanceS)) bad.push(`currentTime advanced ${f.advanceS} s < ${minAdvanceS} s`);
-  if (f.maxStallMs > maxStallMs) bad.push(`stalled ${f.maxStallMs} ms > ${maxStallMs} ms`);
+  if (f.maxStallMs > maxStallMs) {
+    bad.push(`stalled ${f.maxStallMs} ms > ${maxStallMs} ms (longest time with no bytes arriving: ${f.longestNoBytesMs} ms)`);
+  }
   if (!(f.framesDecoded > 0)) bad.push(`decoded frames did not increase (${f.framesDecoded})`);
   if (f.latencyMsMax === null) bad.push(`no frame's timecode could be read (${f.timecodeReads})`);
   else if (f.latencyMsMax >= maxLatencyMs) bad.push(`latency ${f.latencyMsMax} ms >= ${maxLatencyMs} ms`);
@@ -573,7 +606,7 @@ export function summaryLine(test, figs, extra = '') {
   const sum = (k) => figs.reduce((a, f) => a + (f[k] ?? 0), 0);
   const line = !n
     ? `e2e ${test}: ${extra}`
-    : `e2e ${test}: ${n} viewers, advance min ${min('advanceS')} s, max stall ${max('maxStallMs')} ms, ` +
+    : `e2e ${test}: ${n} viewers, start-up max ${max('startupMs')} ms, advance min ${min('advanceS')} s, max stall ${max('maxStallMs')} ms, ` +
     `latency max ${max('latencyMsMax')} ms (player's own figure off by ≤${max('playerMinusTimecodeAbs')} ms), ` +
     `frames min ${min('framesDecoded')}, ` +
     `received ${(sum('bytesReceived') / 1e6).toFixed(2)} MB (from peers ${(sum('bytesFromPeers') / 1e6).toFixed(2)} MB)` +
@@ -621,6 +654,23 @@ export async function openBroadcaster(browser, out, base, extraQuery = '') {
     { timeout: 30_000, what: 'broadcaster page exposing window.swarmcastBroadcaster.streamId' },
   );
   b.streamId = streamId;
+  // Every segment the page publishes (metadata only), so a swarm-wide hole can be told apart from
+  // a broadcaster that captured nothing for a while (e.g. its main thread starved).
+  await b.page.evaluate(() => {
+    window.__e2ePublished = [];
+    window.swarmcastBroadcaster.subscribe?.((kind, o) => {
+      if (kind !== 'segment') return;
+      window.__e2ePublished.push({
+        seq: o.seq,
+        ptsUs: o.ptsUs,
+        durationUs: o.durationUs,
+        keyframe: o.keyframe,
+        bytes: o.data?.length,
+        atUs: Math.round((performance.timeOrigin + performance.now()) * 1000),
+      });
+    });
+  });
+  b.published = () => b.page.evaluate(() => window.__e2ePublished);
   b.stats = () =>
     b.page.evaluate(() => {
       const s = window.swarmcastBroadcaster.stats();
