@@ -1293,6 +1293,9 @@ impl Swarm {
                 // The answer goes back the way the offer came, even if no peer exchange named
                 // `from` to us yet.
                 self.pex.entry(from).or_insert(peer);
+                // It is connecting to us: do not also offer to it (glare).
+                self.connect_backoff
+                    .insert(from, now + Duration::from_secs(60));
                 self.outputs.push_back(Output::Signal { from, payload });
             }
         } else if from == peer && self.neighbours.get(&to).is_some_and(|n| n.established) {
