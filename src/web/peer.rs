@@ -680,6 +680,19 @@ impl SwarmPeer {
         .unwrap_or_else(|| Err(JsError::new("peer destroyed")))
     }
 
+    /// Test hook: makes the player start over as after a decode error (new MediaSource,
+    /// playback resumes at the next keyframe segment).
+    #[cfg(feature = "test-hooks")]
+    #[wasm_bindgen(js_name = testReinit)]
+    pub fn test_reinit(&self) {
+        let weak = Rc::downgrade(&self.inner);
+        with(&weak, |d| {
+            if let Some(p) = d.player.as_mut() {
+                p.reinit("test hook");
+            }
+        });
+    }
+
     /// Current figures as a plain object (see the COMMON contract for the field names).
     pub fn stats(&self) -> JsValue {
         match self.inner.try_borrow() {

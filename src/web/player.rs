@@ -10,7 +10,9 @@
 
 use super::peer::{with, WeakDriver};
 use super::util::{self, callback, func, Callback};
-use crate::client::playback::{decide, trim, Decision, LatencyConfig, Range, StallMeter};
+use crate::client::playback::{
+    decide, is_discontinuity, trim, Decision, LatencyConfig, Range, StallMeter,
+};
 use crate::core::{InitSegment, PlayableSegment};
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -63,6 +65,8 @@ pub(crate) struct Player {
     reinits: VecDeque<f64>,
     pub(crate) reinit_count: u32,
     error: Option<String>,
+    /// Sequence number and wall-clock end of the last segment received.
+    last_segment: Option<(u64, u64)>,
     /// Swallows `play()` rejections (autoplay refused): the page offers a play button instead.
     ignore: Callback,
 }
@@ -104,6 +108,7 @@ impl Player {
             reinits: VecDeque::new(),
             reinit_count: 0,
             error: None,
+            last_segment: None,
             ignore: callback(|_| {}),
         }
     }
@@ -126,6 +131,7 @@ impl Player {
     pub(crate) fn forget_stream(&mut self) {
         self.teardown_source();
         self.init = None;
+        self.last_segment = None;
         self.queue.clear();
         self.need_keyframe = true;
         self.wall_offset = None;
@@ -261,6 +267,17 @@ impl Player {
         if seg.init_version != init.version {
             return; // decodes with another init, which will arrive before it matters
         }
+        let prev = self.last_segment.replace((
+            seg.seq,
+            seg.pts_us.saturating_add(u64::from(seg.duration_us)),
+        ));
+        if is_discontinuity(prev, seg.seq, seg.pts_us) && self.sb.is_some() {
+            util::debug(&format!(
+                "timeline break at segment {}: new MediaSource",
+                seg.seq
+            ));
+            self.reset();
+        }
         if self.need_keyframe {
             if !seg.keyframe {
                 return;
@@ -391,7 +408,7 @@ impl Player {
     }
 
     /// Starts over from the next keyframe with a fresh MediaSource (decode error, full buffer).
-    fn reinit(&mut self, why: &str) {
+    pub(crate) fn reinit(&mut self, why: &str) {
         let now = util::now_ms();
         while self.reinits.front().is_some_and(|&t| now - t > 60_000.0) {
             self.reinits.pop_front();
