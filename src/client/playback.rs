@@ -102,6 +102,17 @@ pub fn decide(ranges: &[Range], current: f64, cfg: &LatencyConfig) -> Decision {
     Decision::Play { rate }
 }
 
+/// Whether enough is buffered at the playhead to start playback: half the target, at most
+/// 0.5 s. Starting on a single short segment stalls at once when the next one is a little late;
+/// waiting for the whole target would add its length to the start-up time.
+pub fn ready_to_start(ranges: &[Range], current: f64, cfg: &LatencyConfig) -> bool {
+    let need = (cfg.target * 0.5).min(0.5);
+    ranges
+        .iter()
+        .find(|r| current >= r.start - EDGE && current < r.end)
+        .is_some_and(|r| r.end - current >= need)
+}
+
 /// Where to land in range `r`: `target` before its end, but not before its start.
 fn seek_target(r: &Range, cfg: &LatencyConfig) -> f64 {
     (r.end - cfg.target).max(r.start + 0.001)
@@ -234,6 +245,16 @@ mod tests {
         // Past everything buffered: wait.
         assert_eq!(decide(&[r(0.0, 5.0)], 5.0, &cfg), Decision::Wait);
         assert_eq!(decide(&[], 0.0, &cfg), Decision::Wait);
+    }
+
+    #[test]
+    fn starts_with_half_the_target_buffered() {
+        let cfg = LatencyConfig::default();
+        assert!(!ready_to_start(&[r(3.0, 3.2)], 3.0, &cfg));
+        assert!(ready_to_start(&[r(3.0, 3.6)], 3.0, &cfg));
+        assert!(!ready_to_start(&[r(3.0, 3.6)], 4.0, &cfg));
+        let short = LatencyConfig { target: 0.4, ..cfg };
+        assert!(ready_to_start(&[r(3.0, 3.25)], 3.0, &short));
     }
 
     #[test]

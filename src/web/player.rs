@@ -11,7 +11,7 @@
 use super::peer::{with, WeakDriver};
 use super::util::{self, callback, func, Callback};
 use crate::client::playback::{
-    decide, is_discontinuity, trim, Decision, LatencyConfig, Range, StallMeter,
+    decide, is_discontinuity, ready_to_start, trim, Decision, LatencyConfig, Range, StallMeter,
 };
 use crate::core::{InitSegment, PlayableSegment};
 use std::collections::VecDeque;
@@ -59,6 +59,8 @@ pub(crate) struct Player {
     /// A rebase is in progress: everything buffered is being removed.
     rebasing: bool,
     started: bool,
+    /// `play()` was called since the last (re)initialisation.
+    play_requested: bool,
     pub(crate) stalls: StallMeter,
     last_trim_ms: f64,
     quota_hits: u32,
@@ -102,6 +104,7 @@ impl Player {
             probe: None,
             rebasing: false,
             started: false,
+            play_requested: false,
             stalls: StallMeter::default(),
             last_trim_ms: 0.0,
             quota_hits: 0,
@@ -138,6 +141,7 @@ impl Player {
         self.probe = None;
         self.rebasing = false;
         self.started = false;
+        self.play_requested = false;
     }
 
     /// A verified init segment: (re)build the MediaSource when it is new.
@@ -197,6 +201,7 @@ impl Player {
         self.probe = None;
         self.rebasing = false;
         self.started = false;
+        self.play_requested = false;
         self.quota_hits = 0;
     }
 
@@ -378,11 +383,23 @@ impl Player {
                 // Fast start: at the newest keyframe segment, target latency from its end.
                 let to = (last.end - self.cfg.target).max(last.start);
                 self.video.set_current_time(to);
-                self.play();
                 self.started = true;
             }
         }
+        self.maybe_start();
         self.feed();
+    }
+
+    /// Calls `play()` once enough is buffered (see [`ready_to_start`]).
+    fn maybe_start(&mut self) {
+        if !self.started || self.play_requested {
+            return;
+        }
+        let buffered = ranges(Some(self.video.buffered()));
+        if ready_to_start(&buffered, self.current_time(), &self.cfg) {
+            self.play_requested = true;
+            self.play();
+        }
     }
 
     fn play(&self) {
@@ -451,6 +468,7 @@ impl Player {
         if !self.started || self.rebasing {
             return Ok(());
         }
+        self.maybe_start();
         let buffered = ranges(Some(self.video.buffered()));
         match decide(&buffered, current, &self.cfg) {
             Decision::Seek { to } => {
@@ -470,7 +488,7 @@ impl Player {
             }
             Decision::Wait => {}
         }
-        if self.video.paused() && !self.video.ended() && self.video.muted() {
+        if self.play_requested && self.video.paused() && !self.video.ended() && self.video.muted() {
             // A muted live player should never sit paused (e.g. after a bfcache restore).
             self.play();
         }
