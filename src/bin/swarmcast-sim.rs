@@ -47,6 +47,7 @@ mod cli {
   --latency MIN-MAX       one-way latency range, e.g. 5ms-150ms         [5ms-150ms]
   --target-degree N / --max-degree N   override the core's defaults
   --advertise KBPS        upload every viewer tells its core (default: its true capacity)
+  --advertise-share X     viewers tell their core X times their true upload  [1]
   --threads N             worker threads (results do not depend on it)  [cores]
   --json FILE             write the report(s) as JSON
   --svg-dir DIR           write latency-cdf.svg (and versus-audience.svg for a sweep)
@@ -143,6 +144,9 @@ mod cli {
                 }
                 "--max-degree" => cfg.max_degree = Some(num(value(&args, &mut i, flag)?, flag)?),
                 "--advertise" => cfg.advertise_kbps = Some(num(value(&args, &mut i, flag)?, flag)?),
+                "--advertise-share" => {
+                    cfg.advertise_share = num(value(&args, &mut i, flag)?, flag)?
+                }
                 "--threads" => cfg.threads = num(value(&args, &mut i, flag)?, flag)?,
                 "--json" => json = Some(value(&args, &mut i, flag)?.to_string()),
                 "--svg-dir" => svg_dir = Some(value(&args, &mut i, flag)?.to_string()),

@@ -54,6 +54,8 @@ test('broadcaster + 8 viewers play live over WebRTC, through churn', { timeout: 
   const staying = first.slice(VIEWERS / 2);
   for (const v of leaving) {
     monitor.remove(v.name);
+    // Marks in the logs of the pages that stay, to line their reactions up with the departure.
+    for (const p of [source, ...staying]) p.log(`${v.name} leaves (browser context closed)`);
     await v.close();
   }
   const joined = await openViewers(browser, out, url, [...Array(VIEWERS / 2)].map((_, i) => `joined${i}`));
