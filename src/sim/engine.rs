@@ -517,7 +517,7 @@ fn handle(
                     _ => ctx
                         .cfg
                         .advertise_kbps
-                        .unwrap_or((spec.up_bps / 1000) as u32),
+                        .unwrap_or((spec.up_bps as f64 / 1000.0 * ctx.cfg.advertise_share) as u32),
                 },
                 source_cap_multiple: ctx.cfg.source_cap,
                 window: std::time::Duration::from_micros(ctx.cfg.window_us),
@@ -573,6 +573,14 @@ fn handle(
             push(p, me, now + ANNOUNCE_CHECK_US, Ev::Announce);
         }
         Ev::Leave(how) => {
+            if how == Departure::Graceful {
+                // A page that closes cleanly lets the core say goodbye first.
+                if let Some(live) = p.live.as_mut() {
+                    live.swarm.close(Instant::from_micros(now));
+                    st.inputs += 1;
+                }
+                drain(ctx, p, me, now, ob, st);
+            }
             let Some(live) = p.live.take() else { return };
             p.metrics.left_us = Some(now);
             p.metrics.core_stats = Some(live.swarm.stats().clone());

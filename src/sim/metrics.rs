@@ -116,6 +116,10 @@ pub struct Cuts {
     pub surplus: u64,
     /// Reason `Leaving`.
     pub leaving: u64,
+    /// Reason `GoodbyeReceived`.
+    pub goodbye: u64,
+    /// Reason `Banned` (a cut-off neighbour came back).
+    pub banned: u64,
     /// Any other reason.
     pub other: u64,
 }
@@ -131,6 +135,8 @@ impl Cuts {
         self.useless_honest += o.useless_honest;
         self.surplus += o.surplus;
         self.leaving += o.leaving;
+        self.goodbye += o.goodbye;
+        self.banned += o.banned;
         self.other += o.other;
     }
 }
@@ -253,6 +259,8 @@ impl PeerMetrics {
             DisconnectReason::Useless => c.useless_honest += 1,
             DisconnectReason::Surplus => c.surplus += 1,
             DisconnectReason::Leaving => c.leaving += 1,
+            DisconnectReason::GoodbyeReceived => c.goodbye += 1,
+            DisconnectReason::Banned => c.banned += 1,
             _ => c.other += 1,
         }
     }
@@ -484,6 +492,12 @@ pub struct Report {
     pub sent_unconnected: u64,
     /// Out-of-order `Play` outputs.
     pub out_of_order_plays: u64,
+    /// The cores' own duplicate piece bytes / piece payload received (wasted download).
+    pub duplicate_share: f64,
+    /// Pieces the cores pulled (repair) rather than got pushed.
+    pub pieces_pulled: u64,
+    /// Stalls the cores reported.
+    pub core_stalls: u64,
     /// Core timers in the past (a spin guard fired).
     pub past_timers: u64,
     /// Segments the source published.
@@ -555,6 +569,7 @@ impl Report {
         let mut notes = Vec::new();
         let mut never_detail = Vec::new();
         let mut r_conn = (0, 0, 0, 0, 0, 0, 0);
+        let (mut dup, mut pulled, mut stalls) = (0u64, 0u64, 0u64);
         for (spec, m) in specs.iter().zip(metrics.iter_mut()) {
             wire_up_all += m.wire_up;
             payload_up_all += m.payload_up;
@@ -570,6 +585,11 @@ impl Report {
             r_conn.4 += m.sent_unconnected;
             r_conn.5 += m.out_of_order;
             r_conn.6 += m.past_timers;
+            if let Some(cs) = &m.core_stats {
+                dup += cs.duplicate_bytes;
+                pulled += cs.pieces_pulled;
+                stalls += cs.stalls;
+            }
             for n in &m.notes {
                 if notes.len() < 10 && !notes.contains(n) {
                     notes.push(n.clone());
@@ -722,6 +742,13 @@ impl Report {
             setup_expired: r_conn.3,
             sent_unconnected: r_conn.4,
             out_of_order_plays: r_conn.5,
+            duplicate_share: if payload_down_all > 0 {
+                dup as f64 / payload_down_all as f64
+            } else {
+                f64::NAN
+            },
+            pieces_pulled: pulled,
+            core_stalls: stalls,
             past_timers: r_conn.6,
             published,
             notes,
@@ -866,9 +893,12 @@ impl Report {
         );
         let _ = writeln!(
             s,
-            "  control overhead   {:.2}%   upload fairness (Jain) {:.3}",
+            "  control overhead   {:.2}%   upload fairness (Jain) {:.3}   duplicate download {:.2}%   pieces pulled {}   core stalls {}",
             self.control_overhead * 100.0,
-            self.upload_fairness_jain
+            self.upload_fairness_jain,
+            self.duplicate_share * 100.0,
+            self.pieces_pulled,
+            self.core_stalls
         );
         let se = &self.security;
         let _ = writeln!(
@@ -878,7 +908,7 @@ impl Report {
         );
         let _ = writeln!(
             s,
-            "  connections        {} opened, {} tracker offers, {} relayed offers, {} expired; cuts: useless {} (+{} honest), surplus {}, protocol {}, malformed {}, flood {}, other {}",
+            "  connections        {} opened, {} tracker offers, {} relayed offers, {} expired; cuts: useless {} (+{} honest), surplus {}, protocol {}, malformed {}, flood {}, banned {}, other {}",
             self.connections,
             self.tracker_offers,
             self.pex_offers,
@@ -889,6 +919,7 @@ impl Report {
             se.cuts.protocol,
             se.cuts.malformed,
             se.cuts.flood,
+            se.cuts.banned,
             se.cuts.other
         );
         if self.sent_unconnected + self.out_of_order_plays + self.past_timers > 0 {

@@ -11,6 +11,7 @@ use super::rtc::Rtc;
 use super::tracker::Tracker;
 use super::util::{self, Callback};
 use crate::client::playback::LatencyConfig;
+use crate::client::status::{page_state, Facts};
 use crate::core::{
     Config, Input, Instant, Output, PeerId, SegmentMeta, StreamId, StreamKey, Swarm,
 };
@@ -312,42 +313,22 @@ impl Driver {
 
     /// Recomputes the page-visible state and emits `state` when it changed.
     fn update_state(&mut self) {
-        let next: (&'static str, String) = if self.destroyed {
-            ("destroyed", String::new())
-        } else if let Some((_, msg)) = &self.fatal {
-            ("error", msg.clone())
-        } else if self.is_source {
-            ("live", String::new())
-        } else {
-            let now = util::now_ms();
-            let media_fresh = self
+        let now = util::now_ms();
+        let facts = Facts {
+            destroyed: self.destroyed,
+            fatal: self.fatal.as_ref().map(|(_, m)| m.clone()),
+            is_source: self.is_source,
+            media_fresh: self
                 .last_media_ms
-                .is_some_and(|t| now - t < MEDIA_SILENCE_MS);
-            let tracker_down = !self.trackers.is_empty()
-                && self.trackers.iter().all(|t| !t.is_open() && t.failures > 0);
-            let playing = self.player.as_ref().is_some_and(|p| p.is_playing());
-            if playing && media_fresh {
-                ("playing", String::new())
-            } else if media_fresh {
-                ("buffering", String::new())
-            } else if tracker_down && self.swarm.stats().neighbours == 0 {
-                (
-                    "unreachable",
-                    "Cannot reach the tracker; retrying…".to_owned(),
-                )
-            } else if !self.trackers.iter().any(|t| t.is_open())
-                && self.swarm.stats().neighbours == 0
-            {
-                ("connecting", "Connecting…".to_owned())
-            } else if self.ever_media {
-                (
-                    "waiting",
-                    "The broadcast stopped; waiting for it to resume…".to_owned(),
-                )
-            } else {
-                ("waiting", "Waiting for the broadcast to start…".to_owned())
-            }
+                .is_some_and(|t| now - t < MEDIA_SILENCE_MS),
+            ever_media: self.ever_media,
+            playing: self.player.as_ref().is_some_and(|p| p.is_playing()),
+            trackers: self.trackers.len(),
+            trackers_open: self.trackers.iter().filter(|t| t.is_open()).count(),
+            trackers_failing: self.trackers.iter().all(|t| t.failures > 0),
+            neighbours: self.swarm.stats().neighbours,
         };
+        let next = page_state(&facts);
         if next != self.state {
             self.state = next;
             let detail = js_sys::Object::new();
@@ -611,8 +592,18 @@ impl SwarmPeer {
                 .ok();
             d.tick_cb = Some(tick);
             let w = weak.clone();
-            let hide = util::callback(move |_| {
-                with(&w, |d| d.stop_trackers());
+            let hide = util::callback(move |ev: JsValue| {
+                // `persisted`: the page may come back from the back/forward cache; keep the
+                // connections. Otherwise it is unloading: say goodbye so neighbours replace us
+                // now rather than when ICE times out (10–30 s).
+                let persisted = util::get(&ev, "persisted").is_truthy();
+                with(&w, |d| {
+                    if persisted {
+                        d.stop_trackers();
+                    } else {
+                        d.destroy();
+                    }
+                });
             });
             let _ = util::window()
                 .add_event_listener_with_callback("pagehide", hide.as_ref().unchecked_ref());
@@ -687,6 +678,19 @@ impl SwarmPeer {
                 .map_err(|e| JsError::new(&e.to_string()))
         })
         .unwrap_or_else(|| Err(JsError::new("peer destroyed")))
+    }
+
+    /// Test hook: makes the player start over as after a decode error (new MediaSource,
+    /// playback resumes at the next keyframe segment).
+    #[cfg(feature = "test-hooks")]
+    #[wasm_bindgen(js_name = testReinit)]
+    pub fn test_reinit(&self) {
+        let weak = Rc::downgrade(&self.inner);
+        with(&weak, |d| {
+            if let Some(p) = d.player.as_mut() {
+                p.reinit("test hook");
+            }
+        });
     }
 
     /// Current figures as a plain object (see the COMMON contract for the field names).

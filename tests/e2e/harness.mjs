@@ -488,6 +488,21 @@ export class Monitor {
       prev = s;
     }
     if (stallStart !== null && prev) maxStallMs = Math.max(maxStallMs, prev.wall - stallStart);
+    // Longest span in which no media bytes arrived at all (a counter that drops means the
+    // player's SwarmPeer was rebuilt: that counts as arrival). Tells "the swarm delivered nothing"
+    // from "data arrived but the player did not play it".
+    let longestNoBytesMs = 0;
+    {
+      let since = null;
+      let prevBytes = null;
+      for (const s of win) {
+        if (!s.stats) continue;
+        const b = (s.stats.bytesFromPeers ?? 0) + (s.stats.bytesFromSource ?? 0);
+        if (prevBytes === null || b !== prevBytes) since = s.wall;
+        else longestNoBytesMs = Math.max(longestNoBytesMs, s.wall - since);
+        prevBytes = b;
+      }
+    }
     const lat = win.map((s) => s.stats?.latencyMs).filter((x) => typeof x === 'number' && isFinite(x));
     const tc = win.map((s) => s.timecode?.latencyMs).filter((x) => typeof x === 'number');
     const median = (xs) => (xs.length ? Math.round([...xs].sort((a, b) => a - b)[xs.length >> 1]) : null);
@@ -501,6 +516,7 @@ export class Monitor {
       samples: win.length,
       advanceS: first && last ? +(last.video.currentTime - first.video.currentTime).toFixed(3) : 0,
       maxStallMs: Math.round(maxStallMs),
+      longestNoBytesMs: Math.round(longestNoBytesMs),
       framesDecoded: first && last ? last.video.totalFrames - first.video.totalFrames : 0,
       framesDropped: first && last ? last.video.droppedFrames - first.video.droppedFrames : 0,
       // Latency as the test measures it: wall now minus the capture time read from the frame.
@@ -562,7 +578,9 @@ export class Monitor {
 export function violations(f, { minAdvanceS = 15, maxStallMs = 1000, maxLatencyMs = 3000 } = {}) {
   const bad = [];
   if (!(f.advanceS >= minAdvanceS)) bad.push(`currentTime advanced ${f.advanceS} s < ${minAdvanceS} s`);
-  if (f.maxStallMs > maxStallMs) bad.push(`stalled ${f.maxStallMs} ms > ${maxStallMs} ms`);
+  if (f.maxStallMs > maxStallMs) {
+    bad.push(`stalled ${f.maxStallMs} ms > ${maxStallMs} ms (longest time with no bytes arriving: ${f.longestNoBytesMs} ms)`);
+  }
   if (!(f.framesDecoded > 0)) bad.push(`decoded frames did not increase (${f.framesDecoded})`);
   if (f.latencyMsMax === null) bad.push(`no frame's timecode could be read (${f.timecodeReads})`);
   else if (f.latencyMsMax >= maxLatencyMs) bad.push(`latency ${f.latencyMsMax} ms >= ${maxLatencyMs} ms`);
@@ -636,6 +654,23 @@ export async function openBroadcaster(browser, out, base, extraQuery = '') {
     { timeout: 30_000, what: 'broadcaster page exposing window.swarmcastBroadcaster.streamId' },
   );
   b.streamId = streamId;
+  // Every segment the page publishes (metadata only), so a swarm-wide hole can be told apart from
+  // a broadcaster that captured nothing for a while (e.g. its main thread starved).
+  await b.page.evaluate(() => {
+    window.__e2ePublished = [];
+    window.swarmcastBroadcaster.subscribe?.((kind, o) => {
+      if (kind !== 'segment') return;
+      window.__e2ePublished.push({
+        seq: o.seq,
+        ptsUs: o.ptsUs,
+        durationUs: o.durationUs,
+        keyframe: o.keyframe,
+        bytes: o.data?.length,
+        atUs: Math.round((performance.timeOrigin + performance.now()) * 1000),
+      });
+    });
+  });
+  b.published = () => b.page.evaluate(() => window.__e2ePublished);
   b.stats = () =>
     b.page.evaluate(() => {
       const s = window.swarmcastBroadcaster.stats();

@@ -9,7 +9,7 @@
 // Environment: VIEWERS (2), SECS (30), STAGGER (ms between viewers), PAGE (watch.html or
 // embed.html), EXTRA (appended to viewer URLs), CORRUPT_IDX (that viewer loads pkg-test with
 // testCorrupt=1), LATE=1 + PLAN=9:start,30:stop,42:start (drive the broadcaster; freezeN/thawN freeze viewer N, blockN
-// busies viewer N's main thread for 5 s), QUIET=1 (only
+// busies viewer N's main thread for 5 s, reinitN restarts viewer N's player: pkg-test only), QUIET=1 (only
 // warnings from the pages), SHOT=1 (screenshots into out/), SIG (signaling binary, default
 // target/debug/swarmcast-signaling).
 import { spawn } from 'node:child_process';
@@ -65,6 +65,8 @@ const plan = (process.env.PLAN || '').split(',').filter(Boolean).map((x) => x.sp
 for (let s = 0; s < SECS; s += 3) {
   await new Promise((r) => setTimeout(r, 3000));
   for (const [at, what] of plan) if (Number(at) > s && Number(at) <= s + 3) { console.log(`${ts()} PLAN ${what}`); 
+    const ri = what.match(/^reinit(\d+)$/); // player starts over as after a decode error (pkg-test)
+    if (ri) { await viewers[Number(ri[1])].evaluate(() => window.swarmcastPlayers[0].peer.testReinit()); continue; }
     const bl = what.match(/^block(\d+)$/); // busy main thread for 5 s (a janky tab)
     if (bl) { viewers[Number(bl[1])].evaluate(() => { const t = performance.now(); while (performance.now() - t < 5000); }).catch(() => {}); continue; }
     const fz = what.match(/^(freeze|thaw)(\d+)$/); // freeze/thaw a viewer page (tab frozen in the background)

@@ -54,6 +54,8 @@ test('broadcaster + 8 viewers play live over WebRTC, through churn', { timeout: 
   const staying = first.slice(VIEWERS / 2);
   for (const v of leaving) {
     monitor.remove(v.name);
+    // Marks in the logs of the pages that stay, to line their reactions up with the departure.
+    for (const p of [source, ...staying]) p.log(`${v.name} leaves (browser context closed)`);
     await v.close();
   }
   const joined = await openViewers(browser, out, url, [...Array(VIEWERS / 2)].map((_, i) => `joined${i}`));
@@ -75,12 +77,22 @@ test('broadcaster + 8 viewers play live over WebRTC, through churn', { timeout: 
     if (f2) figures.churn = f2;
     monitor.writeJson(v.name, figures);
   }
-  fs.writeFileSync(`${out}/source.json`, JSON.stringify({ phase1: src1, churn: src2 }, null, 1));
+  const published = await source.published().catch(() => null);
+  fs.writeFileSync(`${out}/source.json`, JSON.stringify({ phase1: src1, churn: src2, published }, null, 1));
 
+  // How steadily the source published: a long gap means the broadcaster itself paused (its page
+  // starved of CPU), not the swarm.
+  let publishGapMs = null;
+  if (published && published.length > 1) {
+    publishGapMs = 0;
+    for (let i = 1; i < published.length; i++) {
+      publishGapMs = Math.max(publishGapMs, Math.round((published[i].atUs - published[i - 1].atUs) / 1000));
+    }
+  }
   const received1 = figs1.reduce((a, f) => a + f.bytesReceived, 0);
   const srcUp1 = sourceBytesUp(src1);
   summaryLine('swarm', figs1, `source up ${srcUp1 === null ? '?' : (srcUp1 / 1e6).toFixed(2)} MB`);
-  summaryLine('swarm-churn', churnFigs, `source up ${sourceBytesUp(src2) === null ? '?' : (sourceBytesUp(src2) / 1e6).toFixed(2)} MB total`);
+  summaryLine('swarm-churn', churnFigs, `source up ${sourceBytesUp(src2) === null ? '?' : (sourceBytesUp(src2) / 1e6).toFixed(2)} MB total, longest gap between the source's publications ${publishGapMs ?? '?'} ms`);
 
   const problems = [];
   for (const f of figs1) {
