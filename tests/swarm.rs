@@ -4,11 +4,12 @@
 //! seed reproduces exactly.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+use swarmcast::core::wire::Message;
 use swarmcast::core::{
     Config, DisconnectReason, Input, Instant, Output, PeerId, SegmentMeta, StreamKey, Swarm,
 };
 
-const SEGMENT_US: u64 = 500_000;
 const BITRATE_BPS: u64 = 2_000_000;
 
 /// SplitMix64, for the harness's own choices.
@@ -76,10 +77,24 @@ struct Net {
     victims: BTreeSet<(usize, usize)>,
     next_publish: u64,
     timeouts_at_now: u32,
+    segment_us: u64,
+    keyframe_every: u64,
+    max_latency_us: u64,
 }
 
 impl Net {
     fn new(seed: u64, viewers: usize, viewer_config: impl Fn(usize) -> Config) -> Net {
+        Net::with(seed, viewers, viewer_config, |_| 10_000_000, 500_000, 1)
+    }
+
+    fn with(
+        seed: u64,
+        viewers: usize,
+        viewer_config: impl Fn(usize) -> Config,
+        uplink: impl Fn(usize) -> u64,
+        segment_us: u64,
+        keyframe_every: u64,
+    ) -> Net {
         let mut rng = Rng(seed);
         let key = StreamKey::from_secret([7; 32]);
         let mut nodes = Vec::new();
@@ -104,7 +119,7 @@ impl Net {
             nodes.push(Node {
                 swarm,
                 id,
-                uplink_bps: if i == 0 { 20_000_000 } else { 10_000_000 },
+                uplink_bps: if i == 0 { 20_000_000 } else { uplink(i) },
                 free_at: 0,
                 backlog: BTreeMap::new(),
                 played: Vec::new(),
@@ -129,6 +144,9 @@ impl Net {
             victims: BTreeSet::new(),
             next_publish: 0,
             timeouts_at_now: 0,
+            segment_us,
+            keyframe_every,
+            max_latency_us: 60_000,
         };
         net.nodes[0]
             .swarm
@@ -152,7 +170,7 @@ impl Net {
         if let Some(l) = self.latency.get(&key) {
             return *l;
         }
-        let l = 10_000 + self.rng.below(50_000);
+        let l = 5_000 + self.rng.below(self.max_latency_us - 5_000);
         self.latency.insert(key, l);
         l
     }
@@ -278,14 +296,14 @@ impl Net {
 
     fn publish(&mut self) {
         let seq = self.published.len() as u64;
-        let len = (BITRATE_BPS * SEGMENT_US / 8_000_000) as usize;
+        let len = (BITRATE_BPS * self.segment_us / 8_000_000) as usize;
         let mut r = Rng(seq.wrapping_mul(0x1234_5678_9abc));
         let data: Vec<u8> = (0..len).map(|_| r.next() as u8).collect();
         self.published.insert(seq, data.clone());
         let meta = SegmentMeta {
             pts_us: self.now,
-            duration_us: SEGMENT_US as u32,
-            keyframe: true,
+            duration_us: self.segment_us as u32,
+            keyframe: seq % self.keyframe_every == 0,
         };
         let now = Instant::from_micros(self.now);
         let got = self.nodes[0]
@@ -296,7 +314,7 @@ impl Net {
         self.drain(0);
     }
 
-    /// Runs until `until` µs, publishing a segment every `SEGMENT_US` while `publish_until`.
+    /// Runs until `until` µs, publishing a segment every `segment_us` while `publish_until`.
     fn run(&mut self, until: u64, publish_until: u64, joins: &mut Vec<(u64, usize)>) {
         loop {
             let next_event = self.events.keys().next().map(|k| k.0);
@@ -326,7 +344,7 @@ impl Net {
             }
             self.now = t.max(self.now);
             if next_pub == Some(t) {
-                self.next_publish += SEGMENT_US;
+                self.next_publish += self.segment_us;
                 self.publish();
                 continue;
             }
@@ -475,5 +493,322 @@ fn thirty_viewers_play_everything_in_order_and_the_source_stays_capped() {
         100.0 * from_peers as f64 / (from_src + from_peers) as f64,
         lags.iter().sum::<f64>() / lags.len() as f64,
         lags.iter().cloned().fold(0.0, f64::max)
+    );
+}
+
+#[test]
+fn a_viewer_forwarding_forged_pieces_is_cut_off_and_nothing_forged_is_played() {
+    let viewers = 30;
+    let mut net = Net::new(0xBAD5EED, viewers, viewers_config);
+    let forger = 3;
+    net.nodes[forger].corrupt = true;
+    let mut joins: Vec<(u64, usize)> = (1..=viewers)
+        .map(|i| (200_000 + i as u64 * 100_000, i))
+        .collect();
+    let duration = 20_000_000;
+    net.run(duration, duration - 1, &mut joins);
+    net.run(duration + 3_000_000, duration - 1, &mut joins);
+    assert!(
+        !net.victims.is_empty(),
+        "the forger never got to forward anything: the test proves nothing"
+    );
+    for &(f, v) in &net.victims {
+        assert!(
+            net.nodes[v]
+                .cut
+                .iter()
+                .any(|(p, r)| *p == f && *r == DisconnectReason::Forged),
+            "node {v} received forged pieces from {f} but did not cut it off: {:?}",
+            net.nodes[v].cut
+        );
+        assert!(net.nodes[v].swarm.stats().forgers_cut >= 1);
+    }
+    println!("forger cut off by {} peers", net.victims.len());
+    let last_seq = *net.published.keys().last().unwrap();
+    let (skips, _) = check_playback(&net, &BTreeSet::from([forger]), last_seq - 1);
+    let honest_segments: usize = net.nodes[1..].iter().map(|n| n.played.len()).sum();
+    println!("skips among honest viewers: {skips} of {honest_segments}");
+    assert!(skips * 100 <= honest_segments, "{skips} skips");
+}
+
+/// A lone viewer with one fake neighbour we script by hand.
+fn lone_viewer() -> (Swarm, PeerId, Vec<u8>) {
+    let key = StreamKey::from_secret([9; 32]);
+    let me = PeerId([1; 20]);
+    let them = PeerId([2; 20]);
+    let mut v = Swarm::viewer(Config::default(), key.stream_id(), me);
+    v.handle_input(Instant::ZERO, Input::Connected { peer: them });
+    let hs = Message::Handshake {
+        version: swarmcast::core::wire::PROTOCOL_VERSION,
+        stream: key.stream_id(),
+        peer: them,
+        role: swarmcast::core::Role::Viewer,
+        upload_kbps: 1000,
+    }
+    .encode();
+    (v, them, hs)
+}
+
+fn disconnects(s: &mut Swarm) -> Vec<(PeerId, DisconnectReason)> {
+    let mut out = Vec::new();
+    while let Some(o) = s.poll_output() {
+        if let Output::Disconnect { peer, reason } = o {
+            out.push((peer, reason));
+        }
+    }
+    out
+}
+
+#[test]
+fn malformed_bytes_and_protocol_violations_disconnect_cleanly_and_ban() {
+    // Garbage after the handshake.
+    let (mut v, them, hs) = lone_viewer();
+    let t = Instant::from_millis(10);
+    v.handle_input(
+        t,
+        Input::Receive {
+            peer: them,
+            data: &hs,
+        },
+    );
+    assert!(disconnects(&mut v).is_empty());
+    v.handle_input(
+        t,
+        Input::Receive {
+            peer: them,
+            data: &[0xff, 0xff, 0xff],
+        },
+    );
+    let d = disconnects(&mut v);
+    assert!(
+        matches!(d.as_slice(), [(p, DisconnectReason::Malformed(_))] if *p == them),
+        "{d:?}"
+    );
+    // Banned for the session: a new connection from it is refused at once.
+    v.handle_input(t, Input::Connected { peer: them });
+    assert_eq!(disconnects(&mut v), vec![(them, DisconnectReason::Banned)]);
+    assert_eq!(v.stats().neighbours, 0);
+
+    // Anything before the handshake.
+    let (mut v, them, _) = lone_viewer();
+    v.handle_input(
+        t,
+        Input::Receive {
+            peer: them,
+            data: &Message::Have { seq: 1 }.encode(),
+        },
+    );
+    assert!(matches!(
+        disconnects(&mut v).as_slice(),
+        [(_, DisconnectReason::Protocol(_))]
+    ));
+
+    // A piece whose header never came.
+    let (mut v, them, hs) = lone_viewer();
+    v.handle_input(
+        t,
+        Input::Receive {
+            peer: them,
+            data: &hs,
+        },
+    );
+    let piece = Message::Piece {
+        seq: 0,
+        index: 0,
+        data: vec![1; 10],
+    }
+    .encode();
+    v.handle_input(
+        t,
+        Input::Receive {
+            peer: them,
+            data: &piece,
+        },
+    );
+    assert!(matches!(
+        disconnects(&mut v).as_slice(),
+        [(_, DisconnectReason::Protocol(_))]
+    ));
+
+    // A header signed by someone else.
+    let (mut v, them, hs) = lone_viewer();
+    v.handle_input(
+        t,
+        Input::Receive {
+            peer: them,
+            data: &hs,
+        },
+    );
+    let meta = SegmentMeta {
+        pts_us: 0,
+        duration_us: 500_000,
+        keyframe: true,
+    };
+    let forged = StreamKey::from_secret([66; 32]).sign_header(
+        swarmcast::core::SegmentHeader::describe(0, 1, meta, 0, &[1, 2, 3]),
+    );
+    v.handle_input(
+        t,
+        Input::Receive {
+            peer: them,
+            data: &Message::Header(forged).encode(),
+        },
+    );
+    assert_eq!(disconnects(&mut v), vec![(them, DisconnectReason::Forged)]);
+    assert_eq!(v.stats().forgers_cut, 1);
+
+    // Wrong stream in the handshake.
+    let (mut v, them, _) = lone_viewer();
+    let hs = Message::Handshake {
+        version: swarmcast::core::wire::PROTOCOL_VERSION,
+        stream: StreamKey::from_secret([3; 32]).stream_id(),
+        peer: them,
+        role: swarmcast::core::Role::Viewer,
+        upload_kbps: 1,
+    }
+    .encode();
+    v.handle_input(
+        t,
+        Input::Receive {
+            peer: them,
+            data: &hs,
+        },
+    );
+    assert!(matches!(
+        disconnects(&mut v).as_slice(),
+        [(_, DisconnectReason::Protocol(_))]
+    ));
+}
+
+#[test]
+fn random_and_mutated_input_never_panics() {
+    let mut rng = Rng(77);
+    let key = StreamKey::from_secret([9; 32]);
+    let meta = SegmentMeta {
+        pts_us: 0,
+        duration_us: 500_000,
+        keyframe: true,
+    };
+    let data: Vec<u8> = (0..40_000u32).map(|i| i as u8).collect();
+    let header = key.sign_header(swarmcast::core::SegmentHeader::describe(
+        0, 1, meta, 0, &data,
+    ));
+    let genuine: Vec<Vec<u8>> = vec![
+        Message::Header(header).encode(),
+        Message::Piece {
+            seq: 0,
+            index: 1,
+            data: data[16320..32640].to_vec(),
+        }
+        .encode(),
+        Message::Bitfield {
+            base: 0,
+            bits: vec![0xff; 8],
+        }
+        .encode(),
+        Message::Status {
+            depths: vec![1, 2, 3, 4],
+            free: 3,
+            displace_kbps: 100,
+        }
+        .encode(),
+        Message::Subscribe { stripe: 2 }.encode(),
+        Message::Request {
+            seq: 0,
+            pieces: u64::MAX,
+        }
+        .encode(),
+        Message::Init(key.sign_init(1, "video/mp4".into(), vec![1; 100])).encode(),
+    ];
+    let mut total_cut = 0;
+    for round in 0..200u64 {
+        let (mut v, them, hs) = lone_viewer();
+        let mut now = 0u64;
+        v.handle_input(
+            Instant::ZERO,
+            Input::Receive {
+                peer: them,
+                data: &hs,
+            },
+        );
+        for _ in 0..50 {
+            now += rng.below(50_000);
+            let mut msg = genuine[rng.below(genuine.len() as u64) as usize].clone();
+            match rng.below(3) {
+                0 => {}
+                1 => {
+                    let i = rng.below(msg.len() as u64) as usize;
+                    msg[i] ^= 1 << rng.below(8);
+                }
+                _ => msg = (0..rng.below(64)).map(|_| rng.next() as u8).collect(),
+            }
+            v.handle_input(
+                Instant::from_micros(now),
+                Input::Receive {
+                    peer: them,
+                    data: &msg,
+                },
+            );
+            if round % 2 == 0 {
+                v.handle_input(Instant::from_micros(now), Input::Timeout);
+            }
+            total_cut += disconnects(&mut v).len();
+        }
+    }
+    assert!(total_cut > 0);
+}
+
+/// Not a check: a diagnostic run shaped like the simulator's defaults (200 ms segments, a
+/// keyframe every second, uplinks of 0.5/2/5 × bitrate) printing per-peer figures.
+/// `cargo test --release --test swarm -- --ignored --nocapture diagnose`
+#[test]
+#[ignore]
+fn diagnose() {
+    let viewers: usize = std::env::var("VIEWERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100);
+    let class = |i: usize| match i % 10 {
+        0 | 1 => 1_000_000u64,
+        2..=6 => 4_000_000,
+        _ => 10_000_000,
+    };
+    let mut net = Net::with(
+        0xD1A6,
+        viewers,
+        |i| Config {
+            upload_kbps: (class(i) / 1000) as u32,
+            window: Duration::from_secs(3),
+            ..Config::default()
+        },
+        class,
+        200_000,
+        5,
+    );
+    net.max_latency_us = 150_000;
+    let mut joins: Vec<(u64, usize)> = (1..=viewers)
+        .map(|i| (200_000 + i as u64 * 10_000_000 / viewers as u64, i))
+        .collect();
+    let duration = 30_000_000;
+    net.run(duration, duration, &mut joins);
+    let mut lags = Vec::new();
+    for (i, n) in net.nodes.iter().enumerate() {
+        let st = n.swarm.stats();
+        let nb = n.swarm.neighbour_stats();
+        let children: u32 = nb.iter().map(|(_, s)| s.child_stripes.count_ones()).sum();
+        println!(
+            "node {i:3} up {:5} played {:3} skipped {:3} depths {:?} nb {:2} kids {:2} up {:9} dup {:8} pulled {:4} stalls {:3} lag {:?}",
+            n.uplink_bps / 1000, n.played.len(), n.skipped.len(), st.stripe_depths, st.neighbours, children,
+            st.bytes_up, st.duplicate_bytes, st.pieces_pulled, st.stalls, st.play_lag.map(|d| d.as_millis())
+        );
+        if let Some(l) = st.play_lag {
+            lags.push(l.as_millis());
+        }
+    }
+    lags.sort_unstable();
+    println!(
+        "lag p50 {} p95 {}",
+        lags[lags.len() / 2],
+        lags[lags.len() * 95 / 100]
     );
 }

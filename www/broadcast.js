@@ -8,6 +8,7 @@
 //   key=new                           use a fresh key for this page load only (not stored)
 //   keyslot=NAME                      keep the key under another name in localStorage
 //   w, h, fps, kbps, keyMs, segMs, codec, audio=0|1, audioKbps   encoder settings
+//   upKbps                            the most this page uploads (SwarmPeer `uploadKbps`)
 //   preview=1                         local MSE playback check of the packaged stream
 //   tracker=URL (repeatable)          trackers; default ws(s)://<this host>/announce
 //   pkg=pkg-test                      load the test-hooks bundle
@@ -31,6 +32,8 @@ function bytesOf(src) {
   if (ArrayBuffer.isView(src)) return new Uint8Array(src.buffer, src.byteOffset, src.byteLength).slice();
   return undefined;
 }
+
+const esc = (t) => String(t).replace(/[&<>"]/g, (c) => ({ '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;' }[c]));
 
 const logLines = [];
 function log(msg, level = 'info') {
@@ -58,7 +61,7 @@ function setStatus(text, cls = '') {
 // Settings
 // ---------------------------------------------------------------------------------------------
 
-const SETTING_IDS = ['width', 'height', 'fps', 'kbps', 'keyMs', 'segMs', 'codec', 'audioKbps'];
+const SETTING_IDS = ['width', 'height', 'fps', 'kbps', 'keyMs', 'segMs', 'codec', 'audioKbps', 'upKbps'];
 const PARAM_NAMES = { width: 'w', height: 'h' };
 
 function applyUrlSettings() {
@@ -83,6 +86,7 @@ function readSettings() {
     codec: $('codec').value,
     audio: $('audio').checked,
     audioKbps: num('audioKbps', 6, 256),
+    upKbps: num('upKbps', 500, 100000),
   };
 }
 
@@ -105,7 +109,7 @@ async function checkCompat() {
       const sup = await VideoEncoder.isConfigSupported(videoEncoderConfig(s));
       if (!sup.supported) out.push(`<span class="bad">✘ this browser cannot encode ${s.codec} at ${s.width}×${s.height}</span>`);
     } catch (e) {
-      out.push(`<span class="bad">✘ encoder config rejected: ${e.message}</span>`);
+      out.push(`<span class="bad">✘ encoder config rejected: ${esc(e.message)}</span>`);
     }
   }
   // The swarm carries a segment in at most 64 pieces of ~16 KiB (about 1 MiB).
@@ -202,6 +206,18 @@ class PatternSource {
       ctx.fillStyle = i === tenth ? '#3ccf7a' : 'rgba(255,255,255,0.2)';
       ctx.fillRect(w * 0.2 + i * w * 0.062, h * 0.7, w * 0.05, h * 0.05);
     }
+    // Machine-readable timecode along the bottom edge: the capture time in ms since the Unix
+    // epoch as 41 black/white cells, most significant bit first, after a white and a black
+    // calibration cell. The e2e tests read it back from the viewers' <video> to measure latency
+    // independently of the player's own figure (tests/e2e/harness.mjs, readTimecode).
+    const cells = 43;
+    const ms = Math.floor(tUs / 1000);
+    const ch = Math.max(8, Math.round(h * 0.035));
+    for (let i = 0; i < cells; i++) {
+      const bit = i === 0 ? 1 : i === 1 ? 0 : Math.floor(ms / 2 ** (cells - 1 - i)) % 2;
+      ctx.fillStyle = bit ? '#fff' : '#000';
+      ctx.fillRect(Math.floor((i * w) / cells), h - ch, Math.ceil(w / cells), ch);
+    }
   }
   audioTrack() { return null; }
   close() {}
@@ -231,6 +247,8 @@ class ElementSource {
       video.volume = 0.0001;
     }
     this.video = video;
+    // The person ends screen sharing (or unplugs the camera) from the browser's own controls.
+    for (const t of this.stream?.getVideoTracks() ?? []) t.addEventListener('ended', () => this.onEnded?.());
     await video.play();
     if (this.kind === 'file') {
       const cap = video.captureStream ? video.captureStream() : video.mozCaptureStream?.();
@@ -418,6 +436,7 @@ class Broadcast {
     const s = this.s;
     this.canvas.width = s.width;
     this.canvas.height = s.height;
+    this.source.onEnded = () => this.hooks.onSourceEnded?.(this);
     await this.source.open(s);
     const audioTrack = s.audio ? this.source.audioTrack() : null;
     const withAudio = s.audio && (this.source.kind === 'pattern' || !!audioTrack);
@@ -669,17 +688,22 @@ const num = (o, ...names) => {
   return undefined;
 };
 
+/** The source's upload cap as the core applies it: a multiple of the stream's bitrate (3 by
+ *  default), and never more than the upload the page allows. */
+const SOURCE_CAP_MULTIPLE = 3;
+
 class SwarmSink {
-  constructor(wasm, key) {
+  constructor(wasm, key, upKbps) {
     this.available = typeof wasm.SwarmPeer === 'function';
     this.streamId = key.streamId();
+    this.upKbps = upKbps;
     this.peer = null;
     this.error = null;
     this.bigint = false;
     this.upWindow = [];
     if (!this.available) return;
     try {
-      this.peer = new wasm.SwarmPeer({ stream: key.streamId(), secret: key.secret(), trackers: trackerUrls() });
+      this.peer = new wasm.SwarmPeer({ stream: key.streamId(), secret: key.secret(), trackers: trackerUrls(), uploadKbps: upKbps });
       const started = this.peer.start?.();
       if (started?.catch) started.catch((e) => this.setError(e));
     } catch (e) {
@@ -728,7 +752,8 @@ class SwarmSink {
     const neighbours = num(ps, 'neighbours', 'neighbors') ?? 0;
     const viewers = num(ps, 'viewers', 'swarmSize', 'swarm_size', 'audience') ?? neighbours;
     const cap = num(ps, 'capKbps', 'uploadCapKbps', 'sourceCapKbps');
-    const multiple = num(ps, 'sourceCapMultiple', 'source_cap_multiple') ?? 3;
+    const multiple = num(ps, 'sourceCapMultiple', 'source_cap_multiple') ?? SOURCE_CAP_MULTIPLE;
+    const bitrate = num(ps, 'bitrateKbps', 'bitrate_kbps') || targetKbps;
     return {
       available: true,
       error: this.error,
@@ -738,8 +763,12 @@ class SwarmSink {
       bytesUp: up,
       bytesPublished: this.published || 0,
       uploadKbps,
-      capKbps: cap ?? multiple * targetKbps,
+      capKbps: cap ?? Math.min(multiple * bitrate, this.upKbps),
       capFromPeer: cap != null,
+      state: ps.state ?? null,
+      message: ps.message ?? null,
+      trackersOpen: num(ps, 'trackersOpen'),
+      connections: num(ps, 'connections'),
       raw: ps,
     };
   }
@@ -793,7 +822,7 @@ async function main() {
     $('viewerLink').href = link;
     $('viewerLink').textContent = link;
     const script = new URL('swarmcast.js', location.href).href;
-    $('embed').value = `<script src="${script}" async></script>\n<div data-swarmcast="${id}" style="aspect-ratio:16/9;max-width:640px"></div>`;
+    $('embed').value = `<script type="module" src="${script}"></script>\n<div data-swarmcast="${id}" style="aspect-ratio:16/9;max-width:640px"></div>`;
     $('secretOut').hidden = true;
     $('secretOut').value = '';
   }
@@ -838,9 +867,9 @@ async function main() {
     setStatus('starting…');
     // One swarm peer per key for the page's life: going live again after a stop continues the
     // same stream (segment numbers go on, the new init is a new version) instead of restarting it.
-    if (!sink || sink.streamId !== key.streamId()) {
+    if (!sink || sink.streamId !== key.streamId() || sink.upKbps !== settings.upKbps) {
       sink?.destroy();
-      sink = new SwarmSink(wasm, key);
+      sink = new SwarmSink(wasm, key, settings.upKbps);
     }
     if (!sink.available) {
       log('SwarmPeer is not in the wasm bundle yet: packaging runs, nothing is sent to viewers');
@@ -855,6 +884,10 @@ async function main() {
         sink.publishInit(init.mime, init.data);
         tell('init', init);
         preview?.init(init.mime, init.data, b.muxer.originUs);
+      },
+      onSourceEnded: () => {
+        log(`the ${kind} source ended`);
+        stop();
       },
       onSegment: (seg, b) => {
         sink.publishSegment(seg);
@@ -921,30 +954,37 @@ async function main() {
     const rows = [];
     const cls = (ok) => (ok ? 'ok' : 'bad');
     rows.push(['state', `<span class="${st.state === 'live' ? 'ok' : st.state === 'error' ? 'bad' : ''}">${st.state}</span>${st.source ? ' · ' + st.source : ''}`]);
-    rows.push(['viewers (neighbours)', `${st.viewers} (${st.neighbours})`]);
-    rows.push(['source upload', `${fmtKbps(st.uploadKbps)} of cap ${fmtKbps(st.capKbps)}${st.swarm?.capFromPeer === false && st.capKbps ? ' (3× bitrate)' : ''}`]);
+    // The source sees only the viewers connected to it; the others get the stream from them.
+    rows.push(['viewers connected to you', st.viewers > st.neighbours ? `${st.neighbours} (audience ~${st.viewers})` : `${st.neighbours}`]);
+    rows.push(['source upload', `${fmtKbps(st.uploadKbps)} of cap ${fmtKbps(st.capKbps)}${st.swarm?.capFromPeer === false && st.capKbps ? ` (min of ${SOURCE_CAP_MULTIPLE}× bitrate, your limit)` : ''}`]);
     rows.push(['stream bitrate (target / measured)', `${fmtKbps(st.targetKbps)} / ${fmtKbps(st.measuredKbps)}`]);
     rows.push(['share carried by peers', st.peerShare == null ? '–' : `${Math.round(st.peerShare * 100)} % (est.)`]);
     if (st.encoder) {
       const e = st.encoder;
       rows.push(['encoder', `${e.state} · queue ${e.queue} · ${e.fps.toFixed(1)} fps · dropped ${e.dropped}`]);
       rows.push(['frames in / encoded / keyframes', `${e.framesIn} / ${e.framesEncoded} / ${e.keyframes}`]);
-      if (e.audio) rows.push(['audio encoder', `${e.audio.state} · queue ${e.audio.queue} · ${e.audio.packets} packets${e.audio.error ? ' · ' + e.audio.error : ''}`]);
+      if (e.audio) rows.push(['audio encoder', `${e.audio.state} · queue ${e.audio.queue} · ${e.audio.packets} packets${e.audio.error ? ' · ' + esc(e.audio.error) : ''}`]);
       rows.push(['segments (keyframe)', `${st.segments} (${st.keySegments}) · ${fmtBytes(st.bytesPublished)}${st.muxErrors ? ` · <span class="bad">${st.muxErrors} errors</span>` : ''}`]);
-      rows.push(['format', st.mime ? `<span class="${cls(st.mseSupported)}">${st.mime}</span>` : '–']);
+      rows.push(['format', st.mime ? `<span class="${cls(st.mseSupported)}">${esc(st.mime)}</span>` : '–']);
     }
     if (!st.swarm?.available) rows.push(['swarm', '<span class="warn">binding missing: not sending</span>']);
-    else if (st.swarm.error) rows.push(['swarm', `<span class="bad">${st.swarm.error}</span>`]);
+    else {
+      const sw = st.swarm;
+      const trackers = sw.trackersOpen == null ? '' : ` · trackers open ${sw.trackersOpen}`;
+      const conns = sw.connections == null ? '' : ` · connections ${sw.connections}`;
+      rows.push(['swarm', `${esc(sw.state ?? '–')}${sw.message ? ' · ' + esc(sw.message) : ''}${trackers}${conns}` +
+        (sw.error ? `<br><span class="bad">${esc(sw.error)}</span>` : '')]);
+    }
     if (st.preview) {
       const p = st.preview;
-      rows.push(['local playback', `${p.playing ? '<span class="ok">playing</span>' : 'waiting'} · latency ${p.latencyMs ?? '–'} ms · buffer ${p.bufferMs} ms · frames ${p.decodedFrames ?? '–'} (dropped ${p.droppedFrames ?? '–'}) · stalls ${p.stalls}${p.errors ? ` · <span class="bad">${p.errors} errors ${p.mediaError ?? ''}</span>` : ''}`]);
+      rows.push(['local playback', `${p.playing ? '<span class="ok">playing</span>' : 'waiting'} · latency ${p.latencyMs ?? '–'} ms · buffer ${p.bufferMs} ms · frames ${p.decodedFrames ?? '–'} (dropped ${p.droppedFrames ?? '–'}) · stalls ${p.stalls}${p.errors ? ` · <span class="bad">${p.errors} errors ${esc(p.mediaError ?? '')}</span>` : ''}`]);
     }
     $('health').tBodies[0].innerHTML = rows.map(([k, v]) => `<tr><td>${k}</td><td>${v}</td></tr>`).join('');
     const ratio = st.capKbps && st.uploadKbps != null ? st.uploadKbps / st.capKbps : 0;
     const bar = $('capBar');
     bar.style.width = `${Math.min(100, ratio * 100)}%`;
     bar.style.background = ratio > 1 ? 'var(--bad)' : ratio > 0.8 ? 'var(--warn)' : 'var(--ok)';
-    if (st.state === 'live') setStatus(`● LIVE · ${st.viewers} watching`, 'bad');
+    if (st.state === 'live') setStatus(`● LIVE · ${st.neighbours} connected`, 'bad');
     else if (st.state === 'error') setStatus('error', 'bad');
     else if (st.state !== 'starting') setStatus(st.state === 'idle' ? 'ready' : st.state);
   }

@@ -42,6 +42,7 @@ const STYLE = `
 .swarmcast button{position:absolute;border:0;border-radius:4px;background:rgba(0,0,0,.6);color:#fff;
   padding:.35em .7em;cursor:pointer;font:inherit}
 .swarmcast .sc-unmute{left:.6em;bottom:.6em}
+.swarmcast .sc-play{left:50%;top:50%;transform:translate(-50%,-50%);font-size:1.4em}
 .swarmcast .sc-toggle{right:.6em;top:.6em;opacity:.6}
 .swarmcast .sc-stats{position:absolute;left:.6em;top:.6em;margin:0;padding:.4em .6em;border-radius:4px;
   background:rgba(0,0,0,.65);font:12px/1.35 ui-monospace,monospace;white-space:pre;pointer-events:none}
@@ -84,7 +85,7 @@ class Player extends EventTarget {
     msg.className = 'sc-msg';
     const unmute = document.createElement('button');
     unmute.className = 'sc-unmute';
-    unmute.textContent = '🔇 Click to unmute';
+    unmute.textContent = 'Click to unmute';
     unmute.hidden = !video.muted;
     const toggle = document.createElement('button');
     toggle.className = 'sc-toggle';
@@ -104,6 +105,14 @@ class Player extends EventTarget {
       unmute.hidden = true;
       video.play().catch(() => {});
     });
+    // Autoplay refused (unmuted start, strict policy): offer a button rather than a black box.
+    const play = document.createElement('button');
+    play.className = 'sc-play';
+    play.textContent = '▶ Play';
+    play.hidden = true;
+    play.addEventListener('click', () => video.play().then(() => { play.hidden = true; }, () => {}));
+    el.append(play);
+    this.playEl = play;
     toggle.addEventListener('click', () => {
       stats.hidden = !stats.hidden;
       this.renderStats();
@@ -134,6 +143,7 @@ class Player extends EventTarget {
         targetLatencyMs: o.targetLatencyMs,
         uploadKbps: o.uploadKbps,
         testCorrupt: !!o.testCorrupt,
+        testTrackerLimit: o.testTrackerLimit,
         onEvent: (type, detail) => this.onPeerEvent(type, detail),
       });
       this.peer.start();
@@ -142,6 +152,8 @@ class Player extends EventTarget {
     }
     this.timer = setInterval(() => {
       const s = this.stats();
+      // The player starts playback itself; still paused with media buffered means autoplay was refused.
+      this.playEl.hidden = !(this.video.paused && this.video.readyState >= 2 && !this.video.muted);
       this.renderStats(s);
       this.dispatchEvent(new CustomEvent('stats', { detail: s }));
     }, 1000);

@@ -18,6 +18,15 @@ pub struct Config {
     #[arg(long, env = "SWARMCAST_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
 
+    /// PEM certificate chain: serve HTTPS and `wss://` instead of HTTP and `ws://`
+    /// (re-read on SIGHUP).
+    #[arg(long, env = "SWARMCAST_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key (PKCS#8) for `--tls-cert`.
+    #[arg(long, env = "SWARMCAST_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
     /// Folder served for GET requests [default: `www` beside the workspace root].
     #[arg(long, env = "SWARMCAST_STATIC_DIR")]
     pub static_dir: Option<PathBuf>,

@@ -3,11 +3,13 @@
 //! the www/ bundle, `/healthz` and `/metrics`.
 //!
 //! Layering: [`protocol`] parses and encodes messages, [`tracker`] holds swarms without I/O,
-//! [`server`] owns sockets and tasks, [`metrics`] counts, [`config`] is the command line.
+//! [`server`] owns sockets and tasks, [`tls`] adds HTTPS/`wss://`, [`metrics`] counts,
+//! [`config`] is the command line.
 #![deny(missing_docs)]
 
 pub mod config;
 pub mod metrics;
 pub mod protocol;
 pub mod server;
+pub mod tls;
 pub mod tracker;

@@ -26,13 +26,34 @@ async fn main() -> std::process::ExitCode {
         }
     };
     // The first stdout line is a contract: tests and xtask parse it for the bound port.
-    println!("listening on http://{}", running.addr);
+    println!("listening on {}://{}", running.scheme(), running.addr);
     let _ = std::io::stdout().flush();
     tracing::info!(addr = %running.addr, static_dir = %static_dir.display(), "serving");
+    if let Some(tls) = running.tls.clone() {
+        tokio::spawn(reload_on_sighup(tls));
+    }
     signals.wait().await;
     tracing::info!("shutting down");
     running.shutdown().await;
     std::process::ExitCode::SUCCESS
+}
+
+/// Re-reads the certificate on every SIGHUP (e.g. after a renewal); established connections
+/// are not touched, and a broken new pair leaves the old one in use.
+async fn reload_on_sighup(tls: std::sync::Arc<swarmcast_signaling::tls::TlsReloader>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        tracing::warn!("no SIGHUP handler; certificates will not be reloaded");
+        return;
+    };
+    while hup.recv().await.is_some() {
+        match tls.reload() {
+            Ok(()) => tracing::info!("TLS certificate reloaded"),
+            Err(e) => {
+                tracing::error!(error = %e, "TLS reload failed; keeping the previous certificate")
+            }
+        }
+    }
 }
 
 /// SIGINT and SIGTERM, installed before the server announces itself.

@@ -33,11 +33,12 @@ use tower_http::set_header::SetResponseHeaderLayer;
 use crate::config::Config;
 use crate::metrics::{Kind, Metrics};
 use crate::protocol::{self, Request as Msg};
+use crate::tls::{TlsListener, TlsReloader};
 use crate::tracker::{ConnHandle, Out, SendOutcome, Tracker};
 
 /// Read buffer per connection. tungstenite's default is 128 KiB, allocated up front; tracker
 /// messages are a few KiB at most, and idle connections must stay small (goal: < 8 KiB each).
-const READ_BUFFER: usize = 4096;
+const READ_BUFFER: usize = 2048;
 
 /// Messages written per flush when a queue has several waiting.
 const WRITE_BATCH: usize = 32;
@@ -82,6 +83,9 @@ pub enum ServeError {
     /// Other socket errors.
     #[error("server I/O error: {0}")]
     Io(#[from] std::io::Error),
+    /// The TLS certificate or key is unusable.
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 /// A started server.
@@ -90,11 +94,22 @@ pub struct Running {
     pub addr: SocketAddr,
     /// Shared state (metrics, tracker sizes).
     pub state: Arc<AppState>,
+    /// With `--tls-cert`: reloads the certificate (main calls it on SIGHUP).
+    pub tls: Option<Arc<TlsReloader>>,
     stop: watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl Running {
+    /// `http` or `https`.
+    pub fn scheme(&self) -> &'static str {
+        if self.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        }
+    }
+
     /// Stops accepting, asks every WebSocket to close (1001) and waits up to the configured
     /// grace period for them to go.
     pub async fn shutdown(self) {
@@ -105,12 +120,15 @@ impl Running {
 
 /// Binds and starts serving in the background.
 pub async fn start(config: Config) -> Result<Running, ServeError> {
-    let listener = TcpListener::bind(config.listen)
-        .await
-        .map_err(|source| ServeError::Bind {
-            addr: config.listen,
-            source,
-        })?;
+    // Certificate problems are start-up errors, reported before anything listens.
+    let tls = match (&config.tls_cert, &config.tls_key) {
+        (Some(c), Some(k)) => Some(TlsReloader::new(c.clone(), k.clone())?),
+        _ => None,
+    };
+    let listener = listen(config.listen).map_err(|source| ServeError::Bind {
+        addr: config.listen,
+        source,
+    })?;
     let addr = listener.local_addr()?;
     let (stop, stop_rx) = watch::channel(false);
     let grace = config.grace();
@@ -124,19 +142,25 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
         shutdown: stop_rx.clone(),
     });
     let app = router(state.clone());
-    // Small messages must not wait for Nagle + delayed ACK (40 ms).
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
     let st = state.clone();
+    let (tls_listener, plain) = match &tls {
+        Some(t) => (Some(TlsListener::new(listener, t.clone())?), None),
+        None => (None, Some(listener)),
+    };
     let task = tokio::spawn(async move {
         let sweeper = tokio::spawn(sweep(st.clone(), ttl));
-        let mut stop_http = stop_rx.clone();
-        let served = axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = stop_http.wait_for(|s| *s).await;
-            })
-            .await;
+        let stop_http = stop_rx.clone();
+        let served = match (tls_listener, plain) {
+            (Some(l), _) => serve_on(l, app, stop_http).await,
+            (None, Some(l)) => {
+                // Small messages must not wait for Nagle + delayed ACK (40 ms).
+                let l = l.tap_io(|tcp| {
+                    let _ = tcp.set_nodelay(true);
+                });
+                serve_on(l, app, stop_http).await
+            }
+            (None, None) => Ok(()),
+        };
         if let Err(e) = served {
             tracing::error!(error = %e, "server stopped with an error");
         }
@@ -150,9 +174,42 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
     Ok(Running {
         addr,
         state,
+        tls,
         stop,
         task,
     })
+}
+
+async fn serve_on<L>(
+    listener: L,
+    app: Router,
+    mut stop: watch::Receiver<bool>,
+) -> std::io::Result<()>
+where
+    L: axum::serve::Listener,
+    L::Addr: std::fmt::Debug,
+{
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            let _ = stop.wait_for(|s| *s).await;
+        })
+        .await
+}
+
+/// Accept queue length. tokio's `TcpListener::bind` listens with a backlog of 128; a burst of
+/// reconnecting clients (a restart, a popular stream starting) overflows that and every dropped
+/// SYN costs its client a 1 s retransmit. The kernel caps this at `net.core.somaxconn`.
+const BACKLOG: u32 = 4096;
+
+fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(BACKLOG)
 }
 
 /// Removes peers that stopped re-announcing, every quarter TTL.
@@ -325,7 +382,7 @@ async fn drive(
     mut ws: WebSocket,
     state: &Arc<AppState>,
     handle: &Arc<ConnHandle>,
-    mut rx: mpsc::Receiver<Out>,
+    mut rx: mpsc::Receiver<Box<Out>>,
 ) {
     let cfg = &state.config;
     let mut shutdown = state.shutdown.clone();
@@ -425,8 +482,8 @@ fn is_capacity(e: &axum::Error) -> bool {
 
 async fn write_batch(
     ws: &mut WebSocket,
-    rx: &mut mpsc::Receiver<Out>,
-    first: Out,
+    rx: &mut mpsc::Receiver<Box<Out>>,
+    first: Box<Out>,
     metrics: &Metrics,
 ) -> Result<(), axum::Error> {
     let mut relayed: [Option<Instant>; WRITE_BATCH] = [None; WRITE_BATCH];

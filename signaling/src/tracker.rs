@@ -44,7 +44,7 @@ pub struct Out {
 pub struct ConnHandle {
     /// Unique per server run.
     pub id: u64,
-    tx: mpsc::Sender<Out>,
+    tx: mpsc::Sender<Box<Out>>,
     /// Notified once when the connection must close because it cannot keep up.
     pub kill: Notify,
     killed: AtomicBool,
@@ -63,7 +63,9 @@ pub enum SendOutcome {
 
 impl ConnHandle {
     /// A handle for connection `id` whose writer drains `tx`'s receiver.
-    pub fn new(id: u64, tx: mpsc::Sender<Out>) -> ConnHandle {
+    /// The queue carries boxes: tokio allocates a queue's slots 32 at a time up front, and a
+    /// pointer-sized slot keeps that at 256 bytes per idle connection instead of 1.5 KiB.
+    pub fn new(id: u64, tx: mpsc::Sender<Box<Out>>) -> ConnHandle {
         ConnHandle {
             id,
             tx,
@@ -74,7 +76,7 @@ impl ConnHandle {
 
     /// Queues `out` without waiting; on overflow marks the connection for closing.
     pub fn send(&self, out: Out) -> SendOutcome {
-        match self.tx.try_send(out) {
+        match self.tx.try_send(Box::new(out)) {
             Ok(()) => SendOutcome::Queued,
             Err(mpsc::error::TrySendError::Full(_)) => {
                 if !self.killed.swap(true, Ordering::Relaxed) {
@@ -185,10 +187,11 @@ impl Swarm {
     }
 }
 
+/// An offer forwarded to a connection, awaiting its answer: a keyed hash of
+/// `(info_hash, offer_id, offerer)` (16 bytes per entry instead of 56; with a per-process
+/// SipHash key a client cannot aim for collisions) and the offerer's connection.
 struct Pending {
-    info_hash: Id20,
-    offer_id: u64,
-    from_peer: Id20,
+    key: u64,
     from_conn: u64,
 }
 
@@ -291,8 +294,8 @@ impl Tracker {
         true
     }
 
-    fn offer_key(&self, offer_id: &str) -> u64 {
-        self.hasher.hash_one(offer_id)
+    fn offer_key(&self, info_hash: &Id20, offer_id: &str, from_peer: &Id20) -> u64 {
+        self.hasher.hash_one((info_hash, offer_id, from_peer))
     }
 
     /// Handles an announce from connection `conn` read at `now`.
@@ -335,15 +338,13 @@ impl Tracker {
         if !a.offers.is_empty() {
             let picks = self.pick(&a.info_hash, a.offers.len(), &a.peer_id);
             for (offer, to) in a.offers.iter().zip(picks) {
-                let key = self.offer_key(&offer.offer_id);
+                let key = self.offer_key(&a.info_hash, &offer.offer_id, &a.peer_id);
                 if let Some(st) = self.conns.get_mut(&to.id) {
                     if st.pending.len() >= MAX_PENDING_OFFERS {
                         st.pending.pop_front();
                     }
                     st.pending.push_back(Pending {
-                        info_hash: a.info_hash,
-                        offer_id: key,
-                        from_peer: a.peer_id,
+                        key,
                         from_conn: conn,
                     });
                 }
@@ -483,14 +484,12 @@ impl Tracker {
         answer: &protocol::Answer,
         now: Instant,
     ) -> Result<Outcome, Refusal> {
-        let key = self.offer_key(&answer.offer_id);
+        let key = self.offer_key(&a.info_hash, &answer.offer_id, &answer.to_peer_id);
         let st = self.conns.get_mut(&conn).ok_or(Refusal::AnswerUnmatched)?;
         let pos = st
             .pending
             .iter()
-            .position(|p| {
-                p.info_hash == a.info_hash && p.offer_id == key && p.from_peer == answer.to_peer_id
-            })
+            .position(|p| p.key == key)
             .ok_or(Refusal::AnswerUnmatched)?;
         let from_conn = st.pending[pos].from_conn;
         st.pending.remove(pos);
@@ -575,7 +574,7 @@ mod tests {
         }
     }
 
-    fn conn(t: &mut Tracker, id: u64) -> mpsc::Receiver<Out> {
+    fn conn(t: &mut Tracker, id: u64) -> mpsc::Receiver<Box<Out>> {
         let (tx, rx) = mpsc::channel(8);
         t.add_conn(Arc::new(ConnHandle::new(id, tx)));
         rx

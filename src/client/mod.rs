@@ -5,7 +5,9 @@
 //! WebSocket, WebRTC and MSE; keeping the logic here lets `cargo test` check it natively.
 
 pub mod binstr;
+pub mod links;
 pub mod playback;
+pub mod status;
 #[cfg(feature = "test-hooks")]
 pub mod test_hooks;
 pub mod tracker;

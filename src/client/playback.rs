@@ -34,10 +34,10 @@ impl Default for LatencyConfig {
         LatencyConfig {
             target: 1.0,
             deadband: 0.15,
-            gain: 0.1,
+            gain: 0.15,
             min_rate: 0.95,
             max_rate: 1.1,
-            max_excess: 3.0,
+            max_excess: 1.5,
         }
     }
 }
@@ -119,6 +119,23 @@ pub fn trim(ranges: &[Range], current: f64, keep_behind: f64, min_chunk: f64) ->
     })
 }
 
+/// Wall-clock jump between consecutive segments (no segment skipped in between) beyond which
+/// the broadcast restarted or paused, µs.
+pub const DISCONTINUITY_US: u64 = 1_000_000;
+
+/// Whether segment `seq` starting at `pts_us` breaks the timeline of the previous one, which
+/// ended (pts + duration) at `prev_end_us`: consecutive sequence numbers but a wall-clock jump
+/// either way. The container's own timestamps may then restart too (a new muxer origin), so
+/// the player starts a fresh MediaSource there instead of appending over old media times.
+pub fn is_discontinuity(prev: Option<(u64, u64)>, seq: u64, pts_us: u64) -> bool {
+    match prev {
+        Some((prev_seq, prev_end_us)) if seq == prev_seq.wrapping_add(1) => {
+            pts_us.abs_diff(prev_end_us) > DISCONTINUITY_US
+        }
+        _ => false,
+    }
+}
+
 /// Counts stalls: playback expected (started, not paused) but the playhead not advancing.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct StallMeter {
@@ -180,9 +197,9 @@ mod tests {
             Decision::Play { rate } => assert!((0.95..1.0).contains(&rate), "{rate}"),
             d => panic!("{d:?}"),
         }
-        // 3.5 s ahead: still catch-up, clamped at 1.1.
+        // 2.4 s ahead: still catch-up, clamped at 1.1.
         assert_eq!(
-            decide(&[r(0.0, 13.5)], 10.0, &cfg),
+            decide(&[r(0.0, 12.4)], 10.0, &cfg),
             Decision::Play { rate: 1.1 }
         );
     }
@@ -233,6 +250,18 @@ mod tests {
             }
             assert!(now - start <= 25.0);
         }
+    }
+
+    #[test]
+    fn discontinuities_are_wall_clock_jumps_between_consecutive_segments() {
+        let prev = Some((9, 10_000_000));
+        assert!(!is_discontinuity(prev, 10, 10_000_000));
+        assert!(!is_discontinuity(prev, 10, 10_900_000)); // jitter
+        assert!(is_discontinuity(prev, 10, 25_000_000)); // paused 15 s
+        assert!(is_discontinuity(prev, 10, 2_000_000)); // clock went back
+                                                        // Segments skipped in between: the gap is explained, jump it instead.
+        assert!(!is_discontinuity(prev, 14, 25_000_000));
+        assert!(!is_discontinuity(None, 0, 25_000_000));
     }
 
     #[test]

@@ -35,6 +35,8 @@ pub(crate) struct Neighbour {
     pub depths: Vec<u8>,
     /// Stripe-child slots it says it still has.
     pub free: u16,
+    /// Upload from which it would displace a child for us when full.
+    pub displace_kbps: u32,
     /// Complete segments it holds (from `Bitfield` and `Have`).
     pub haves: SeqBits,
     /// Segments whose header went out on this connection.
@@ -86,6 +88,7 @@ impl Neighbour {
             upload_kbps: 0,
             depths: Vec::new(),
             free: 0,
+            displace_kbps: u32::MAX,
             haves: SeqBits::default(),
             headers_sent: SeqBits::default(),
             init_sent: 0,

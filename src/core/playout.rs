@@ -7,13 +7,15 @@ use super::time::Instant;
 use std::time::Duration;
 
 impl Swarm {
-    /// Chooses where playback starts: the newest verified keyframe segment at least as new as
-    /// anything a neighbour holds complete.
+    /// Chooses where playback starts: the newest verified keyframe segment among the last few
+    /// a neighbour holds complete or newer (their headers are probed newest first).
     pub(crate) fn maybe_choose_start(&mut self, now: Instant) {
         if self.playout.start.is_some() {
             return;
         }
-        let floor = self.max_advertised.map_or(0, |(m, _)| m);
+        let floor = self.max_advertised.map_or(0, |(m, _)| {
+            m.saturating_sub(super::scheduler::PROBE_SPAN - 1)
+        });
         let pick = self
             .segments
             .range(floor..)

@@ -15,6 +15,9 @@ const MAX_OUTSTANDING: u32 = 24;
 const BLIND_COST: u32 = 8;
 /// Segments within this of their deadline are pulled at once, push tree or not.
 const URGENT: Duration = Duration::from_millis(700);
+/// Headers asked for when looking for a start point: covers a keyframe interval of up to
+/// this many segments.
+pub(crate) const PROBE_SPAN: u64 = 10;
 /// Segments looked at beyond the playhead.
 const LOOKAHEAD: u64 = 128;
 
@@ -198,25 +201,32 @@ impl Swarm {
         true
     }
 
-    /// Before a start point is chosen: asks for the newest segment a neighbour holds, so that
-    /// its header (keyframe or not) and bytes come at once (fast start).
+    /// Before a start point is chosen: asks the nearest neighbour holding the newest complete
+    /// segment for the headers of the last few segments (newest first), so that the newest
+    /// keyframe segment among them is found in one round trip (fast start).
     fn probe(&mut self, now: Instant) {
         let Some((m, _)) = self.max_advertised else {
             return;
         };
         if let Some((seq, at)) = self.playout.probe {
-            if seq >= m && now.saturating_duration_since(at) < Duration::from_millis(1500) {
+            if seq >= m && now.saturating_duration_since(at) < Duration::from_millis(1000) {
                 return;
             }
         }
-        if self.segments.contains_key(&m) && !self.complete.contains(m) {
-            let seg = &self.segments[&m];
-            let missing = seg.full & !seg.have & !seg.requested;
-            if missing != 0 && self.request(now, m, missing) {
-                self.playout.probe = Some((m, now));
+        let target = self
+            .neighbours
+            .iter()
+            .filter(|(_, n)| n.established && n.haves.contains(m))
+            .min_by_key(|(id, n)| (n.role == Role::Source, n.rtt_or_default(), **id))
+            .map(|(id, _)| *id);
+        let Some(peer) = target else {
+            return;
+        };
+        self.playout.probe = Some((m, now));
+        for seq in (m.saturating_sub(PROBE_SPAN - 1)..=m).rev() {
+            if !self.segments.contains_key(&seq) && seq >= self.window_start {
+                self.send(peer, &Message::Request { seq, pieces: 0 });
             }
-        } else if !self.blind.contains_key(&m) && self.request(now, m, u64::MAX) {
-            self.playout.probe = Some((m, now));
         }
     }
 }

@@ -27,14 +27,31 @@ impl Swarm {
         }
     }
 
+    /// Bytes a neighbour's transport may hold before we stop feeding it: about 100 ms of our
+    /// upload (every byte there delays the next fresh piece), at least one full message, at
+    /// most [`super::Config::send_budget`].
+    pub(crate) fn transport_budget(&self) -> usize {
+        let by_rate = (self.upload_rate() / 10) as usize;
+        by_rate.clamp(
+            MAX_MESSAGE_SIZE,
+            self.config.send_budget.max(MAX_MESSAGE_SIZE),
+        )
+    }
+
     /// Hands queued data to every transport with room, round-robin, while the bucket allows.
     pub(crate) fn flush(&mut self, now: Instant) {
         let rate = self.upload_rate();
-        // A quarter second of burst: enough to start a segment's pieces at once, small enough
-        // that the cap holds tightly over any few seconds.
-        let burst = (rate / 4).max(2 * MAX_MESSAGE_SIZE as u64);
+        // The source may burst a quarter second (a segment's pieces start at once; its cap
+        // still holds within that over any span). A viewer bursts 50 ms: whatever the bucket
+        // lets out sits in its uplink ahead of the next fresh piece.
+        let burst = if self.is_source() {
+            rate / 4
+        } else {
+            rate / 20
+        };
+        let burst = burst.max(2 * MAX_MESSAGE_SIZE as u64);
         self.bucket.refill(now, rate, burst);
-        let budget = self.config.send_budget;
+        let budget = self.transport_budget();
         let ids: Vec<PeerId> = self
             .neighbours
             .iter()

@@ -21,6 +21,14 @@ const VIEWER_PUSH_SHARE: f64 = 0.85;
 /// Share of its cap the source commits to stripe-children (the rest covers headers, control and
 /// repairs, so pushes never queue behind the cap).
 const SOURCE_PUSH_SHARE: f64 = 0.9;
+/// Assumed delay per tree hop (propagation plus forwarding), ms, for comparing parents.
+const HOP_MS: u64 = 60;
+/// Milliseconds a full piece takes on a 1 Mbit/s uplink.
+const PIECE_MS_AT_1MBIT: u64 = (super::segment::PIECE_SIZE as u64 * 8) / 1000;
+/// How often a viewer considers a better parent for one of its stripes.
+const UPGRADE_INTERVAL: Duration = Duration::from_secs(1);
+/// A new parent must promise at least this much less delay to be worth the switch, ms.
+const UPGRADE_MARGIN_MS: u64 = 80;
 /// Bitrate assumed before the first header tells the real one, kbit/s.
 const DEFAULT_BITRATE_KBPS: u32 = 2500;
 
@@ -71,9 +79,16 @@ impl Swarm {
     /// Our `Status`: depth per stripe and free child slots.
     pub(crate) fn status_message(&self) -> Message {
         let free = self.child_slots().saturating_sub(self.child_count());
+        let weakest = self
+            .children
+            .iter()
+            .flatten()
+            .filter_map(|c| self.neighbours.get(c).map(|n| n.upload_kbps))
+            .min();
         Message::Status {
             depths: self.stripes.iter().map(|s| s.depth).collect(),
             free: free.min(u16::MAX as usize) as u16,
+            displace_kbps: weakest.map_or(u32::MAX, |w| w.saturating_mul(2).max(1)),
         }
     }
 
@@ -81,7 +96,14 @@ impl Swarm {
         self.stats.stripe_depths = self.stripes.iter().map(|s| s.depth).collect();
     }
 
-    pub(crate) fn on_status(&mut self, now: Instant, peer: PeerId, depths: Vec<u8>, free: u16) {
+    pub(crate) fn on_status(
+        &mut self,
+        now: Instant,
+        peer: PeerId,
+        depths: Vec<u8>,
+        free: u16,
+        displace_kbps: u32,
+    ) {
         if depths.len() != self.k {
             return self.cut(
                 now,
@@ -102,6 +124,7 @@ impl Swarm {
         let n = self.neighbours.get_mut(&peer).expect("established");
         n.depths = depths;
         n.free = free;
+        n.displace_kbps = displace_kbps;
         if changed {
             self.status_dirty = true;
             self.update_depth_stats();
@@ -122,14 +145,27 @@ impl Swarm {
         let already = n.child_stripes & bit != 0;
         let slots = self.child_slots();
         let count = self.child_count();
-        // The source keeps half its slots for peers that can forward: a free-rider as a
-        // first-hop child would waste the source's scarce upload.
-        let free_rider_at_source = self.is_source() && n.upload_kbps == 0 && count * 2 >= slots;
-        let accept = already
+        // The source keeps half its slots for peers that can forward at least two stripes: a
+        // weak first-hop child would waste the source's scarce upload.
+        let per_stripe = self.stats.bitrate_kbps.max(1) / self.k as u32;
+        let weak = n.upload_kbps < per_stripe.saturating_mul(2);
+        let free_rider_at_source = self.is_source() && weak && count * 2 >= slots;
+        let mut accept = already
             || (depth <= MAX_DEPTH
                 && count < slots
                 && self.stripes[s].parent != Some(peer)
                 && !free_rider_at_source);
+        if !accept
+            && depth <= MAX_DEPTH
+            && self.stripes[s].parent != Some(peer)
+            && count >= slots
+            && slots > 0
+        {
+            // Full: a much stronger peer takes the slot of our weakest child, which finds a
+            // parent further down. Repeated at every level, this sorts the trees by upload:
+            // wide forwarders near the source, weak peers at the leaves.
+            accept = self.evict_weaker_than(n.upload_kbps);
+        }
         if accept && !already {
             self.children[s].push(peer);
             self.children[s].sort_unstable();
@@ -150,6 +186,31 @@ impl Swarm {
         );
     }
 
+    /// Drops one stripe-child whose upload is at most half of `upload_kbps` (the weakest), telling
+    /// it with `Unsubscribe`. True when a slot was freed.
+    fn evict_weaker_than(&mut self, upload_kbps: u32) -> bool {
+        let mut victim: Option<(u32, PeerId, usize)> = None;
+        for (s, kids) in self.children.iter().enumerate() {
+            for c in kids {
+                let up = self.neighbours.get(c).map_or(0, |n| n.upload_kbps);
+                if up.saturating_mul(2) <= upload_kbps
+                    && victim.as_ref().is_none_or(|v| (up, *c, s) < *v)
+                {
+                    victim = Some((up, *c, s));
+                }
+            }
+        }
+        let Some((_, c, s)) = victim else {
+            return false;
+        };
+        self.children[s].retain(|x| *x != c);
+        if let Some(n) = self.neighbours.get_mut(&c) {
+            n.child_stripes &= !(1 << s);
+        }
+        self.send(c, &Message::Unsubscribe { stripe: s as u8 });
+        true
+    }
+
     /// A new child gets the stripe's pieces of the newest segment at once, so it need not
     /// pull what is already in flight.
     fn catch_up_child(&mut self, peer: PeerId, s: usize) {
@@ -168,7 +229,9 @@ impl Swarm {
         }
     }
 
-    pub(crate) fn on_unsubscribe(&mut self, peer: PeerId, stripe: u8) {
+    /// `Unsubscribe` from a child ends its subscription; from our parent on that stripe it
+    /// means we were evicted (or the parent stops forwarding): find another parent at once.
+    pub(crate) fn on_unsubscribe(&mut self, now: Instant, peer: PeerId, stripe: u8) {
         let s = stripe as usize;
         if s >= self.k {
             return;
@@ -178,6 +241,17 @@ impl Swarm {
             n.child_stripes &= !(1 << s);
             self.children[s].retain(|c| *c != peer);
             self.status_dirty = true;
+        }
+        if self.stripes[s].parent == Some(peer) {
+            n.parent_stripes &= !(1 << s);
+            let st = &mut self.stripes[s];
+            st.parent = None;
+            st.old_depth = st.depth;
+            st.depth = NO_DEPTH;
+            st.avoid.push((peer, now + REFUSED_BACKOFF));
+            self.status_dirty = true;
+            self.update_depth_stats();
+            self.choose_parents(now);
         }
     }
 
@@ -204,7 +278,14 @@ impl Swarm {
         }
         st.pending = None;
         if accepted && !is_source {
-            st.parent = Some(peer);
+            if let Some(old) = st.parent.replace(peer) {
+                // An upgrade: leave the old parent now that the new one feeds us.
+                if let Some(n) = self.neighbours.get_mut(&old) {
+                    n.parent_stripes &= !(1 << s);
+                }
+                self.send(old, &Message::Unsubscribe { stripe });
+            }
+            let st = &mut self.stripes[s];
             st.depth = if depth > MAX_DEPTH {
                 NO_DEPTH
             } else {
@@ -231,12 +312,15 @@ impl Swarm {
         if self.is_source() {
             return;
         }
-        for s in 0..self.k {
+        // A random first stripe, so that no stripe always gets the leftovers.
+        let first = self.rng.below(self.k as u64) as usize;
+        for j in 0..self.k {
+            let s = (first + j) % self.k;
             let st = &self.stripes[s];
             if st.parent.is_some() || st.pending.is_some() {
                 continue;
             }
-            let Some(best) = self.best_parent(now, s) else {
+            let Some((_, best)) = self.best_parent(now, s, NO_DEPTH) else {
                 continue;
             };
             self.stripes[s].pending = Some((best, now));
@@ -247,10 +331,25 @@ impl Swarm {
         }
     }
 
-    fn best_parent(&mut self, now: Instant, s: usize) -> Option<PeerId> {
+    /// Estimated delay of stripe `s` through neighbour `n`, ms: hops from the source, the time
+    /// its upload takes to serialise a piece, half its RTT. Used to choose and upgrade parents.
+    fn parent_cost(n: &super::neighbour::Neighbour, s: usize) -> u64 {
+        let hops = n.depth(s) as u64 * HOP_MS;
+        let serialise = if n.upload_kbps == 0 {
+            PIECE_MS_AT_1MBIT
+        } else {
+            PIECE_MS_AT_1MBIT * 1000 / n.upload_kbps as u64
+        };
+        hops + 2 * serialise + n.rtt_or_default().as_millis() as u64 / 2
+    }
+
+    /// The cheapest acceptable parent for stripe `s` shallower than `below` (our descendants
+    /// are all deeper than us, so an upgrade never creates a loop given fresh depths).
+    fn best_parent(&mut self, now: Instant, s: usize, below: u8) -> Option<(u64, PeerId)> {
         let bit = 1u64 << s;
         let st = &self.stripes[s];
-        let mut best: Option<((u8, u32, u128, u64), PeerId)> = None;
+        let mine = self.config.upload_kbps;
+        let mut best: Option<((u64, u32, u64), PeerId)> = None;
         // Loop guard: after losing a parent, first look only at peers no deeper than we were
         // (our own descendants are all deeper); fall back to any candidate.
         for strict in [true, false] {
@@ -261,17 +360,18 @@ impl Swarm {
                 let d = n.depth(s);
                 if !n.established
                     || d > MAX_DEPTH
-                    || n.free == 0
+                    || d >= below
+                    || (n.free == 0 && mine < n.displace_kbps)
                     || n.child_stripes & bit != 0
+                    || st.parent == Some(*id)
                     || (strict && st.old_depth != NO_DEPTH && d >= st.old_depth)
                     || st.avoid.iter().any(|(p, until)| p == id && *until > now)
                 {
                     continue;
                 }
                 let key = (
-                    d,
+                    Self::parent_cost(n, s),
                     n.parent_stripes.count_ones(),
-                    n.rtt_or_default().as_millis(),
                     self.rng.next_u64(),
                 );
                 if best.as_ref().is_none_or(|(b, _)| key < *b) {
@@ -282,7 +382,39 @@ impl Swarm {
                 break;
             }
         }
-        best.map(|(_, id)| id)
+        best.map(|((cost, _, _), id)| (cost, id))
+    }
+
+    /// Make-before-break: subscribes a markedly better parent while keeping the current one;
+    /// the old one is dropped when the new one accepts.
+    fn upgrade_parents(&mut self, now: Instant) {
+        if now < self.next_upgrade {
+            return;
+        }
+        self.next_upgrade = now + UPGRADE_INTERVAL;
+        for s in 0..self.k {
+            let st = &self.stripes[s];
+            let (Some(parent), None) = (st.parent, st.pending) else {
+                continue;
+            };
+            let Some(current) = self
+                .neighbours
+                .get(&parent)
+                .map(|n| Self::parent_cost(n, s))
+            else {
+                continue;
+            };
+            let depth = st.depth;
+            if let Some((cost, best)) = self.best_parent(now, s, depth) {
+                if cost + UPGRADE_MARGIN_MS < current {
+                    self.stripes[s].pending = Some((best, now));
+                    if let Some(n) = self.neighbours.get_mut(&best) {
+                        n.free = n.free.saturating_sub(1);
+                    }
+                    self.send(best, &Message::Subscribe { stripe: s as u8 });
+                }
+            }
+        }
     }
 
     /// A piece of stripe `s` came from `peer`: if it is that stripe's parent, it is alive.
@@ -323,6 +455,7 @@ impl Swarm {
             }
         }
         self.choose_parents(now);
+        self.upgrade_parents(now);
     }
 
     /// A segment learned after `since` and older than the stall timeout has pieces on stripe

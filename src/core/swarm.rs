@@ -360,6 +360,7 @@ pub struct Swarm {
     pub(crate) playout: Playout,
     pub(crate) next_tick: Instant,
     pub(crate) next_pex: Instant,
+    pub(crate) next_upgrade: Instant,
     pub(crate) status_dirty: bool,
     /// Round-robin cursor of the send path.
     pub(crate) rr: u64,
@@ -427,6 +428,7 @@ impl Swarm {
             playout: Playout::default(),
             next_tick: Instant::ZERO,
             next_pex: Instant::ZERO,
+            next_upgrade: Instant::ZERO,
             status_dirty: false,
             rr: 0,
             next_seq: 0,
@@ -915,7 +917,7 @@ impl Swarm {
                 }
             }
             Message::Subscribe { stripe } => self.on_subscribe(now, peer, stripe),
-            Message::Unsubscribe { stripe } => self.on_unsubscribe(peer, stripe),
+            Message::Unsubscribe { stripe } => self.on_unsubscribe(now, peer, stripe),
             Message::SubscribeAck {
                 stripe,
                 accepted,
@@ -939,7 +941,11 @@ impl Swarm {
             Message::Goodbye { .. } => {
                 self.drop_neighbour(now, peer, DisconnectReason::GoodbyeReceived)
             }
-            Message::Status { depths, free } => self.on_status(now, peer, depths, free),
+            Message::Status {
+                depths,
+                free,
+                displace_kbps,
+            } => self.on_status(now, peer, depths, free, displace_kbps),
             Message::Ping { token } => self.send(peer, &Message::Pong { token }),
             Message::Pong { token } => {
                 if token <= now.as_micros() {
@@ -1232,12 +1238,23 @@ impl Swarm {
     }
 
     fn on_request(&mut self, peer: PeerId, seq: u64, pieces: u64) {
-        if self.config.upload_kbps == 0 && !self.is_source() {
-            return; // receive-only peers serve nothing
-        }
         let Some(seg) = self.segments.get(&seq) else {
             return;
         };
+        if pieces == 0 {
+            // Header only (a joining peer looking for a keyframe to start at): small, answered
+            // at once by everyone.
+            let msg = seg.header_msg.to_vec();
+            let n = self.neighbours.get_mut(&peer).expect("established");
+            if !n.headers_sent.contains(seq) {
+                n.headers_sent.insert(seq);
+                self.transmit(peer, msg, 0, false);
+            }
+            return;
+        }
+        if self.config.upload_kbps == 0 && !self.is_source() {
+            return; // receive-only peers serve no pieces
+        }
         let wanted = pieces & seg.have;
         let n = self.neighbours.get_mut(&peer).expect("established");
         let mut bits = wanted;
@@ -1261,6 +1278,9 @@ impl Swarm {
         }
         if to == self.local {
             if !self.banned.contains(&from) {
+                // The answer goes back the way the offer came, even if no peer exchange named
+                // `from` to us yet.
+                self.pex.entry(from).or_insert(peer);
                 self.outputs.push_back(Output::Signal { from, payload });
             }
         } else if from == peer && self.neighbours.get(&to).is_some_and(|n| n.established) {

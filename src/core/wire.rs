@@ -160,6 +160,9 @@ pub enum Message {
         depths: Vec<u8>,
         /// Further stripe-child subscriptions the sender would accept now.
         free: u16,
+        /// When full: a subscriber advertising at least this upload (kbit/s) is still accepted,
+        /// displacing the sender's weakest child. `u32::MAX`: no displacement possible.
+        displace_kbps: u32,
     },
     /// Round-trip probe; answered with [`Message::Pong`] carrying the same token.
     Ping {
@@ -468,7 +471,163 @@ mod tests {
         );
     }
 
+    fn arb_header() -> impl Strategy<Value = SignedHeader> {
+        (
+            any::<u64>(),
+            any::<u32>(),
+            any::<u64>(),
+            any::<u32>(),
+            any::<bool>(),
+            any::<u64>(),
+            1usize..=MAX_PIECES_PER_SEGMENT * PIECE_SIZE,
+            any::<[u8; 32]>(),
+            any::<[[u8; 32]; 2]>(),
+        )
+            .prop_map(
+                |(seq, iv, pts, dur, kf, publ, len, h, signature)| SignedHeader {
+                    header: SegmentHeader {
+                        seq,
+                        init_version: iv,
+                        pts_us: pts,
+                        duration_us: dur,
+                        keyframe: kf,
+                        published_us: publ,
+                        len: len as u32,
+                        piece_hashes: vec![h; len.div_ceil(PIECE_SIZE)],
+                    },
+                    signature,
+                },
+            )
+    }
+
+    fn arb_reason() -> impl Strategy<Value = RejectReason> {
+        prop_oneof![
+            Just(RejectReason::Full),
+            Just(RejectReason::WrongStream),
+            Just(RejectReason::Version),
+            Just(RejectReason::Leaving),
+        ]
+    }
+
+    fn arb_peer() -> impl Strategy<Value = PeerId> {
+        any::<[u8; 20]>().prop_map(PeerId)
+    }
+
+    /// Every message type, with fields anywhere inside their bounds.
+    fn arb_message() -> impl Strategy<Value = Message> {
+        use proptest::collection::vec;
+        prop_oneof![
+            (
+                any::<u16>(),
+                any::<[u8; 32]>(),
+                arb_peer(),
+                any::<bool>(),
+                any::<u32>()
+            )
+                .prop_map(|(version, s, peer, src, upload_kbps)| Message::Handshake {
+                    version,
+                    stream: StreamId(s),
+                    peer,
+                    role: if src { Role::Source } else { Role::Viewer },
+                    upload_kbps,
+                }),
+            (any::<u64>(), vec(any::<u8>(), 0..=MAX_BITFIELD_BYTES))
+                .prop_map(|(base, bits)| Message::Bitfield { base, bits }),
+            any::<u64>().prop_map(|seq| Message::Have { seq }),
+            arb_header().prop_map(Message::Header),
+            (
+                any::<u64>(),
+                0u16..MAX_PIECES_PER_SEGMENT as u16,
+                vec(any::<u8>(), 1..=PIECE_SIZE)
+            )
+                .prop_map(|(seq, index, data)| Message::Piece { seq, index, data }),
+            (any::<u64>(), any::<u64>()).prop_map(|(seq, pieces)| Message::Request { seq, pieces }),
+            any::<u64>().prop_map(|seq| Message::Cancel { seq }),
+            any::<u8>().prop_map(|stripe| Message::Subscribe { stripe }),
+            any::<u8>().prop_map(|stripe| Message::Unsubscribe { stripe }),
+            (any::<u8>(), any::<bool>(), any::<u8>()).prop_map(|(stripe, accepted, depth)| {
+                Message::SubscribeAck {
+                    stripe,
+                    accepted,
+                    depth,
+                }
+            }),
+            arb_reason().prop_map(|reason| Message::Reject { reason }),
+            (
+                any::<u32>(),
+                "[ -~]{0,256}",
+                vec(any::<u8>(), 0..=crate::core::segment::MAX_INIT_SIZE),
+                any::<[[u8; 32]; 2]>()
+            )
+                .prop_map(|(version, mime, data, signature)| Message::Init(
+                    InitSegment {
+                        version,
+                        mime,
+                        data,
+                        signature,
+                    }
+                )),
+            vec(arb_peer(), 0..=MAX_PEX_PEERS).prop_map(|peers| Message::Peers { peers }),
+            (
+                arb_peer(),
+                arb_peer(),
+                vec(any::<u8>(), 0..=MAX_SIGNAL_SIZE)
+            )
+                .prop_map(|(from, to, payload)| Message::Relay { from, to, payload }),
+            arb_reason().prop_map(|reason| Message::Goodbye { reason }),
+            (
+                vec(any::<u8>(), 1..=MAX_STRIPES),
+                any::<u16>(),
+                any::<u32>()
+            )
+                .prop_map(|(depths, free, displace_kbps)| Message::Status {
+                    depths,
+                    free,
+                    displace_kbps
+                }),
+            any::<u64>().prop_map(|token| Message::Ping { token }),
+            any::<u64>().prop_map(|token| Message::Pong { token }),
+        ]
+    }
+
+    #[test]
+    fn encode_piece_matches_the_generic_encoding() {
+        for len in [1, 127, 128, 300, PIECE_SIZE] {
+            let data = vec![3u8; len];
+            let m = Message::Piece {
+                seq: 1 << 40,
+                index: 63,
+                data: data.clone(),
+            };
+            assert_eq!(encode_piece(1 << 40, 63, &data), m.encode());
+        }
+    }
+
     proptest! {
+        /// Every message type round-trips, fits one data channel message, and the borrowed
+        /// decoder agrees with the owned one.
+        #[test]
+        fn every_message_type_round_trips(m in arb_message()) {
+            let bytes = m.encode();
+            prop_assert!(bytes.len() <= MAX_MESSAGE_SIZE, "{} bytes", bytes.len());
+            prop_assert_eq!(Message::decode(&bytes), Ok(m.clone()));
+            match (Message::decode_borrowed(&bytes), &m) {
+                (Ok(Decoded::Piece { seq, index, data }), Message::Piece { seq: s, index: i, data: d }) => {
+                    prop_assert_eq!((seq, index, data), (*s, *i, d.as_slice()));
+                }
+                (Ok(Decoded::Other(o)), _) => prop_assert_eq!(o, m),
+                (other, _) => prop_assert!(false, "{:?}", other),
+            }
+        }
+
+        /// Cutting any message short is always an error, never a panic or a different message.
+        #[test]
+        fn truncations_are_rejected(m in arb_message(), cut in any::<prop::sample::Index>()) {
+            let bytes = m.encode();
+            let at = cut.index(bytes.len());
+            prop_assert!(Message::decode(&bytes[..at]).is_err());
+        }
+
         #[test]
         fn decode_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..2048)) {
             let _ = Message::decode(&bytes);

@@ -16,8 +16,10 @@ use crate::core::{Config, Input, Instant, Output, SegmentMeta, StreamId, StreamK
 use std::cmp::Ordering;
 use std::collections::{BinaryHeap, VecDeque};
 
-/// Pending (offered, not yet open) connections are dropped after this long.
-const PENDING_TIMEOUT_US: u64 = 15_000_000;
+/// Pending (offered, not yet open) connections are dropped after this long. A full peer ignores
+/// an offer (as a WebTorrent client does), so the offerer learns it only by this timeout; an
+/// answer and the set-up normally take well under a second.
+const PENDING_TIMEOUT_US: u64 = 3_000_000;
 /// How often a peer's binding checks whether the core wants more neighbours.
 const ANNOUNCE_CHECK_US: u64 = 1_000_000;
 /// Most offers in one tracker announce (WebTorrent clients send up to 10).
@@ -234,6 +236,9 @@ pub struct Engine<'a> {
     key: Option<StreamKey>,
     /// Per-session state, same index as `specs`.
     pub peers: Vec<PeerState>,
+    /// Time of each session's earliest queued event (`u64::MAX`: none): the per-step scan reads
+    /// this flat array instead of every peer's heap.
+    next_t: Vec<u64>,
     tracker: Vec<u32>,
     tracker_pos: Vec<u32>,
     wire: WireClass,
@@ -251,11 +256,12 @@ impl<'a> Engine<'a> {
         let key = StreamKey::from_secret(secret);
         let mut peers: Vec<PeerState> = specs
             .iter()
-            .map(|s| PeerState {
+            .enumerate()
+            .map(|(i, s)| PeerState {
                 queue: BinaryHeap::new(),
                 counter: 0,
                 live: None,
-                metrics: PeerMetrics::new(s),
+                metrics: PeerMetrics::new(i as u32, s),
             })
             .collect();
         for (i, s) in specs.iter().enumerate() {
@@ -265,6 +271,10 @@ impl<'a> Engine<'a> {
                 push(p, i as u32, t, Ev::Leave(how));
             }
         }
+        let next_t = peers
+            .iter()
+            .map(|p| p.queue.peek().map_or(u64::MAX, |s| s.t))
+            .collect();
         Engine {
             cfg,
             specs,
@@ -272,6 +282,7 @@ impl<'a> Engine<'a> {
             key_stream: key.stream_id(),
             key: Some(key),
             peers,
+            next_t,
             tracker: Vec::new(),
             tracker_pos: vec![u32::MAX; specs.len()],
             wire: WireClass::new(),
@@ -316,6 +327,7 @@ impl<'a> Engine<'a> {
                     run_chunk(
                         &ctx,
                         &mut self.peers,
+                        &mut self.next_t,
                         0,
                         step_end,
                         &mut key,
@@ -330,7 +342,12 @@ impl<'a> Engine<'a> {
                     std::thread::scope(|s| {
                         let mut handles = Vec::new();
                         let mut key_slot = key.take();
-                        for (ci, peers) in self.peers.chunks_mut(chunk).enumerate() {
+                        for (ci, (peers, next_t)) in self
+                            .peers
+                            .chunks_mut(chunk)
+                            .zip(self.next_t.chunks_mut(chunk))
+                            .enumerate()
+                        {
                             // Only the chunk holding the source (index 0) needs the key.
                             let mut k = if ci == 0 { key_slot.take() } else { None };
                             handles.push(s.spawn(move || {
@@ -339,6 +356,7 @@ impl<'a> Engine<'a> {
                                 run_chunk(
                                     ctx,
                                     peers,
+                                    next_t,
                                     (ci * chunk) as u32,
                                     step_end,
                                     &mut k,
@@ -367,6 +385,8 @@ impl<'a> Engine<'a> {
             for ob in outboxes {
                 for (target, s) in ob.events {
                     debug_assert!(s.t >= step_end, "cross-peer event inside the lookahead");
+                    let nt = &mut self.next_t[target as usize];
+                    *nt = (*nt).min(s.t);
                     self.peers[target as usize].queue.push(s);
                 }
                 tracker_ops.extend(ob.tracker);
@@ -429,22 +449,29 @@ fn send(ob: &mut Outbox, p: &mut PeerState, me: u32, to: u32, t: u64, ev: Ev) {
     ));
 }
 
+#[allow(clippy::too_many_arguments)]
 fn run_chunk(
     ctx: &Ctx,
     peers: &mut [PeerState],
+    next_t: &mut [u64],
     base: u32,
     step_end: u64,
     key: &mut Option<StreamKey>,
     ob: &mut Outbox,
     st: &mut EngineStats,
 ) {
-    for (i, p) in peers.iter_mut().enumerate() {
+    for (i, nt) in next_t.iter_mut().enumerate() {
+        if *nt >= step_end {
+            continue;
+        }
+        let p = &mut peers[i];
         let me = base + i as u32;
         while p.queue.peek().is_some_and(|s| s.t < step_end) {
             let Some(s) = p.queue.pop() else { break };
             st.events += 1;
             handle(ctx, p, me, s.t, s.ev, key, ob, st);
         }
+        *nt = p.queue.peek().map_or(u64::MAX, |s| s.t);
     }
 }
 
@@ -546,6 +573,14 @@ fn handle(
             push(p, me, now + ANNOUNCE_CHECK_US, Ev::Announce);
         }
         Ev::Leave(how) => {
+            if how == Departure::Graceful {
+                // A page that closes cleanly lets the core say goodbye first.
+                if let Some(live) = p.live.as_mut() {
+                    live.swarm.close(Instant::from_micros(now));
+                    st.inputs += 1;
+                }
+                drain(ctx, p, me, now, ob, st);
+            }
             let Some(live) = p.live.take() else { return };
             p.metrics.left_us = Some(now);
             p.metrics.core_stats = Some(live.swarm.stats().clone());

@@ -116,6 +116,10 @@ pub struct Cuts {
     pub surplus: u64,
     /// Reason `Leaving`.
     pub leaving: u64,
+    /// Reason `GoodbyeReceived`.
+    pub goodbye: u64,
+    /// Reason `Banned` (a cut-off neighbour came back).
+    pub banned: u64,
     /// Any other reason.
     pub other: u64,
 }
@@ -131,6 +135,8 @@ impl Cuts {
         self.useless_honest += o.useless_honest;
         self.surplus += o.surplus;
         self.leaving += o.leaving;
+        self.goodbye += o.goodbye;
+        self.banned += o.banned;
         self.other += o.other;
     }
 }
@@ -138,6 +144,8 @@ impl Cuts {
 /// Measurements of one peer session.
 #[derive(Debug, Clone, Default)]
 pub struct PeerMetrics {
+    /// Session index.
+    pub index: u32,
     /// Behaviour of the session.
     pub behaviour: Option<Behaviour>,
     /// Capacity class.
@@ -217,8 +225,9 @@ pub struct PeerMetrics {
 
 impl PeerMetrics {
     /// Fresh measurements for a session.
-    pub fn new(spec: &PeerSpec) -> Self {
+    pub fn new(index: u32, spec: &PeerSpec) -> Self {
         PeerMetrics {
+            index,
             behaviour: Some(spec.behaviour),
             class: spec.class,
             up_bps: spec.up_bps,
@@ -250,6 +259,8 @@ impl PeerMetrics {
             DisconnectReason::Useless => c.useless_honest += 1,
             DisconnectReason::Surplus => c.surplus += 1,
             DisconnectReason::Leaving => c.leaving += 1,
+            DisconnectReason::GoodbyeReceived => c.goodbye += 1,
+            DisconnectReason::Banned => c.banned += 1,
             _ => c.other += 1,
         }
     }
@@ -481,12 +492,20 @@ pub struct Report {
     pub sent_unconnected: u64,
     /// Out-of-order `Play` outputs.
     pub out_of_order_plays: u64,
+    /// The cores' own duplicate piece bytes / piece payload received (wasted download).
+    pub duplicate_share: f64,
+    /// Pieces the cores pulled (repair) rather than got pushed.
+    pub pieces_pulled: u64,
+    /// Stalls the cores reported.
+    pub core_stalls: u64,
     /// Core timers in the past (a spin guard fired).
     pub past_timers: u64,
     /// Segments the source published.
     pub published: u64,
     /// API errors and oddities seen.
     pub notes: Vec<String>,
+    /// The first few honest sessions that never played, with what the simulator knows of them.
+    pub never_started_detail: Vec<String>,
     /// Issue 4's goals, judged for this run.
     pub goals: Vec<Goal>,
 }
@@ -548,7 +567,9 @@ impl Report {
         let mut class_startup: Vec<Vec<u32>> = vec![Vec::new(); nclass];
         let mut class_lat: Vec<Vec<u32>> = vec![Vec::new(); nclass];
         let mut notes = Vec::new();
+        let mut never_detail = Vec::new();
         let mut r_conn = (0, 0, 0, 0, 0, 0, 0);
+        let (mut dup, mut pulled, mut stalls) = (0u64, 0u64, 0u64);
         for (spec, m) in specs.iter().zip(metrics.iter_mut()) {
             wire_up_all += m.wire_up;
             payload_up_all += m.payload_up;
@@ -564,6 +585,11 @@ impl Report {
             r_conn.4 += m.sent_unconnected;
             r_conn.5 += m.out_of_order;
             r_conn.6 += m.past_timers;
+            if let Some(cs) = &m.core_stats {
+                dup += cs.duplicate_bytes;
+                pulled += cs.pieces_pulled;
+                stalls += cs.stalls;
+            }
             for n in &m.notes {
                 if notes.len() < 10 && !notes.contains(n) {
                     notes.push(n.clone());
@@ -585,6 +611,25 @@ impl Report {
                 if m.first_play.is_none() {
                     never_started += 1;
                     class_never[c] += 1;
+                    if never_detail.len() < 5 {
+                        let cs = m.core_stats.clone().unwrap_or_default();
+                        never_detail.push(format!(
+                            "session {} ({:?}, class {}): joined {:.2} s, left {:.2} s, init {:?}, transports opened {}, offers {}+{} relayed, expired {}, core: neighbours {}, newest seq {:?}, payload down {} B",
+                            m.index,
+                            spec.behaviour,
+                            spec.class,
+                            joined as f64 / 1e6,
+                            left as f64 / 1e6,
+                            m.init_at.map(|t| t as f64 / 1e6),
+                            m.connections,
+                            m.offers,
+                            m.pex_offers,
+                            m.setup_expired,
+                            cs.neighbours,
+                            cs.newest_seq,
+                            m.payload_down
+                        ));
+                    }
                 }
             }
             if let Some((t, _, _)) = m.first_play {
@@ -697,9 +742,17 @@ impl Report {
             setup_expired: r_conn.3,
             sent_unconnected: r_conn.4,
             out_of_order_plays: r_conn.5,
+            duplicate_share: if payload_down_all > 0 {
+                dup as f64 / payload_down_all as f64
+            } else {
+                f64::NAN
+            },
+            pieces_pulled: pulled,
+            core_stalls: stalls,
             past_timers: r_conn.6,
             published,
             notes,
+            never_started_detail: never_detail,
             goals: Vec::new(),
         };
         r.goals = r.judge();
@@ -840,9 +893,12 @@ impl Report {
         );
         let _ = writeln!(
             s,
-            "  control overhead   {:.2}%   upload fairness (Jain) {:.3}",
+            "  control overhead   {:.2}%   upload fairness (Jain) {:.3}   duplicate download {:.2}%   pieces pulled {}   core stalls {}",
             self.control_overhead * 100.0,
-            self.upload_fairness_jain
+            self.upload_fairness_jain,
+            self.duplicate_share * 100.0,
+            self.pieces_pulled,
+            self.core_stalls
         );
         let se = &self.security;
         let _ = writeln!(
@@ -852,7 +908,7 @@ impl Report {
         );
         let _ = writeln!(
             s,
-            "  connections        {} opened, {} tracker offers, {} relayed offers, {} expired; cuts: useless {} (+{} honest), surplus {}, protocol {}, malformed {}, flood {}, other {}",
+            "  connections        {} opened, {} tracker offers, {} relayed offers, {} expired; cuts: useless {} (+{} honest), surplus {}, protocol {}, malformed {}, flood {}, banned {}, other {}",
             self.connections,
             self.tracker_offers,
             self.pex_offers,
@@ -863,6 +919,7 @@ impl Report {
             se.cuts.protocol,
             se.cuts.malformed,
             se.cuts.flood,
+            se.cuts.banned,
             se.cuts.other
         );
         if self.sent_unconnected + self.out_of_order_plays + self.past_timers > 0 {
@@ -874,6 +931,9 @@ impl Report {
         }
         for n in &self.notes {
             let _ = writeln!(s, "  note: {n}");
+        }
+        for n in &self.never_started_detail {
+            let _ = writeln!(s, "  never started: {n}");
         }
         let _ = writeln!(
             s,

@@ -11,6 +11,7 @@ use super::rtc::Rtc;
 use super::tracker::Tracker;
 use super::util::{self, Callback};
 use crate::client::playback::LatencyConfig;
+use crate::client::status::{page_state, Facts};
 use crate::core::{
     Config, Input, Instant, Output, PeerId, SegmentMeta, StreamId, StreamKey, Swarm,
 };
@@ -57,10 +58,17 @@ pub(crate) struct Driver {
     tick_cb: Option<Closure<dyn FnMut()>>,
     tick_handle: Option<i32>,
     pagehide_cb: Option<Callback>,
+    /// A tab coming back to the foreground is re-synced at once (its timers were throttled
+    /// while hidden, so the next tick could be a second away).
+    visible_cb: Option<Callback>,
     started: bool,
     pub(crate) destroyed: bool,
     #[cfg(feature = "test-hooks")]
     test_corrupt: bool,
+    /// Test hook: at most this many connections set up through trackers, so that the rest
+    /// must come through the core's relay (peer exchange).
+    #[cfg(feature = "test-hooks")]
+    pub(crate) test_tracker_limit: Option<usize>,
     rates: Rates,
     state: (&'static str, String),
     fatal: Option<(&'static str, String)>,
@@ -211,6 +219,15 @@ impl Driver {
         self.input(Input::Timeout);
     }
 
+    /// How many more connections the trackers may set up (unlimited without the test hook).
+    pub(crate) fn tracker_room(&self) -> usize {
+        #[cfg(feature = "test-hooks")]
+        if let Some(limit) = self.test_tracker_limit {
+            return limit.saturating_sub(self.rtc.via_tracker());
+        }
+        usize::MAX
+    }
+
     /// Queues a page event (`state`, `error`).
     pub(crate) fn emit(&mut self, kind: &'static str, detail: JsValue) {
         self.events.push((kind, detail));
@@ -296,42 +313,22 @@ impl Driver {
 
     /// Recomputes the page-visible state and emits `state` when it changed.
     fn update_state(&mut self) {
-        let next: (&'static str, String) = if self.destroyed {
-            ("destroyed", String::new())
-        } else if let Some((_, msg)) = &self.fatal {
-            ("error", msg.clone())
-        } else if self.is_source {
-            ("live", String::new())
-        } else {
-            let now = util::now_ms();
-            let media_fresh = self
+        let now = util::now_ms();
+        let facts = Facts {
+            destroyed: self.destroyed,
+            fatal: self.fatal.as_ref().map(|(_, m)| m.clone()),
+            is_source: self.is_source,
+            media_fresh: self
                 .last_media_ms
-                .is_some_and(|t| now - t < MEDIA_SILENCE_MS);
-            let tracker_down = !self.trackers.is_empty()
-                && self.trackers.iter().all(|t| !t.is_open() && t.failures > 0);
-            let playing = self.player.as_ref().is_some_and(|p| p.is_playing());
-            if playing && media_fresh {
-                ("playing", String::new())
-            } else if media_fresh {
-                ("buffering", String::new())
-            } else if tracker_down && self.swarm.stats().neighbours == 0 {
-                (
-                    "unreachable",
-                    "Cannot reach the tracker; retrying…".to_owned(),
-                )
-            } else if !self.trackers.iter().any(|t| t.is_open())
-                && self.swarm.stats().neighbours == 0
-            {
-                ("connecting", "Connecting…".to_owned())
-            } else if self.ever_media {
-                (
-                    "waiting",
-                    "The broadcast stopped; waiting for it to resume…".to_owned(),
-                )
-            } else {
-                ("waiting", "Waiting for the broadcast to start…".to_owned())
-            }
+                .is_some_and(|t| now - t < MEDIA_SILENCE_MS),
+            ever_media: self.ever_media,
+            playing: self.player.as_ref().is_some_and(|p| p.is_playing()),
+            trackers: self.trackers.len(),
+            trackers_open: self.trackers.iter().filter(|t| t.is_open()).count(),
+            trackers_failing: self.trackers.iter().all(|t| t.failures > 0),
+            neighbours: self.swarm.stats().neighbours,
         };
+        let next = page_state(&facts);
         if next != self.state {
             self.state = next;
             let detail = js_sys::Object::new();
@@ -386,12 +383,14 @@ impl Driver {
             return;
         }
         self.stop_trackers();
+        // Goodbyes to the neighbours, so they replace us at once rather than on a timeout.
         let now = self.now();
-        for peer in self.rtc.peers() {
-            self.swarm.handle_input(now, Input::Disconnected { peer });
+        self.swarm.close(now);
+        while let Some(out) = self.swarm.poll_output() {
+            if let Output::Transmit { peer, data } = out {
+                self.rtc.send(&peer, &data);
+            }
         }
-        // Courtesy goodbyes the core may queue cannot be sent any more; drop them.
-        while self.swarm.poll_output().is_some() {}
         self.rtc.close_all();
         if let Some(p) = self.player.as_mut() {
             p.close();
@@ -405,6 +404,12 @@ impl Driver {
         }
         if let Some(cb) = self.pagehide_cb.as_ref() {
             let _ = w.remove_event_listener_with_callback("pagehide", cb.as_ref().unchecked_ref());
+        }
+        if let (Some(cb), Some(doc)) = (self.visible_cb.as_ref(), w.document()) {
+            let _ = doc.remove_event_listener_with_callback(
+                "visibilitychange",
+                cb.as_ref().unchecked_ref(),
+            );
         }
         self.destroyed = true;
         self.update_state();
@@ -545,10 +550,13 @@ impl SwarmPeer {
                 tick_cb: None,
                 tick_handle: None,
                 pagehide_cb: None,
+                visible_cb: None,
                 started: false,
                 destroyed: false,
                 #[cfg(feature = "test-hooks")]
                 test_corrupt: util::get(&opts, "testCorrupt").is_truthy(),
+                #[cfg(feature = "test-hooks")]
+                test_tracker_limit: opt_f64(&opts, "testTrackerLimit").map(|n| n.max(0.0) as usize),
                 rates: Rates::default(),
                 state: ("idle", String::new()),
                 fatal: None,
@@ -584,12 +592,36 @@ impl SwarmPeer {
                 .ok();
             d.tick_cb = Some(tick);
             let w = weak.clone();
-            let hide = util::callback(move |_| {
-                with(&w, |d| d.stop_trackers());
+            let hide = util::callback(move |ev: JsValue| {
+                // `persisted`: the page may come back from the back/forward cache; keep the
+                // connections. Otherwise it is unloading: say goodbye so neighbours replace us
+                // now rather than when ICE times out (10–30 s).
+                let persisted = util::get(&ev, "persisted").is_truthy();
+                with(&w, |d| {
+                    if persisted {
+                        d.stop_trackers();
+                    } else {
+                        d.destroy();
+                    }
+                });
             });
             let _ = util::window()
                 .add_event_listener_with_callback("pagehide", hide.as_ref().unchecked_ref());
             d.pagehide_cb = Some(hide);
+            let w = weak.clone();
+            let visible = util::callback(move |_| {
+                let shown = util::window().document().is_some_and(|d| !d.hidden());
+                if shown {
+                    with(&w, |d| d.tick());
+                }
+            });
+            if let Some(doc) = util::window().document() {
+                let _ = doc.add_event_listener_with_callback(
+                    "visibilitychange",
+                    visible.as_ref().unchecked_ref(),
+                );
+            }
+            d.visible_cb = Some(visible);
             if let Some(p) = d.player.as_mut() {
                 p.attach();
             }
@@ -646,6 +678,19 @@ impl SwarmPeer {
                 .map_err(|e| JsError::new(&e.to_string()))
         })
         .unwrap_or_else(|| Err(JsError::new("peer destroyed")))
+    }
+
+    /// Test hook: makes the player start over as after a decode error (new MediaSource,
+    /// playback resumes at the next keyframe segment).
+    #[cfg(feature = "test-hooks")]
+    #[wasm_bindgen(js_name = testReinit)]
+    pub fn test_reinit(&self) {
+        let weak = Rc::downgrade(&self.inner);
+        with(&weak, |d| {
+            if let Some(p) = d.player.as_mut() {
+                p.reinit("test hook");
+            }
+        });
     }
 
     /// Current figures as a plain object (see the COMMON contract for the field names).

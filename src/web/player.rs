@@ -10,7 +10,9 @@
 
 use super::peer::{with, WeakDriver};
 use super::util::{self, callback, func, Callback};
-use crate::client::playback::{decide, trim, Decision, LatencyConfig, Range, StallMeter};
+use crate::client::playback::{
+    decide, is_discontinuity, trim, Decision, LatencyConfig, Range, StallMeter,
+};
 use crate::core::{InitSegment, PlayableSegment};
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -63,6 +65,8 @@ pub(crate) struct Player {
     reinits: VecDeque<f64>,
     pub(crate) reinit_count: u32,
     error: Option<String>,
+    /// Sequence number and wall-clock end of the last segment received.
+    last_segment: Option<(u64, u64)>,
     /// Swallows `play()` rejections (autoplay refused): the page offers a play button instead.
     ignore: Callback,
 }
@@ -104,6 +108,7 @@ impl Player {
             reinits: VecDeque::new(),
             reinit_count: 0,
             error: None,
+            last_segment: None,
             ignore: callback(|_| {}),
         }
     }
@@ -126,6 +131,7 @@ impl Player {
     pub(crate) fn forget_stream(&mut self) {
         self.teardown_source();
         self.init = None;
+        self.last_segment = None;
         self.queue.clear();
         self.need_keyframe = true;
         self.wall_offset = None;
@@ -261,6 +267,17 @@ impl Player {
         if seg.init_version != init.version {
             return; // decodes with another init, which will arrive before it matters
         }
+        let prev = self.last_segment.replace((
+            seg.seq,
+            seg.pts_us.saturating_add(u64::from(seg.duration_us)),
+        ));
+        if is_discontinuity(prev, seg.seq, seg.pts_us) && self.sb.is_some() {
+            util::debug(&format!(
+                "timeline break at segment {}: new MediaSource",
+                seg.seq
+            ));
+            self.reset();
+        }
         if self.need_keyframe {
             if !seg.keyframe {
                 return;
@@ -391,7 +408,7 @@ impl Player {
     }
 
     /// Starts over from the next keyframe with a fresh MediaSource (decode error, full buffer).
-    fn reinit(&mut self, why: &str) {
+    pub(crate) fn reinit(&mut self, why: &str) {
         let now = util::now_ms();
         while self.reinits.front().is_some_and(|&t| now - t > 60_000.0) {
             self.reinits.pop_front();
@@ -417,14 +434,32 @@ impl Player {
         }
         let current = self.current_time();
         let expected = media_fresh && self.started && !self.video.paused() && !self.video.ended();
+        let was_stalled = self.stalls.is_stalled();
         self.stalls.sample(now, current, expected);
+        if self.stalls.is_stalled() != was_stalled {
+            let ahead: Vec<(i64, i64)> = ranges(Some(self.video.buffered()))
+                .iter()
+                .map(|r| ((r.start * 1000.0) as i64, (r.end * 1000.0) as i64))
+                .collect();
+            util::debug(&format!(
+                "stall {} at {} ms, buffered {ahead:?}, queued {}",
+                if was_stalled { "ends" } else { "begins" },
+                (current * 1000.0) as i64,
+                self.queue.len()
+            ));
+        }
         if !self.started || self.rebasing {
             return Ok(());
         }
         let buffered = ranges(Some(self.video.buffered()));
         match decide(&buffered, current, &self.cfg) {
             Decision::Seek { to } => {
-                util::debug(&format!("seek {current:.2} -> {to:.2}"));
+                // Whole milliseconds: float formatting would add kilobytes to the bundle.
+                util::debug(&format!(
+                    "seek {} ms -> {} ms",
+                    (current * 1000.0) as i64,
+                    (to * 1000.0) as i64
+                ));
                 self.video.set_current_time(to);
                 self.video.set_playback_rate(1.0);
             }

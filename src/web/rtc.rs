@@ -5,6 +5,7 @@
 
 use super::peer::{with, Driver, WeakDriver};
 use super::util::{self, callback, func, Callback};
+use crate::client::links::{keep_newer_duplicate, yield_to_crossing_offer};
 use crate::client::tracker::SignalPayload;
 use crate::core::{Input, PeerId};
 use std::collections::HashMap;
@@ -26,6 +27,11 @@ const LOW_WATER: u32 = 64 * 1024;
 
 /// A connection that never opened is given up after this long.
 const SETUP_TIMEOUT_MS: f64 = 20_000.0;
+
+/// A connection ICE calls "disconnected" for this long is closed: a neighbour whose tab was
+/// killed never closes its channels, and waiting for ICE to declare "failed" takes far longer
+/// than a live stream's buffer.
+const DISCONNECTED_GRACE_MS: f64 = 3_000.0;
 
 /// A tracker offer nobody answered is given up after this long: trackers forward offers at
 /// once, so an answer that has not come by then will not come.
@@ -54,6 +60,8 @@ pub(crate) struct Conn {
     created_ms: f64,
     /// The offerer has applied the answer.
     answered: bool,
+    /// Since when ICE says "disconnected" (no answer to its consent checks).
+    disconnected_ms: Option<f64>,
     closures: Vec<Callback>,
 }
 
@@ -89,18 +97,18 @@ impl Rtc {
         }
     }
 
-    /// Peers the core knows as connected.
-    pub(crate) fn peers(&self) -> Vec<PeerId> {
-        self.conns
-            .values()
-            .filter(|c| c.open)
-            .filter_map(|c| c.peer)
-            .collect()
-    }
-
     /// Number of connections, set up or open.
     pub(crate) fn len(&self) -> usize {
         self.conns.len()
+    }
+
+    /// Connections (open or being set up) made through a tracker.
+    #[cfg(feature = "test-hooks")]
+    pub(crate) fn via_tracker(&self) -> usize {
+        self.conns
+            .values()
+            .filter(|c| matches!(c.via, Via::Tracker(_)))
+            .count()
     }
 
     /// Whether connection `id` still exists.
@@ -237,6 +245,7 @@ impl Driver {
                 via,
                 created_ms: util::now_ms(),
                 answered: false,
+                disconnected_ms: None,
                 closures,
             },
         );
@@ -338,12 +347,21 @@ impl Driver {
         let Some(c) = self.rtc.conns.get(&id) else {
             return;
         };
-        // "disconnected" may recover by itself; "failed" and "closed" do not.
-        if matches!(
-            c.pc.connection_state(),
-            RtcPeerConnectionState::Failed | RtcPeerConnectionState::Closed
-        ) {
-            self.close_conn(id, true);
+        match c.pc.connection_state() {
+            RtcPeerConnectionState::Failed | RtcPeerConnectionState::Closed => {
+                self.close_conn(id, true)
+            }
+            // "disconnected" may recover by itself; `rtc_tick` gives it DISCONNECTED_GRACE_MS.
+            RtcPeerConnectionState::Disconnected => {
+                if let Some(c) = self.rtc.conns.get_mut(&id) {
+                    c.disconnected_ms.get_or_insert(util::now_ms());
+                }
+            }
+            _ => {
+                if let Some(c) = self.rtc.conns.get_mut(&id) {
+                    c.disconnected_ms = None;
+                }
+            }
         }
     }
 
@@ -380,10 +398,10 @@ impl Driver {
         if other == id {
             return true;
         }
-        let i_should_offer = self.local < peer;
-        let new_ok = self.rtc.conns.get(&id).map(|c| c.offerer) == Some(i_should_offer);
-        let old_ok = self.rtc.conns.get(&other).map(|c| c.offerer) == Some(i_should_offer);
-        if new_ok && !old_ok {
+        let (Some(new), Some(old)) = (self.rtc.conns.get(&id), self.rtc.conns.get(&other)) else {
+            return false;
+        };
+        if keep_newer_duplicate(self.local, peer, new.offerer, old.offerer) {
             self.close_conn(other, true);
             if let Some(c) = self.rtc.conns.get_mut(&id) {
                 c.peer = Some(peer);
@@ -472,6 +490,7 @@ impl Driver {
         if peer == self.local || self.rtc.has_peer(&peer) {
             return;
         }
+        util::debug(&format!("offering to {peer} through the relay"));
         let Some(id) = self.new_conn(Some(peer), true, Via::Relay) else {
             return;
         };
@@ -495,13 +514,22 @@ impl Driver {
 
     /// Signalling relayed by a neighbour from `from`.
     pub(crate) fn on_relayed_signal(&mut self, from: PeerId, payload: Vec<u8>) {
-        match SignalPayload::decode(&payload) {
+        let decoded = SignalPayload::decode(&payload);
+        util::debug(&format!(
+            "relayed {} from {from}",
+            match &decoded {
+                Some(SignalPayload::Offer(_)) => "offer",
+                Some(SignalPayload::Answer(_)) => "answer",
+                None => "junk",
+            }
+        ));
+        match decoded {
             Some(SignalPayload::Offer(sdp)) => {
                 if let Some(&existing) = self.rtc.by_peer.get(&from) {
                     // Both sides offered at once: the smaller id's offer wins on both ends.
                     let ours = self.rtc.conns.get(&existing);
                     let ours_pending = ours.is_some_and(|c| c.offerer && !c.open);
-                    if ours_pending && from < self.local {
+                    if ours_pending && yield_to_crossing_offer(self.local, from) {
                         self.close_conn(existing, false);
                     } else {
                         return;
@@ -530,12 +558,16 @@ impl Driver {
             .iter()
             .filter(|(_, c)| {
                 let age = now - c.created_ms;
-                !c.open && (age > SETUP_TIMEOUT_MS || (c.peer.is_none() && age > OFFER_TIMEOUT_MS))
+                let lost = c
+                    .disconnected_ms
+                    .is_some_and(|t| now - t > DISCONNECTED_GRACE_MS);
+                lost || (!c.open
+                    && (age > SETUP_TIMEOUT_MS || (c.peer.is_none() && age > OFFER_TIMEOUT_MS)))
             })
             .map(|(&id, _)| id)
             .collect();
         for id in stale {
-            self.close_conn(id, false);
+            self.close_conn(id, true);
         }
     }
 }

@@ -9,6 +9,8 @@ use crate::client::binstr;
 use crate::client::tracker::{
     answer_json, parse, reconnect_delay_ms, Announce, AnnounceEvent, OfferOut, TrackerMessage,
 };
+use std::cell::RefCell;
+use std::rc::Rc;
 use wasm_bindgen::JsCast;
 use wasm_bindgen_futures::spawn_local;
 use web_sys::{MessageEvent, WebSocket};
@@ -173,7 +175,10 @@ impl Driver {
         let delay = reconnect_delay_ms(t.attempts, util::random_unit());
         t.attempts += 1;
         t.reconnect_at = util::now_ms() + delay;
-        util::debug(&format!("tracker {} closed; retry in {delay:.0} ms", t.url));
+        util::debug(&format!(
+            "tracker {} closed; retry in {} ms",
+            t.url, delay as u64
+        ));
     }
 
     /// Announces to tracker `i`, with as many fresh offers as the core wants neighbours.
@@ -195,28 +200,40 @@ impl Driver {
         } else {
             self.swarm.wanted_neighbours().min(MAX_OFFERS)
         }
-        .saturating_sub(pending);
+        .saturating_sub(pending)
+        .min(self.tracker_room());
         let ids: Vec<u64> = (0..wanted)
             .filter_map(|_| self.new_conn(None, true, Via::Tracker(i)))
             .collect();
-        let weak = self.me.clone();
-        spawn_local(async move {
-            let mut offers = Vec::new();
-            for id in ids {
-                if let Some(sdp) = make_offer(&weak, id).await {
-                    offers.push((
-                        id,
-                        OfferOut {
-                            offer_id: util::random_bytes(),
-                            sdp,
-                        },
-                    ));
-                } else {
+        if ids.is_empty() {
+            self.send_announce(i, event, Vec::new());
+            return;
+        }
+        // Offers gather their ICE candidates concurrently; the last one to finish sends the
+        // announce (sequentially, five offers cost five gathering rounds of start-up time).
+        let pending = Rc::new(RefCell::new((ids.len(), Vec::new())));
+        for id in ids {
+            let weak = self.me.clone();
+            let pending = pending.clone();
+            spawn_local(async move {
+                let sdp = make_offer(&weak, id).await;
+                if sdp.is_none() {
                     with(&weak, |d| d.close_conn(id, false));
                 }
-            }
-            with(&weak, |d| d.send_announce(i, event, offers));
-        });
+                let done = {
+                    let mut p = pending.borrow_mut();
+                    if let Some(sdp) = sdp {
+                        let offer_id = util::random_bytes();
+                        p.1.push((id, OfferOut { offer_id, sdp }));
+                    }
+                    p.0 -= 1;
+                    (p.0 == 0).then(|| std::mem::take(&mut p.1))
+                };
+                if let Some(offers) = done {
+                    with(&weak, |d| d.send_announce(i, event, offers));
+                }
+            });
+        }
     }
 
     fn send_announce(&mut self, i: usize, event: AnnounceEvent, offers: Vec<(u64, OfferOut)>) {
@@ -238,6 +255,7 @@ impl Driver {
             seeder: self.is_source,
         }
         .to_json();
+        util::debug(&format!("announce {event:?} with {} offers", out.len()));
         let t = &mut self.trackers[i];
         // Hungry while neighbours are wanted and the swarm has peers we are not connected to
         // yet (unknown size counts as "has").
@@ -286,6 +304,9 @@ impl Driver {
                 offer_id,
                 sdp,
             }) => {
+                if self.tracker_room() == 0 {
+                    return;
+                }
                 self.answer_offer(peer, sdp, Via::Tracker(i), move |d, answer| {
                     let text = answer_json(d.info_hash, d.local, peer, &offer_id, &answer);
                     d.trackers[i].send(&text);

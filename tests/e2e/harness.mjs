@@ -42,6 +42,9 @@ export const CHROMIUM_ARGS = [
   '--disable-backgrounding-occluded-windows',
 ];
 
+/** When this test process started: the zero of every `[12.34s]` stamp in the console logs. */
+const T0 = Date.now();
+
 const cleanups = [];
 const childPids = new Set();
 
@@ -227,8 +230,8 @@ export async function launchBrowser() {
 export async function openPage(browser, out, name, url, { viewport = { width: 640, height: 400 } } = {}) {
   const context = await browser.newContext({ viewport });
   const log = fs.createWriteStream(path.join(out, `${name}.console.log`));
-  const t0 = Date.now();
-  const stamp = () => `[${((Date.now() - t0) / 1000).toFixed(2).padStart(7)}s]`;
+  // One time base for every log of a test process, so pages' logs line up with each other.
+  const stamp = () => `[${((Date.now() - T0) / 1000).toFixed(2).padStart(7)}s]`;
   const errors = [];
   const page = await context.newPage();
   page.on('console', (m) => log.write(`${stamp()} ${m.type()}: ${m.text()}\n`));
@@ -265,11 +268,61 @@ export async function waitInPage(page, fn, arg, { timeout = 20_000, what = 'cond
 }
 
 /**
+ * Reads the timecode strip the broadcaster's test pattern draws along the bottom edge (43 cells:
+ * white, black, then the capture time in ms since the epoch as 41 bits, MSB first) from the frame
+ * the `<video>` shows now. Returns `{ frameMs, latencyMs }` or null when unreadable. Runs in the
+ * page; this is the test's own latency measurement, independent of the player's `latencyMs`.
+ */
+function readTimecode(v) {
+  const w = v.videoWidth;
+  const h = v.videoHeight;
+  if (!w || !h || v.readyState < 2) return null;
+  const ch = Math.max(8, Math.round(h * 0.035));
+  const c = (window.__e2eTimecodeCanvas ||= document.createElement('canvas'));
+  if (c.width !== w || c.height !== ch) Object.assign(c, { width: w, height: ch });
+  const ctx = c.getContext('2d', { willReadFrequently: true });
+  ctx.drawImage(v, 0, h - ch, w, ch, 0, 0, w, ch);
+  const now = performance.timeOrigin + performance.now();
+  const px = ctx.getImageData(0, 0, w, ch).data;
+  const cells = 43;
+  const lum = (i) => {
+    let sum = 0;
+    let n = 0;
+    for (let y = Math.floor(ch * 0.3); y < Math.ceil(ch * 0.7); y++) {
+      for (let x = Math.floor(((i + 0.3) * w) / cells); x < Math.ceil(((i + 0.7) * w) / cells); x++) {
+        const o = (y * w + x) * 4;
+        sum += px[o] + px[o + 1] + px[o + 2];
+        n += 3;
+      }
+    }
+    return sum / n;
+  };
+  const white = lum(0);
+  const black = lum(1);
+  if (white - black < 96) return null;
+  const mid = (white + black) / 2;
+  let ms = 0;
+  for (let i = 2; i < cells; i++) ms = ms * 2 + (lum(i) > mid ? 1 : 0);
+  // A misread gives an absurd time; only a frame from the last minute counts.
+  if (!(now - ms > -1000 && now - ms < 60_000)) return null;
+  return { frameMs: ms, latencyMs: Math.round(now - ms) };
+}
+
+const READ_TIMECODE_SRC = readTimecode.toString();
+
+/**
  * One sample of a viewer page: the player's own `stats()` and what the `<video>` element says.
  * Runs in the page; never throws (a missing player is reported as such).
  */
-function sampleInPage() {
+function sampleInPage(readTimecodeSrc) {
   const v = document.querySelector('video');
+  const readTimecode = (window.__e2eReadTimecode ||= new Function(`return (${readTimecodeSrc})`)());
+  let timecode = null;
+  try {
+    timecode = v ? readTimecode(v) : null;
+  } catch (e) {
+    timecode = { error: String(e) };
+  }
   const players = window.swarmcastPlayers;
   let stats = null;
   let statsError = null;
@@ -285,11 +338,26 @@ function sampleInPage() {
   const q = v && v.getVideoPlaybackQuality ? v.getVideoPlaybackQuality() : null;
   const buffered = [];
   if (v) for (let i = 0; i < v.buffered.length; i++) buffered.push([v.buffered.start(i), v.buffered.end(i)]);
+  // The media time of the frame last presented (requestVideoFrameCallback): currentTime minus it
+  // is how far the picture lags the playback clock (decoder starved), which tells a wrong
+  // latency mapping in the player from a picture that really is late.
+  if (v && !v.__e2eFrames && v.requestVideoFrameCallback) {
+    v.__e2eFrames = { last: null };
+    const onFrame = (_, meta) => {
+      v.__e2eFrames.last = meta.mediaTime;
+      v.requestVideoFrameCallback(onFrame);
+    };
+    v.requestVideoFrameCallback(onFrame);
+  }
+  const frameLagMs =
+    v && v.__e2eFrames && v.__e2eFrames.last !== null ? Math.round((v.currentTime - v.__e2eFrames.last) * 1000) : null;
   const overlay = document.querySelector('.sc-stats');
   return {
     wall: performance.timeOrigin + performance.now(),
     hasPlayer: !!(players && players.length),
     overlay: overlay && !overlay.hidden ? overlay.textContent : null,
+    timecode,
+    frameLagMs,
     stats,
     statsError,
     video: v
@@ -349,7 +417,7 @@ export class Monitor {
             .filter((v) => !v.gone)
             .map(async (v) => {
               try {
-                const s = await v.viewer.page.evaluate(sampleInPage);
+                const s = await v.viewer.page.evaluate(sampleInPage, READ_TIMECODE_SRC);
                 v.samples.push(s);
                 if (v.startedAt === null && v.samples.length >= 2) {
                   const prev = v.samples[v.samples.length - 2];
@@ -420,7 +488,24 @@ export class Monitor {
       prev = s;
     }
     if (stallStart !== null && prev) maxStallMs = Math.max(maxStallMs, prev.wall - stallStart);
+    // Longest span in which no media bytes arrived at all (a counter that drops means the
+    // player's SwarmPeer was rebuilt: that counts as arrival). Tells "the swarm delivered nothing"
+    // from "data arrived but the player did not play it".
+    let longestNoBytesMs = 0;
+    {
+      let since = null;
+      let prevBytes = null;
+      for (const s of win) {
+        if (!s.stats) continue;
+        const b = (s.stats.bytesFromPeers ?? 0) + (s.stats.bytesFromSource ?? 0);
+        if (prevBytes === null || b !== prevBytes) since = s.wall;
+        else longestNoBytesMs = Math.max(longestNoBytesMs, s.wall - since);
+        prevBytes = b;
+      }
+    }
     const lat = win.map((s) => s.stats?.latencyMs).filter((x) => typeof x === 'number' && isFinite(x));
+    const tc = win.map((s) => s.timecode?.latencyMs).filter((x) => typeof x === 'number');
+    const median = (xs) => (xs.length ? Math.round([...xs].sort((a, b) => a - b)[xs.length >> 1]) : null);
     const lastStats = [...win].reverse().find((s) => s.stats)?.stats ?? null;
     const received = lastStats ? (lastStats.bytesFromPeers ?? 0) + (lastStats.bytesFromSource ?? 0) : 0;
     return {
@@ -431,10 +516,25 @@ export class Monitor {
       samples: win.length,
       advanceS: first && last ? +(last.video.currentTime - first.video.currentTime).toFixed(3) : 0,
       maxStallMs: Math.round(maxStallMs),
+      longestNoBytesMs: Math.round(longestNoBytesMs),
       framesDecoded: first && last ? last.video.totalFrames - first.video.totalFrames : 0,
       framesDropped: first && last ? last.video.droppedFrames - first.video.droppedFrames : 0,
-      latencyMsMax: lat.length ? Math.round(Math.max(...lat)) : null,
-      latencyMsMedian: lat.length ? Math.round(lat.sort((a, b) => a - b)[lat.length >> 1]) : null,
+      // Latency as the test measures it: wall now minus the capture time read from the frame.
+      latencyMsMax: tc.length ? Math.max(...tc) : null,
+      latencyMsMedian: median(tc),
+      timecodeReads: `${tc.length}/${win.length}`,
+      // The player's own figure (stats().latencyMs), for comparison.
+      playerLatencyMsMax: lat.length ? Math.round(Math.max(...lat)) : null,
+      playerLatencyMsMin: lat.length ? Math.round(Math.min(...lat)) : null,
+      playerLatencyMsMedian: median(lat),
+      // How far the player's figure is from the test's, per sample (median): a check of the
+      // player's timeline mapping.
+      frameLagMsMedian: median(win.map((s) => s.frameLagMs).filter((x) => typeof x === 'number')),
+      playerMinusTimecodeMs: median(
+        win
+          .filter((s) => typeof s.stats?.latencyMs === 'number' && typeof s.timecode?.latencyMs === 'number')
+          .map((s) => s.stats.latencyMs - s.timecode.latencyMs),
+      ),
       neighboursMin: win.length ? Math.min(...win.map((s) => neighbourCount(s.stats))) : 0,
       neighboursLast: neighbourCount(lastStats),
       // What the visible stats overlay (`&stats=1`) says about neighbours at the end.
@@ -478,9 +578,11 @@ export class Monitor {
 export function violations(f, { minAdvanceS = 15, maxStallMs = 1000, maxLatencyMs = 3000 } = {}) {
   const bad = [];
   if (!(f.advanceS >= minAdvanceS)) bad.push(`currentTime advanced ${f.advanceS} s < ${minAdvanceS} s`);
-  if (f.maxStallMs > maxStallMs) bad.push(`stalled ${f.maxStallMs} ms > ${maxStallMs} ms`);
+  if (f.maxStallMs > maxStallMs) {
+    bad.push(`stalled ${f.maxStallMs} ms > ${maxStallMs} ms (longest time with no bytes arriving: ${f.longestNoBytesMs} ms)`);
+  }
   if (!(f.framesDecoded > 0)) bad.push(`decoded frames did not increase (${f.framesDecoded})`);
-  if (f.latencyMsMax === null) bad.push('no latency reported by stats()');
+  if (f.latencyMsMax === null) bad.push(`no frame's timecode could be read (${f.timecodeReads})`);
   else if (f.latencyMsMax >= maxLatencyMs) bad.push(`latency ${f.latencyMsMax} ms >= ${maxLatencyMs} ms`);
   if (f.videoError) bad.push(`video error ${f.videoError}`);
   if (f.pageErrors.length) bad.push(`page errors: ${f.pageErrors.join(' | ')}`);
@@ -497,14 +599,16 @@ export function peersConnected(f) {
 
 /** One line for the whole run, printed and appended to `out/e2e/summary.txt`. */
 export function summaryLine(test, figs, extra = '') {
+  figs = figs.map((f) => ({ ...f, playerMinusTimecodeAbs: f.playerMinusTimecodeMs === null ? null : Math.abs(f.playerMinusTimecodeMs) }));
   const n = figs.length;
   const min = (k) => (n ? Math.min(...figs.map((f) => f[k] ?? Infinity)) : 0);
   const max = (k) => (n ? Math.max(...figs.map((f) => f[k] ?? -Infinity)) : 0);
   const sum = (k) => figs.reduce((a, f) => a + (f[k] ?? 0), 0);
   const line = !n
     ? `e2e ${test}: ${extra}`
-    : `e2e ${test}: ${n} viewers, advance min ${min('advanceS')} s, max stall ${max('maxStallMs')} ms, ` +
-    `latency max ${max('latencyMsMax')} ms, frames min ${min('framesDecoded')}, ` +
+    : `e2e ${test}: ${n} viewers, start-up max ${max('startupMs')} ms, advance min ${min('advanceS')} s, max stall ${max('maxStallMs')} ms, ` +
+    `latency max ${max('latencyMsMax')} ms (player's own figure off by ≤${max('playerMinusTimecodeAbs')} ms), ` +
+    `frames min ${min('framesDecoded')}, ` +
     `received ${(sum('bytesReceived') / 1e6).toFixed(2)} MB (from peers ${(sum('bytesFromPeers') / 1e6).toFixed(2)} MB)` +
     (extra ? `, ${extra}` : '');
   console.log(line);
@@ -550,6 +654,23 @@ export async function openBroadcaster(browser, out, base, extraQuery = '') {
     { timeout: 30_000, what: 'broadcaster page exposing window.swarmcastBroadcaster.streamId' },
   );
   b.streamId = streamId;
+  // Every segment the page publishes (metadata only), so a swarm-wide hole can be told apart from
+  // a broadcaster that captured nothing for a while (e.g. its main thread starved).
+  await b.page.evaluate(() => {
+    window.__e2ePublished = [];
+    window.swarmcastBroadcaster.subscribe?.((kind, o) => {
+      if (kind !== 'segment') return;
+      window.__e2ePublished.push({
+        seq: o.seq,
+        ptsUs: o.ptsUs,
+        durationUs: o.durationUs,
+        keyframe: o.keyframe,
+        bytes: o.data?.length,
+        atUs: Math.round((performance.timeOrigin + performance.now()) * 1000),
+      });
+    });
+  });
+  b.published = () => b.page.evaluate(() => window.__e2ePublished);
   b.stats = () =>
     b.page.evaluate(() => {
       const s = window.swarmcastBroadcaster.stats();

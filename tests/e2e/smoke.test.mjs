@@ -117,6 +117,6 @@ test('WebRTC data channel between two browser contexts, and MSE playback', { tim
   assert.ok(mse.framesDecoded >= 30, `only ${mse.framesDecoded} frames decoded in ${mse.windowMs} ms`);
   assert.ok(mse.maxStallMs < 1000, `stalled ${mse.maxStallMs} ms`);
   assert.equal(mse.neighboursLast, 1);
-  assert.equal(typeof mse.latencyMsMax, 'number', 'stats().latencyMs not collected');
+  assert.equal(typeof mse.playerLatencyMsMax, 'number', 'stats().latencyMs not collected');
   summaryLine('smoke', [], `data channel ${rtcMs} ms, MSE advance ${mse.advanceS} s in ${mse.windowMs} ms, ${mse.framesDecoded} frames, max stall ${mse.maxStallMs} ms`);
 });
