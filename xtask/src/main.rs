@@ -387,9 +387,7 @@ fn test_steps(e2e_wanted: bool, times: &mut Vec<StepTime>) -> Result {
         ]))
     })?;
     timed(times, "cargo test", || {
-        // The dev profile with optimised dependencies (Cargo.toml): a release build of every test
-        // binary (thin LTO each) cost far more than the tests' run time saved.
-        run(Command::new(cargo()).args(["test", "--workspace"]))
+        run(Command::new(cargo()).args(["test", "--workspace", "--release"]))
     })?;
     timed(times, "wasm build", || build_wasm(false))?;
     if e2e_wanted {
@@ -408,9 +406,8 @@ fn e2e(args: &[String]) -> Result {
     if !dir.join("package.json").exists() {
         return Err("tests/e2e/package.json missing".into());
     }
-    // The dev profile (dependencies optimised, see Cargo.toml): the build `cargo test` already made.
-    run(Command::new(cargo()).args(["build", "--package", "swarmcast-signaling"]))?;
-    let signaling = root().join("target/debug/swarmcast-signaling");
+    run(Command::new(cargo()).args(["build", "--release", "--package", "swarmcast-signaling"]))?;
+    let signaling = root().join("target/release/swarmcast-signaling");
     // `timeout`: each test has its own limit, but a suite that never exits (a handle left open)
     // must not hold CI until its hard limit.
     let script = "ip link set lo up && \
