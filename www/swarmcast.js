@@ -77,7 +77,8 @@ class Player extends EventTarget {
     el.classList.add('swarmcast');
     const video = document.createElement('video');
     video.playsInline = true;
-    video.autoplay = true;
+    // The player calls play() itself once enough is buffered; `autoplay` would start earlier.
+    video.autoplay = false;
     // Browsers allow autoplay only when muted; start muted unless told otherwise.
     video.muted = opts.muted !== false;
     video.controls = false;

@@ -47,9 +47,11 @@ mod cli {
   --latency MIN-MAX       one-way latency range, e.g. 5ms-150ms         [5ms-150ms]
   --target-degree N / --max-degree N   override the core's defaults
   --advertise KBPS        upload every viewer tells its core (default: its true capacity)
+  --advertise-share X     viewers tell their core X times their true upload  [1]
   --threads N             worker threads (results do not depend on it)  [cores]
   --json FILE             write the report(s) as JSON
   --svg-dir DIR           write latency-cdf.svg (and versus-audience.svg for a sweep)
+  --plot A.json,B.json    no simulation: draw the SVGs (into --svg-dir) from saved reports
   --quiet                 no progress lines";
 
     fn value<'a>(args: &'a [String], i: &mut usize, flag: &str) -> Result<&'a str, String> {
@@ -75,6 +77,7 @@ mod cli {
         let mut json: Option<String> = None;
         let mut svg_dir: Option<String> = None;
         let mut quiet = false;
+        let mut plot: Vec<String> = Vec::new();
         let mut i = 0;
         while i < args.len() {
             let flag = args[i].as_str();
@@ -143,13 +146,42 @@ mod cli {
                 }
                 "--max-degree" => cfg.max_degree = Some(num(value(&args, &mut i, flag)?, flag)?),
                 "--advertise" => cfg.advertise_kbps = Some(num(value(&args, &mut i, flag)?, flag)?),
+                "--advertise-share" => {
+                    cfg.advertise_share = num(value(&args, &mut i, flag)?, flag)?
+                }
                 "--threads" => cfg.threads = num(value(&args, &mut i, flag)?, flag)?,
                 "--json" => json = Some(value(&args, &mut i, flag)?.to_string()),
                 "--svg-dir" => svg_dir = Some(value(&args, &mut i, flag)?.to_string()),
                 "--quiet" => quiet = true,
+                "--plot" => {
+                    plot = value(&args, &mut i, flag)?
+                        .split(',')
+                        .map(str::to_string)
+                        .collect()
+                }
                 other => return Err(format!("unknown option {other:?}\n{USAGE}")),
             }
             i += 1;
+        }
+        if !plot.is_empty() {
+            let mut runs = Vec::new();
+            for path in &plot {
+                let text = std::fs::read_to_string(path).map_err(|e| format!("{path}: {e}"))?;
+                let v: serde_json::Value =
+                    serde_json::from_str(&text).map_err(|e| format!("{path}: {e}"))?;
+                let items = match v {
+                    serde_json::Value::Array(a) => a,
+                    one => vec![one],
+                };
+                for item in &items {
+                    runs.push(
+                        sim::svg::PlotRun::from_json(item)
+                            .ok_or_else(|| format!("{path}: not a swarmcast-sim report"))?,
+                    );
+                }
+            }
+            let dir = svg_dir.ok_or("--plot needs --svg-dir")?;
+            return write_svgs(&dir, &runs);
         }
         let mut reports: Vec<Report> = Vec::new();
         for &n in &sizes {
@@ -190,22 +222,23 @@ mod cli {
             eprintln!("wrote {path}");
         }
         if let Some(dir) = svg_dir {
-            std::fs::create_dir_all(&dir).map_err(|e| format!("{dir}: {e}"))?;
-            let runs: Vec<(String, &Report)> = reports
-                .iter()
-                .map(|r| (format!("{} viewers", r.config.peers), r))
-                .collect();
-            let cdf = format!("{dir}/latency-cdf.svg");
-            std::fs::write(&cdf, sim::svg::latency_cdf(&runs))
-                .map_err(|e| format!("{cdf}: {e}"))?;
-            eprintln!("wrote {cdf}");
-            if reports.len() > 1 {
-                let vs = format!("{dir}/versus-audience.svg");
-                let refs: Vec<&Report> = reports.iter().collect();
-                std::fs::write(&vs, sim::svg::versus_audience(&refs))
-                    .map_err(|e| format!("{vs}: {e}"))?;
-                eprintln!("wrote {vs}");
-            }
+            let runs: Vec<sim::svg::PlotRun> =
+                reports.iter().map(sim::svg::PlotRun::from_report).collect();
+            write_svgs(&dir, &runs)?;
+        }
+        Ok(())
+    }
+
+    fn write_svgs(dir: &str, runs: &[sim::svg::PlotRun]) -> Result<(), String> {
+        std::fs::create_dir_all(dir).map_err(|e| format!("{dir}: {e}"))?;
+        let cdf = format!("{dir}/latency-cdf.svg");
+        std::fs::write(&cdf, sim::svg::latency_cdf(runs)).map_err(|e| format!("{cdf}: {e}"))?;
+        eprintln!("wrote {cdf}");
+        if runs.len() > 1 {
+            let vs = format!("{dir}/versus-audience.svg");
+            std::fs::write(&vs, sim::svg::versus_audience(runs))
+                .map_err(|e| format!("{vs}: {e}"))?;
+            eprintln!("wrote {vs}");
         }
         Ok(())
     }

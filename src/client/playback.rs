@@ -102,6 +102,17 @@ pub fn decide(ranges: &[Range], current: f64, cfg: &LatencyConfig) -> Decision {
     Decision::Play { rate }
 }
 
+/// Whether enough is buffered at the playhead to start playback: half the target, at most
+/// 0.5 s. Starting on a single short segment stalls at once when the next one is a little late;
+/// waiting for the whole target would add its length to the start-up time.
+pub fn ready_to_start(ranges: &[Range], current: f64, cfg: &LatencyConfig) -> bool {
+    let need = (cfg.target * 0.5).min(0.5);
+    ranges
+        .iter()
+        .find(|r| current >= r.start - EDGE && current < r.end)
+        .is_some_and(|r| r.end - current >= need)
+}
+
 /// Where to land in range `r`: `target` before its end, but not before its start.
 fn seek_target(r: &Range, cfg: &LatencyConfig) -> f64 {
     (r.end - cfg.target).max(r.start + 0.001)
@@ -133,6 +144,49 @@ pub fn is_discontinuity(prev: Option<(u64, u64)>, seq: u64, pts_us: u64) -> bool
             pts_us.abs_diff(prev_end_us) > DISCONTINUITY_US
         }
         _ => false,
+    }
+}
+
+/// Where each appended segment landed on the media timeline, so the playhead maps to the
+/// wall-clock capture time of the frame it shows. Per segment, not one global offset: the
+/// container's timeline and the broadcaster's wall-clock stamps drift apart when its encoder
+/// stalls (the muxer keeps decode times continuous), and a single offset then misreports
+/// latency by the length of the stall.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct WallMap {
+    /// (media start, media end, wall start), seconds, in append order.
+    entries: std::collections::VecDeque<(f64, f64, f64)>,
+}
+
+/// Segments remembered by [`WallMap`] (far more than the buffer holds).
+const WALL_MAP_LEN: usize = 256;
+
+impl WallMap {
+    /// A segment of `duration` s whose first frame was captured at `wall_start` (s since the
+    /// epoch) now ends the buffered media at `media_end`.
+    pub fn record(&mut self, media_end: f64, duration: f64, wall_start: f64) {
+        if self.entries.len() == WALL_MAP_LEN {
+            self.entries.pop_front();
+        }
+        self.entries
+            .push_back((media_end - duration, media_end, wall_start));
+    }
+
+    /// Capture time (s since the epoch) of the frame at media time `t`.
+    pub fn wall_at(&self, t: f64) -> Option<f64> {
+        // The newest segment starting at or before `t` (a later append overrides older media).
+        let (start, _, wall) = self
+            .entries
+            .iter()
+            .rev()
+            .find(|(start, _, _)| *start <= t + EDGE)
+            .or_else(|| self.entries.front())?;
+        Some(wall + (t - start))
+    }
+
+    /// Forgets everything (new MediaSource).
+    pub fn clear(&mut self) {
+        self.entries.clear();
     }
 }
 
@@ -237,6 +291,16 @@ mod tests {
     }
 
     #[test]
+    fn starts_with_half_the_target_buffered() {
+        let cfg = LatencyConfig::default();
+        assert!(!ready_to_start(&[r(3.0, 3.2)], 3.0, &cfg));
+        assert!(ready_to_start(&[r(3.0, 3.6)], 3.0, &cfg));
+        assert!(!ready_to_start(&[r(3.0, 3.6)], 4.0, &cfg));
+        let short = LatencyConfig { target: 0.4, ..cfg };
+        assert!(ready_to_start(&[r(3.0, 3.25)], 3.0, &short));
+    }
+
+    #[test]
     fn trims_only_whole_chunks_behind_the_playhead() {
         assert_eq!(trim(&[r(0.0, 40.0)], 35.0, 20.0, 5.0), Some(r(0.0, 15.0)));
         assert_eq!(trim(&[r(12.0, 40.0)], 35.0, 20.0, 5.0), None);
@@ -262,6 +326,28 @@ mod tests {
                                                         // Segments skipped in between: the gap is explained, jump it instead.
         assert!(!is_discontinuity(prev, 14, 25_000_000));
         assert!(!is_discontinuity(None, 0, 25_000_000));
+    }
+
+    #[test]
+    fn wall_map_follows_each_segment_even_when_stamps_drift() {
+        let mut m = WallMap::default();
+        assert_eq!(m.wall_at(1.0), None);
+        m.record(2.2, 0.2, 1000.0);
+        m.record(2.4, 0.2, 1000.2);
+        // The encoder stalled 3 s: the next segment's stamp jumps, its media time does not.
+        m.record(2.6, 0.2, 1003.4);
+        let close = |a: Option<f64>, b: f64| a.is_some_and(|a| (a - b).abs() < 1e-9);
+        assert!(close(m.wall_at(2.1), 1000.1));
+        assert!(close(m.wall_at(2.3), 1000.3));
+        assert!(close(m.wall_at(2.5), 1003.5));
+        // Before the first recorded segment: extrapolated from it.
+        assert!(close(m.wall_at(1.5), 999.5));
+        m.clear();
+        assert_eq!(m.wall_at(2.5), None);
+        for i in 0..1000 {
+            m.record(i as f64 * 0.2 + 0.2, 0.2, 5000.0 + i as f64 * 0.2);
+        }
+        assert_eq!(m.entries.len(), WALL_MAP_LEN);
     }
 
     #[test]

@@ -35,7 +35,7 @@ impl SeqBits {
             return;
         }
         if seq - self.base >= MAX_SPAN {
-            self.forget_below((seq + 1).saturating_sub(MAX_SPAN));
+            self.forget_below(seq.saturating_add(1).saturating_sub(MAX_SPAN));
             if self.words.is_empty() {
                 self.base = seq & !63;
             }
@@ -50,9 +50,12 @@ impl SeqBits {
 
     /// Drops every entry below `seq` (rounded down to a word).
     pub(crate) fn forget_below(&mut self, seq: u64) {
-        while seq >= self.base + 64 && !self.words.is_empty() {
+        while let Some(next) = self.base.checked_add(64) {
+            if seq < next || self.words.is_empty() {
+                break;
+            }
             self.words.pop_front();
-            self.base += 64;
+            self.base = next;
         }
         if self.words.is_empty() && seq > self.base {
             self.base = seq & !63;
@@ -100,6 +103,18 @@ mod tests {
         assert_eq!(s.max(), Some(300));
         s.forget_below(200);
         assert!(!s.contains(100) && s.contains(300));
+    }
+
+    #[test]
+    fn extreme_sequence_numbers_do_not_overflow() {
+        let mut s = SeqBits::default();
+        s.insert(u64::MAX);
+        s.insert(u64::MAX - 64);
+        s.forget_below(u64::MAX);
+        s.insert(0);
+        assert!(!s.contains(1));
+        let _ = s.max();
+        s.insert_bitfield(u64::MAX - 3, &[0xff; 4]);
     }
 
     #[test]

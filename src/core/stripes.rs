@@ -29,6 +29,10 @@ const PIECE_MS_AT_1MBIT: u64 = (super::segment::PIECE_SIZE as u64 * 8) / 1000;
 const UPGRADE_INTERVAL: Duration = Duration::from_secs(1);
 /// A new parent must promise at least this much less delay to be worth the switch, ms.
 const UPGRADE_MARGIN_MS: u64 = 80;
+/// Extra delay assumed for a parent forwarding a stripe that is not its primary one, ms: the
+/// soft form of SplitStream's rule (a peer interior in one stripe tree, a leaf in the others)
+/// makes children of one stripe gather at the same parents, so trees get wide, not deep.
+const OFF_PRIMARY_PENALTY_MS: u64 = 60;
 /// Bitrate assumed before the first header tells the real one, kbit/s.
 const DEFAULT_BITRATE_KBPS: u32 = 2500;
 
@@ -44,6 +48,18 @@ impl Swarm {
             i += k;
         }
         m
+    }
+
+    /// The stripe `peer` preferably forwards, derived from its id so every neighbour computes it
+    /// alike (SplitMix64 finalizer of its first 8 bytes, little-endian, modulo `K`).
+    pub(crate) fn primary_stripe(&self, peer: &PeerId) -> usize {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&peer.0[..8]);
+        let mut z = u64::from_le_bytes(b);
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^= z >> 31;
+        (z % self.k as u64) as usize
     }
 
     /// Stripe-child subscriptions this peer can carry: upload over the per-stripe bitrate.
@@ -333,14 +349,19 @@ impl Swarm {
 
     /// Estimated delay of stripe `s` through neighbour `n`, ms: hops from the source, the time
     /// its upload takes to serialise a piece, half its RTT. Used to choose and upgrade parents.
-    fn parent_cost(n: &super::neighbour::Neighbour, s: usize) -> u64 {
+    fn parent_cost(n: &super::neighbour::Neighbour, s: usize, off_primary: bool) -> u64 {
         let hops = n.depth(s) as u64 * HOP_MS;
         let serialise = if n.upload_kbps == 0 {
             PIECE_MS_AT_1MBIT
         } else {
             PIECE_MS_AT_1MBIT * 1000 / n.upload_kbps as u64
         };
-        hops + 2 * serialise + n.rtt_or_default().as_millis() as u64 / 2
+        let penalty = if off_primary && n.role != super::wire::Role::Source {
+            OFF_PRIMARY_PENALTY_MS
+        } else {
+            0
+        };
+        hops + 2 * serialise + n.rtt_or_default().as_millis() as u64 / 2 + penalty
     }
 
     /// The cheapest acceptable parent for stripe `s` shallower than `below` (our descendants
@@ -358,6 +379,7 @@ impl Swarm {
             }
             for (id, n) in &self.neighbours {
                 let d = n.depth(s);
+                let off_primary = self.primary_stripe(id) != s;
                 if !n.established
                     || d > MAX_DEPTH
                     || d >= below
@@ -370,7 +392,7 @@ impl Swarm {
                     continue;
                 }
                 let key = (
-                    Self::parent_cost(n, s),
+                    Self::parent_cost(n, s, off_primary),
                     n.parent_stripes.count_ones(),
                     self.rng.next_u64(),
                 );
@@ -397,10 +419,11 @@ impl Swarm {
             let (Some(parent), None) = (st.parent, st.pending) else {
                 continue;
             };
+            let off = self.primary_stripe(&parent) != s;
             let Some(current) = self
                 .neighbours
                 .get(&parent)
-                .map(|n| Self::parent_cost(n, s))
+                .map(|n| Self::parent_cost(n, s, off))
             else {
                 continue;
             };

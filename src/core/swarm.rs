@@ -486,6 +486,10 @@ impl Swarm {
     /// Work done after every input: playback, then handing queued data to transports.
     fn after_input(&mut self, now: Instant) {
         if !self.is_source() {
+            if self.playout.t0.is_none() && !self.neighbours.is_empty() {
+                // Starting up: probe and pull at once rather than at the next tick.
+                self.schedule_pulls(now);
+            }
             self.playout(now);
         }
         self.flush(now);
@@ -957,6 +961,14 @@ impl Swarm {
     }
 
     fn advertised(&mut self, now: Instant, seq: u64) {
+        // A claim far beyond the newest verified header is a lie (or from another era): ignored.
+        if self
+            .stats
+            .newest_seq
+            .is_some_and(|n| seq > n.saturating_add(256))
+        {
+            return;
+        }
         if self.max_advertised.is_none_or(|(m, _)| seq > m) {
             self.max_advertised = Some((seq, now));
         }
@@ -1281,6 +1293,9 @@ impl Swarm {
                 // The answer goes back the way the offer came, even if no peer exchange named
                 // `from` to us yet.
                 self.pex.entry(from).or_insert(peer);
+                // It is connecting to us: do not also offer to it (glare).
+                self.connect_backoff
+                    .insert(from, now + Duration::from_secs(60));
                 self.outputs.push_back(Output::Signal { from, payload });
             }
         } else if from == peer && self.neighbours.get(&to).is_some_and(|n| n.established) {

@@ -124,6 +124,9 @@ pub struct SimConfig {
     /// Advertise this upload to the core instead of the true capacity (the browser can only
     /// guess its uplink); `None`: the true capacity.
     pub advertise_kbps: Option<u32>,
+    /// Share of its true upload a viewer tells its core (when `advertise_kbps` is not set): a
+    /// binding that knows its uplink but leaves headroom for transport framing and cross traffic.
+    pub advertise_share: f64,
 }
 
 impl Default for SimConfig {
@@ -177,6 +180,7 @@ impl Default for SimConfig {
                 .map(|n| n.get())
                 .unwrap_or(1),
             advertise_kbps: None,
+            advertise_share: 1.0,
         }
     }
 }
@@ -193,6 +197,9 @@ impl SimConfig {
         }
         if self.latency_min_us < 1_000 || self.latency_max_us < self.latency_min_us {
             return inv("latency range must be >= 1ms and ordered");
+        }
+        if !(self.advertise_share > 0.0 && self.advertise_share <= 10.0) {
+            return inv("advertise share must be in (0, 10]");
         }
         if self.mix.is_empty() || self.mix.iter().any(|c| c.share < 0.0 || c.up < 0.0) {
             return inv("capacity mix needs at least one class with non-negative values");

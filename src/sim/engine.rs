@@ -517,7 +517,7 @@ fn handle(
                     _ => ctx
                         .cfg
                         .advertise_kbps
-                        .unwrap_or((spec.up_bps / 1000) as u32),
+                        .unwrap_or((spec.up_bps as f64 / 1000.0 * ctx.cfg.advertise_share) as u32),
                 },
                 source_cap_multiple: ctx.cfg.source_cap,
                 window: std::time::Duration::from_micros(ctx.cfg.window_us),

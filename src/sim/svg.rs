@@ -4,6 +4,52 @@
 use super::metrics::Report;
 use std::fmt::Write;
 
+/// What a plot needs of one run: read from a [`Report`] or from its JSON.
+#[derive(Debug, Clone)]
+pub struct PlotRun {
+    /// Legend label.
+    pub label: String,
+    /// Audience size.
+    pub peers: usize,
+    /// Source share of delivered payload, 0..1.
+    pub source_share: f64,
+    /// p95 delivery latency, ms.
+    pub p95_ms: f64,
+    /// Latency CDF points (ms, share).
+    pub cdf: Vec<(f64, f64)>,
+}
+
+impl PlotRun {
+    /// From a report in memory.
+    pub fn from_report(r: &Report) -> Self {
+        PlotRun {
+            label: format!("{} viewers", r.config.peers),
+            peers: r.config.peers,
+            source_share: r.source.share_of_delivered,
+            p95_ms: r.latency_ms.p95,
+            cdf: r.latency_cdf.clone(),
+        }
+    }
+
+    /// From a report's JSON (as `--json` writes it); `None` when fields are missing.
+    pub fn from_json(v: &serde_json::Value) -> Option<Self> {
+        let peers = v.get("config")?.get("peers")?.as_u64()? as usize;
+        let cdf = v
+            .get("latency_cdf")?
+            .as_array()?
+            .iter()
+            .filter_map(|p| Some((p.get(0)?.as_f64()?, p.get(1)?.as_f64()?)))
+            .collect();
+        Some(PlotRun {
+            label: format!("{peers} viewers"),
+            peers,
+            source_share: v.get("source")?.get("share_of_delivered")?.as_f64()?,
+            p95_ms: v.get("latency_ms")?.get("p95")?.as_f64()?,
+            cdf,
+        })
+    }
+}
+
 const W: f64 = 640.0;
 const H: f64 = 400.0;
 const L: f64 = 70.0;
@@ -70,11 +116,11 @@ fn axes(s: &mut String, x_label: &str, y_label: &str) {
 }
 
 /// Latency CDF of one or more runs (each labelled), x in ms up to the largest p99.9-ish point.
-pub fn latency_cdf(runs: &[(String, &Report)]) -> String {
+pub fn latency_cdf(runs: &[PlotRun]) -> String {
     let mut s = header("Delivery latency CDF (segment published -> verified at viewer)");
     let xmax = nice_max(
         runs.iter()
-            .filter_map(|(_, r)| r.latency_cdf.get(99).map(|p| p.0))
+            .filter_map(|r| r.cdf.get(99).map(|p| p.0))
             .fold(0.0, f64::max)
             * 1.1,
     );
@@ -100,10 +146,11 @@ pub fn latency_cdf(runs: &[(String, &Report)]) -> String {
             y + 4.0
         );
     }
-    for (i, (label, r)) in runs.iter().enumerate() {
+    for (i, r) in runs.iter().enumerate() {
+        let label = &r.label;
         let c = COLOURS[i % COLOURS.len()];
         let pts: Vec<String> = r
-            .latency_cdf
+            .cdf
             .iter()
             .map(|(ms, q)| format!("{:.1},{:.1}", L + pw * (ms / xmax).min(1.0), H - B - ph * q))
             .collect();
@@ -128,17 +175,11 @@ pub fn latency_cdf(runs: &[(String, &Report)]) -> String {
 
 /// Source share of delivered bytes (%) and p95 delivery latency (ms) against audience size
 /// (log scale), one point per run.
-pub fn versus_audience(runs: &[&Report]) -> String {
+pub fn versus_audience(runs: &[PlotRun]) -> String {
     let mut s = header("Source share and p95 latency vs audience size");
     let mut pts: Vec<(f64, f64, f64)> = runs
         .iter()
-        .map(|r| {
-            (
-                r.config.peers.max(1) as f64,
-                r.source.share_of_delivered * 100.0,
-                r.latency_ms.p95,
-            )
-        })
+        .map(|r| (r.peers.max(1) as f64, r.source_share * 100.0, r.p95_ms))
         .collect();
     pts.sort_by(|a, b| a.0.total_cmp(&b.0));
     let pw = W - L - R;

@@ -11,7 +11,8 @@
 use super::peer::{with, WeakDriver};
 use super::util::{self, callback, func, Callback};
 use crate::client::playback::{
-    decide, is_discontinuity, trim, Decision, LatencyConfig, Range, StallMeter,
+    decide, is_discontinuity, ready_to_start, trim, Decision, LatencyConfig, Range, StallMeter,
+    WallMap,
 };
 use crate::core::{InitSegment, PlayableSegment};
 use std::collections::VecDeque;
@@ -36,6 +37,8 @@ struct Chunk {
     data: Vec<u8>,
     /// Wall-clock pts of a media segment; `None` for the init segment.
     pts_us: Option<u64>,
+    /// Duration of a media segment, µs.
+    duration_us: u32,
 }
 
 /// Plays one stream into one `<video>`.
@@ -59,12 +62,18 @@ pub(crate) struct Player {
     /// A rebase is in progress: everything buffered is being removed.
     rebasing: bool,
     started: bool,
+    /// `play()` was called since the last (re)initialisation.
+    play_requested: bool,
     pub(crate) stalls: StallMeter,
     last_trim_ms: f64,
     quota_hits: u32,
     reinits: VecDeque<f64>,
     pub(crate) reinit_count: u32,
     error: Option<String>,
+    /// Where appended segments landed: media time to capture time.
+    wall_map: WallMap,
+    /// (wall start, duration) s of the media chunk being appended, recorded on `updateend`.
+    appending: Option<(f64, f64)>,
     /// Sequence number and wall-clock end of the last segment received.
     last_segment: Option<(u64, u64)>,
     /// Swallows `play()` rejections (autoplay refused): the page offers a play button instead.
@@ -102,6 +111,7 @@ impl Player {
             probe: None,
             rebasing: false,
             started: false,
+            play_requested: false,
             stalls: StallMeter::default(),
             last_trim_ms: 0.0,
             quota_hits: 0,
@@ -109,6 +119,8 @@ impl Player {
             reinit_count: 0,
             error: None,
             last_segment: None,
+            wall_map: WallMap::default(),
+            appending: None,
             ignore: callback(|_| {}),
         }
     }
@@ -135,9 +147,12 @@ impl Player {
         self.queue.clear();
         self.need_keyframe = true;
         self.wall_offset = None;
+        self.wall_map.clear();
+        self.appending = None;
         self.probe = None;
         self.rebasing = false;
         self.started = false;
+        self.play_requested = false;
     }
 
     /// A verified init segment: (re)build the MediaSource when it is new.
@@ -194,9 +209,12 @@ impl Player {
         self.queue.clear();
         self.need_keyframe = true;
         self.wall_offset = None;
+        self.wall_map.clear();
+        self.appending = None;
         self.probe = None;
         self.rebasing = false;
         self.started = false;
+        self.play_requested = false;
         self.quota_hits = 0;
     }
 
@@ -255,6 +273,7 @@ impl Player {
         self.queue.push_front(Chunk {
             data: init.data.clone(),
             pts_us: None,
+            duration_us: 0,
         });
         self.feed();
     }
@@ -264,6 +283,15 @@ impl Player {
         let Some(init) = self.init.as_ref() else {
             return;
         };
+        if self.wall_offset.is_none() {
+            util::debug(&format!(
+                "segment {} pts {} ms keyframe {} ({} bytes)",
+                seg.seq,
+                seg.pts_us / 1000,
+                seg.keyframe,
+                seg.data.len()
+            ));
+        }
         if seg.init_version != init.version {
             return; // decodes with another init, which will arrive before it matters
         }
@@ -294,6 +322,7 @@ impl Player {
         self.queue.push_back(Chunk {
             data: seg.data,
             pts_us: Some(seg.pts_us),
+            duration_us: seg.duration_us,
         });
         self.feed();
     }
@@ -322,7 +351,11 @@ impl Player {
             self.probe = Some((pts as f64 / 1e6, chunk.data.clone()));
         }
         let Some(sb) = self.sb.as_ref() else { return };
+        self.appending = chunk
+            .pts_us
+            .map(|p| (p as f64 / 1e6, f64::from(chunk.duration_us) / 1e6));
         if let Err(e) = sb.append_buffer_with_u8_array(&mut chunk.data) {
+            self.appending = None;
             let name = util::error_name(&e);
             if name == "QuotaExceededError" && self.quota_hits < 3 {
                 // Full: evict everything but the last couple of seconds behind the playhead,
@@ -345,7 +378,11 @@ impl Player {
             // Everything removed: shift the timeline and append the probe again.
             self.rebasing = false;
             if let Some((_, data)) = self.probe.clone() {
-                self.queue.push_front(Chunk { data, pts_us: None });
+                self.queue.push_front(Chunk {
+                    data,
+                    pts_us: None,
+                    duration_us: 0,
+                });
             }
             self.probe = None;
             self.feed();
@@ -368,21 +405,44 @@ impl Player {
                     return;
                 }
                 self.wall_offset = Some(pts_s - first.start);
+                util::debug(&format!(
+                    "timeline: segment at {} ms wall buffered from {} ms media ({} ranges)",
+                    (pts_s * 1000.0) as i64,
+                    (first.start * 1000.0) as i64,
+                    buffered.len()
+                ));
                 self.probe = None;
             }
         }
         self.quota_hits = 0;
+        if let Some((wall, dur)) = self.appending.take() {
+            if let Some(last) = ranges(sb.buffered().ok()).last() {
+                self.wall_map.record(last.end, dur, wall);
+            }
+        }
         if !self.started {
             let buffered = ranges(sb.buffered().ok());
             if let Some(last) = buffered.last() {
                 // Fast start: at the newest keyframe segment, target latency from its end.
                 let to = (last.end - self.cfg.target).max(last.start);
                 self.video.set_current_time(to);
-                self.play();
                 self.started = true;
             }
         }
+        self.maybe_start();
         self.feed();
+    }
+
+    /// Calls `play()` once enough is buffered (see [`ready_to_start`]).
+    fn maybe_start(&mut self) {
+        if !self.started || self.play_requested {
+            return;
+        }
+        let buffered = ranges(Some(self.video.buffered()));
+        if ready_to_start(&buffered, self.current_time(), &self.cfg) {
+            self.play_requested = true;
+            self.play();
+        }
     }
 
     fn play(&self) {
@@ -451,6 +511,7 @@ impl Player {
         if !self.started || self.rebasing {
             return Ok(());
         }
+        self.maybe_start();
         let buffered = ranges(Some(self.video.buffered()));
         match decide(&buffered, current, &self.cfg) {
             Decision::Seek { to } => {
@@ -470,7 +531,7 @@ impl Player {
             }
             Decision::Wait => {}
         }
-        if self.video.paused() && !self.video.ended() && self.video.muted() {
+        if self.play_requested && self.video.paused() && !self.video.ended() && self.video.muted() {
             // A muted live player should never sit paused (e.g. after a bfcache restore).
             self.play();
         }
@@ -497,11 +558,15 @@ impl Player {
 
     /// Wall-clock now minus the capture time of the frame at `currentTime`.
     pub(crate) fn latency_ms(&self) -> Option<f64> {
-        let off = self.wall_offset?;
         if !self.started {
             return None;
         }
-        Some(util::wall_ms() - (self.current_time() + off) * 1000.0)
+        let t = self.current_time();
+        let wall = self
+            .wall_map
+            .wall_at(t)
+            .or_else(|| self.wall_offset.map(|off| t + off))?;
+        Some(util::wall_ms() - wall * 1000.0)
     }
 
     /// Media buffered ahead of the playhead.
