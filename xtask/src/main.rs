@@ -409,12 +409,12 @@ fn e2e(args: &[String]) -> Result {
     run(Command::new(cargo()).args(["build", "--release", "--package", "swarmcast-signaling"]))?;
     let signaling = root().join("target/release/swarmcast-signaling");
     // `timeout`: each test has its own limit, but a suite that never exits (a handle left open)
-    // must not hold CI until its hard limit.
+    // must not hold CI until its hard limit. 30 min is above the sum of the tests' own limits.
     let script = "ip link set lo up && \
         ip link add v0 type veth peer name v1 && \
         ip addr add 192.0.2.1/24 dev v0 && ip link set v0 up && ip link set v1 up && \
         ip route add default dev v0 && \
-        timeout -k 10 1200 node --test --test-concurrency=1 \"${@:-tests/e2e/}\"; exit $?";
+        timeout -k 10 1800 node --test --test-concurrency=1 \"${@:-tests/e2e/}\"; exit $?";
     // bash stays PID 1 of the namespace (no `exec`), so it reaps what the tests orphan.
     run(Command::new("unshare")
         .args([
