@@ -199,8 +199,10 @@ fn setup(media: bool, browser: bool) -> Result {
     missing.dedup();
     if !missing.is_empty() {
         run(Command::new("apt-get").arg("update").arg("-qq"))?;
+        // With recommends, as on the machines where the e2e tests were verified (chromium-common
+        // recommends libgl1-mesa-dri, fonts-liberation, udev, ...).
         run(Command::new("apt-get")
-            .args(["install", "-y", "-qq", "--no-install-recommends"])
+            .args(["install", "-y", "-qq"])
             .args(&missing)
             .env("DEBIAN_FRONTEND", "noninteractive"))?;
     }
