@@ -72,7 +72,7 @@ impl Default for Config {
             stripes: 4,
             send_budget: 64 * 1024,
             stall_timeout: Duration::from_millis(800),
-            pull_grace: Duration::from_millis(400),
+            pull_grace: Duration::from_millis(800),
         }
     }
 }

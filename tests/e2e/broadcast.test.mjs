@@ -76,7 +76,9 @@ test('broadcast page: test pattern -> WebCodecs -> Rust muxer -> MSE, timing con
   assert.ok(stats.encoder.fps > 10, `encoder fps ${stats.encoder.fps}`);
   assert.ok(stats.preview.errors === 0, `MSE errors: ${stats.preview.mediaError}`);
   assert.ok(stats.preview.latencyMs > 0 && stats.preview.latencyMs < 3000, `local latency ${stats.preview.latencyMs} ms`);
-  assert.ok(stats.preview.decodedFrames > 150, `decoded only ${stats.preview.decodedFrames} frames`);
+  // 30 frames before the 5 s wait plus >= 10 fps during it (the encoder bound above): a busy
+  // 2-core machine decoded 113 here (CI run ci-1).
+  assert.ok(stats.preview.decodedFrames > 80, `decoded only ${stats.preview.decodedFrames} frames`);
   // Bitrate near the 1500 kbit/s asked for (generous: CBR on a busy machine).
   assert.ok(stats.measuredKbps > 500 && stats.measuredKbps < 4000, `measured ${stats.measuredKbps} kbit/s`);
 

@@ -248,7 +248,9 @@ export async function openPage(browser, out, name, url, { viewport = { width: 64
   const close = async () => {
     if (closed) return;
     closed = true;
-    await context.close().catch(() => {});
+    // Bounded: closing the context of a crashed page can hang; the browser's own close at the
+    // end of the test takes whatever is left.
+    await withTimeout(context.close(), 5_000, `closing ${name}`).catch((e) => log.write(`${e.message}\n`));
     log.end();
   };
   onCleanup(close);

@@ -8,6 +8,7 @@ use std::env;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
+use std::time::Instant;
 
 const WASM_TARGET: &str = "wasm32-unknown-unknown";
 /// Where `setup` installs binaryen's wasm-opt from npm when none is on PATH.
@@ -18,14 +19,14 @@ fn main() -> ExitCode {
     let task = args.first().map(String::as_str).unwrap_or("help");
     let rest = &args[args.len().min(1)..];
     let result = match task {
-        "setup" => setup(false),
+        "setup" => setup(true, true),
         "build-wasm" => {
             let hooks = rest.iter().any(|a| a == "--test-hooks");
-            setup(false).and_then(|_| build_wasm(hooks))
+            setup(false, false).and_then(|_| build_wasm(hooks))
         }
         "demo" => demo(rest),
         "test" => test(rest),
-        "e2e" => setup(true)
+        "e2e" => setup(true, true)
             .and_then(|_| build_wasm(false))
             .and_then(|_| build_wasm(true))
             .and_then(|_| e2e(rest)),
@@ -51,7 +52,8 @@ cargo xtask build-wasm [--test-hooks]
                               build the browser bundle into the folder named by wasm-pack.toml
                               (--test-hooks: with the test-only hooks, into <out_dir>-test)
 cargo xtask e2e               only the real-browser end-to-end tests
-cargo xtask setup             install what is missing (wasm target, wasm-bindgen-cli)";
+cargo xtask setup             install what is missing (wasm target, wasm-bindgen-cli, wasm-opt,
+                              ffmpeg, Chromium, e2e npm packages)";
 
 type Result<T = ()> = std::result::Result<T, String>;
 
@@ -134,7 +136,10 @@ fn locked_wasm_bindgen_version() -> Result<String> {
     Err("Cargo.lock has no wasm-bindgen entry".into())
 }
 
-fn setup(browser: bool) -> Result {
+/// Installs what is missing: always the wasm target, `wasm-bindgen` and (optionally) wasm-opt; with
+/// `media`, ffmpeg/ffprobe (the cargo tests run them); with `browser`, Chromium, chromedriver,
+/// iproute2 and the e2e npm packages.
+fn setup(media: bool, browser: bool) -> Result {
     let targets = output(Command::new("rustup").args(["target", "list", "--installed"]));
     if !targets.is_some_and(|t| t.lines().any(|l| l.trim() == WASM_TARGET)) {
         run(Command::new("rustup").args(["target", "add", WASM_TARGET]))?;
@@ -174,30 +179,38 @@ fn setup(browser: bool) -> Result {
             eprintln!("xtask: wasm-opt unavailable ({e}); building without it");
         }
     }
+    let mut wanted = Vec::new();
+    if media {
+        wanted.extend([("ffmpeg", "ffmpeg"), ("ffprobe", "ffmpeg")]);
+    }
     if browser {
-        let missing: Vec<&str> = [
+        wanted.extend([
             ("chromium", "chromium"),
             ("chromedriver", "chromium-driver"),
-            ("ffmpeg", "ffmpeg"),
             ("ip", "iproute2"),
-        ]
+            ("unshare", "util-linux"),
+        ]);
+    }
+    let mut missing: Vec<&str> = wanted
         .into_iter()
         .filter(|(bin, _)| !have(bin))
         .map(|(_, pkg)| pkg)
         .collect();
-        if !missing.is_empty() {
-            run(Command::new("apt-get").arg("update").arg("-qq"))?;
-            run(Command::new("apt-get")
-                .args(["install", "-y", "-qq", "--no-install-recommends"])
-                .args(&missing)
-                .env("DEBIAN_FRONTEND", "noninteractive"))?;
-        }
-        let e2e = root().join("tests/e2e");
-        if e2e.join("package.json").exists() && !e2e.join("node_modules").exists() {
-            run(Command::new("npm")
-                .args(["ci", "--no-audit", "--no-fund", "--prefix"])
-                .arg(&e2e))?;
-        }
+    missing.dedup();
+    if !missing.is_empty() {
+        run(Command::new("apt-get").arg("update").arg("-qq"))?;
+        // With recommends, as on the machines where the e2e tests were verified (chromium-common
+        // recommends libgl1-mesa-dri, fonts-liberation, udev, ...).
+        run(Command::new("apt-get")
+            .args(["install", "-y", "-qq"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"))?;
+    }
+    let e2e = root().join("tests/e2e");
+    if browser && e2e.join("package.json").exists() && !e2e.join("node_modules").exists() {
+        run(Command::new("npm")
+            .args(["ci", "--no-audit", "--no-fund", "--prefix"])
+            .arg(&e2e))?;
     }
     Ok(())
 }
@@ -273,7 +286,7 @@ fn build_wasm(test_hooks: bool) -> Result {
 }
 
 fn demo(args: &[String]) -> Result {
-    setup(false)?;
+    setup(false, false)?;
     build_wasm(false)?;
     let port = flag_value(args, "--port").unwrap_or_else(|| "8080".into());
     run(Command::new(cargo()).args(["build", "--release", "--package", "swarmcast-signaling"]))?;
@@ -295,34 +308,93 @@ fn flag_value(args: &[String], flag: &str) -> Option<String> {
         .and_then(|i| args.get(i + 1).cloned())
 }
 
+/// Wall and CPU seconds of one step of `test`.
+struct StepTime {
+    name: &'static str,
+    wall: f64,
+    cpu: f64,
+}
+
+/// CPU seconds (user + system) used so far by the child processes this process has waited for,
+/// and their children (Linux: `cutime` + `cstime` of /proc/self/stat, in 100 Hz ticks). On a
+/// loaded machine wall time says little; CPU time over the 2 cores CI has says what a clean run
+/// costs. Zero where /proc is missing.
+fn children_cpu_secs() -> f64 {
+    let stat = fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the `(comm)` one: state is field 3, cutime and cstime fields 16 and 17.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let tick = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (tick(13) + tick(14)) / 100.0
+}
+
+/// Runs one named step of `test` and prints how long it took (wall and CPU), so CI logs show
+/// where the time goes (CI must stay well under its limit on a 2-core machine).
+fn timed(times: &mut Vec<StepTime>, name: &'static str, f: impl FnOnce() -> Result) -> Result {
+    let (t0, cpu0) = (Instant::now(), children_cpu_secs());
+    let r = f();
+    let (wall, cpu) = (t0.elapsed().as_secs_f64(), children_cpu_secs() - cpu0);
+    let status = if r.is_ok() { "passed" } else { "FAILED" };
+    eprintln!("xtask: step `{name}` {status} in {wall:.1} s wall, {cpu:.1} s CPU");
+    times.push(StepTime { name, wall, cpu });
+    r
+}
+
 fn test(args: &[String]) -> Result {
     let e2e_wanted = !args.iter().any(|a| a == "--no-e2e");
-    setup(e2e_wanted)?;
-    run(Command::new(cargo()).args(["fmt", "--all", "--", "--check"]))?;
-    run(Command::new(cargo()).args([
-        "clippy",
-        "--workspace",
-        "--all-targets",
-        "--",
-        "-D",
-        "warnings",
-    ]))?;
-    run(Command::new(cargo()).args([
-        "clippy",
-        "--package",
-        "swarmcast",
-        "--lib",
-        "--target",
-        WASM_TARGET,
-        "--",
-        "-D",
-        "warnings",
-    ]))?;
-    run(Command::new(cargo()).args(["test", "--workspace", "--release"]))?;
-    build_wasm(false)?;
+    let (t0, cpu0) = (Instant::now(), children_cpu_secs());
+    let mut times = Vec::new();
+    let r = test_steps(e2e_wanted, &mut times);
+    eprintln!("xtask: step            wall s   CPU s");
+    for t in &times {
+        eprintln!("xtask:   {:<16} {:7.1} {:7.1}", t.name, t.wall, t.cpu);
+    }
+    let (wall, cpu) = (t0.elapsed().as_secs_f64(), children_cpu_secs() - cpu0);
+    eprintln!("xtask:   {:<16} {wall:7.1} {cpu:7.1}", "total");
+    r
+}
+
+fn test_steps(e2e_wanted: bool, times: &mut Vec<StepTime>) -> Result {
+    // The cargo tests need ffmpeg too (tests/media_ffmpeg.rs), so install it even with --no-e2e.
+    timed(times, "setup", || setup(true, e2e_wanted))?;
+    timed(times, "fmt", || {
+        run(Command::new(cargo()).args(["fmt", "--all", "--", "--check"]))
+    })?;
+    timed(times, "clippy host", || {
+        run(Command::new(cargo()).args([
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ]))
+    })?;
+    timed(times, "clippy wasm", || {
+        run(Command::new(cargo()).args([
+            "clippy",
+            "--package",
+            "swarmcast",
+            "--lib",
+            "--target",
+            WASM_TARGET,
+            "--",
+            "-D",
+            "warnings",
+        ]))
+    })?;
+    timed(times, "cargo test", || {
+        run(Command::new(cargo()).args(["test", "--workspace", "--release"]))
+    })?;
+    timed(times, "wasm build", || build_wasm(false))?;
     if e2e_wanted {
-        build_wasm(true)?;
-        e2e(&[])?;
+        timed(times, "wasm test-hooks", || build_wasm(true))?;
+        timed(times, "e2e", || e2e(&[]))?;
     }
     Ok(())
 }
@@ -337,11 +409,14 @@ fn e2e(args: &[String]) -> Result {
         return Err("tests/e2e/package.json missing".into());
     }
     run(Command::new(cargo()).args(["build", "--release", "--package", "swarmcast-signaling"]))?;
+    let signaling = root().join("target/release/swarmcast-signaling");
+    // `timeout`: each test has its own limit, but a suite that never exits (a handle left open)
+    // must not hold CI until its hard limit. 30 min is above the sum of the tests' own limits.
     let script = "ip link set lo up && \
         ip link add v0 type veth peer name v1 && \
         ip addr add 192.0.2.1/24 dev v0 && ip link set v0 up && ip link set v1 up && \
         ip route add default dev v0 && \
-        node --test --test-concurrency=1 \"${@:-tests/e2e/}\"; exit $?";
+        timeout -k 10 1800 node --test --test-concurrency=1 \"${@:-tests/e2e/}\"; exit $?";
     // bash stays PID 1 of the namespace (no `exec`), so it reaps what the tests orphan.
     run(Command::new("unshare")
         .args([
@@ -355,5 +430,6 @@ fn e2e(args: &[String]) -> Result {
             script,
             "e2e",
         ])
-        .args(args))
+        .args(args)
+        .env("SWARMCAST_SIGNALING", &signaling))
 }
