@@ -239,6 +239,13 @@ pub fn router(state: Arc<AppState>) -> Router {
             header::CACHE_CONTROL,
             HeaderValue::from_static("no-cache"),
         ))
+        // The embed is loaded by other sites' pages: `<script type="module">`, the wasm module
+        // and its glue are fetched cross-origin, which browsers allow only with CORS. Nothing
+        // here is credentialed or private, so any origin may read it.
+        .layer(SetResponseHeaderLayer::if_not_present(
+            header::ACCESS_CONTROL_ALLOW_ORIGIN,
+            HeaderValue::from_static("*"),
+        ))
         .with_state(state)
 }
 

@@ -40,6 +40,8 @@ async fn static_files_health_and_metrics() {
     assert_eq!(st, 200);
     assert_eq!(header(&h, "content-type"), Some("application/wasm"));
     assert_eq!(body, b"\0asm\x01\0\0\0");
+    // Other sites embed the player: the module and its wasm must be readable cross-origin.
+    assert_eq!(header(&h, "access-control-allow-origin"), Some("*"));
 
     let (_, h, _) = http_get(a, "/embed.mjs", "").await;
     assert!(header(&h, "content-type")
