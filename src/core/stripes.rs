@@ -74,16 +74,16 @@ impl Swarm {
         if self.is_source() {
             let by_cap =
                 (self.config.source_cap_multiple as f64 * k * SOURCE_PUSH_SHARE).floor() as usize;
-            let by_upload = if self.config.upload_kbps > 0 {
-                (self.config.upload_kbps as f64 * SOURCE_PUSH_SHARE / per_stripe).floor() as usize
+            let by_upload = if self.usable_upload_kbps() > 0 {
+                (self.usable_upload_kbps() as f64 * SOURCE_PUSH_SHARE / per_stripe).floor() as usize
             } else {
                 usize::MAX
             };
             by_cap.min(by_upload).max(1)
-        } else if self.config.upload_kbps == 0 {
+        } else if self.usable_upload_kbps() == 0 {
             0
         } else {
-            ((self.config.upload_kbps as f64 * VIEWER_PUSH_SHARE / per_stripe).floor() as usize)
+            ((self.usable_upload_kbps() as f64 * VIEWER_PUSH_SHARE / per_stripe).floor() as usize)
                 .min(3 * self.k)
         }
     }
@@ -369,7 +369,7 @@ impl Swarm {
     fn best_parent(&mut self, now: Instant, s: usize, below: u8) -> Option<(u64, PeerId)> {
         let bit = 1u64 << s;
         let st = &self.stripes[s];
-        let mine = self.config.upload_kbps;
+        let mine = self.usable_upload_kbps();
         let mut best: Option<((u64, u32, u64), PeerId)> = None;
         // Loop guard: after losing a parent, first look only at peers no deeper than we were
         // (our own descendants are all deeper); fall back to any candidate.

@@ -672,7 +672,7 @@ impl Swarm {
             } else {
                 Role::Viewer
             },
-            upload_kbps: self.config.upload_kbps,
+            upload_kbps: self.usable_upload_kbps(),
         };
         self.send(peer, &hs);
     }
@@ -1264,7 +1264,7 @@ impl Swarm {
             }
             return;
         }
-        if self.config.upload_kbps == 0 && !self.is_source() {
+        if self.usable_upload_kbps() == 0 && !self.is_source() {
             return; // receive-only peers serve no pieces
         }
         let wanted = pieces & seg.have;
