@@ -455,26 +455,35 @@ pub fn encode_announce_reply(
 
 /// A forwarded offer: `{"action":"announce","offer":..,"offer_id":..,"peer_id":<offerer>,"info_hash":..}`.
 pub fn encode_offer(offer: &Offer, from: &Id20, info_hash: &Id20) -> String {
-    let mut out = String::with_capacity(offer.offer.get().len() + offer.offer_id.len() + 160);
-    out.push_str("{\"action\":\"announce\",\"offer\":");
-    out.push_str(offer.offer.get());
-    out.push_str(",\"offer_id\":");
-    write_json_str(&mut out, &offer.offer_id);
-    out.push_str(",\"peer_id\":");
-    from.write_json(&mut out);
-    out.push_str(",\"info_hash\":");
-    info_hash.write_json(&mut out);
-    out.push('}');
-    out
+    encode_relayed("offer", offer.offer.get(), &offer.offer_id, from, info_hash)
 }
 
 /// A routed answer: `{"action":"announce","answer":..,"offer_id":..,"peer_id":<answerer>,"info_hash":..}`.
 pub fn encode_answer(answer: &Answer, from: &Id20, info_hash: &Id20) -> String {
-    let mut out = String::with_capacity(answer.answer.get().len() + answer.offer_id.len() + 160);
-    out.push_str("{\"action\":\"announce\",\"answer\":");
-    out.push_str(answer.answer.get());
+    encode_relayed(
+        "answer",
+        answer.answer.get(),
+        &answer.offer_id,
+        from,
+        info_hash,
+    )
+}
+
+/// Offers and answers travel in the same envelope; only the key of the SDP differs.
+fn encode_relayed(
+    key: &str,
+    sdp_json: &str,
+    offer_id: &str,
+    from: &Id20,
+    info_hash: &Id20,
+) -> String {
+    let mut out = String::with_capacity(sdp_json.len() + offer_id.len() + 160);
+    out.push_str("{\"action\":\"announce\",\"");
+    out.push_str(key);
+    out.push_str("\":");
+    out.push_str(sdp_json);
     out.push_str(",\"offer_id\":");
-    write_json_str(&mut out, &answer.offer_id);
+    write_json_str(&mut out, offer_id);
     out.push_str(",\"peer_id\":");
     from.write_json(&mut out);
     out.push_str(",\"info_hash\":");
