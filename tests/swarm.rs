@@ -210,7 +210,8 @@ impl Net {
             let mut touched = BTreeSet::new();
             while let Some(out) = self.nodes[i].swarm.poll_output() {
                 match out {
-                    Output::Transmit { peer, mut data } => {
+                    Output::Transmit { peer, data } => {
+                        let mut data = data.to_vec();
                         let j = self.by_id[&peer];
                         if !self.links.contains(&(i.min(j), i.max(j))) {
                             continue;

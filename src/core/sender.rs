@@ -6,7 +6,7 @@ use super::id::PeerId;
 use super::neighbour::{QueueItem, CLASS_PUSH};
 use super::swarm::Swarm;
 use super::time::Instant;
-use super::wire::{encode_piece, MAX_MESSAGE_SIZE};
+use super::wire::MAX_MESSAGE_SIZE;
 
 /// Share of its configured upload a viewer plans with. Transports carry framing (SCTP, DTLS,
 /// UDP/IP headers) on top of our bytes, so a viewer paced at 100% of its uplink queues without
@@ -141,9 +141,9 @@ impl Swarm {
         n.last_useful = now;
         if !n.headers_sent.contains(seq) {
             n.headers_sent.insert(seq);
-            self.transmit(peer, header_msg.to_vec(), 0, true);
+            self.transmit(peer, header_msg, 0, true);
         }
-        let data = encode_piece(seq, index, &piece);
-        self.transmit(peer, data, piece.len(), true);
+        let len = piece.payload().len();
+        self.transmit(peer, piece.message(), len, true);
     }
 }

@@ -14,13 +14,14 @@ use super::segment::{
     InitSegment, SegmentHeader, SegmentMeta, SignedHeader, MAX_INIT_SIZE, MAX_PIECES_PER_SEGMENT,
     PIECE_SIZE,
 };
-use super::store::Segment;
+use super::store::{Segment, StoredPiece};
 use super::time::Instant;
 pub use super::wire::Role;
 use super::wire::{
     Decoded, Message, RejectReason, WireError, MAX_BITFIELD_BYTES, MAX_PEX_PEERS, MAX_SIGNAL_SIZE,
     MAX_STRIPES, NO_DEPTH, PROTOCOL_VERSION,
 };
+use bytes::Bytes;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
@@ -97,6 +98,15 @@ pub enum Input<'a> {
         /// The message bytes as received.
         data: &'a [u8],
     },
+    /// One message arrived from `peer`, in a buffer the core may keep: a piece is then stored
+    /// and forwarded as a reference into `data` rather than copied (same effect as
+    /// [`Input::Receive`] otherwise).
+    ReceiveShared {
+        /// Sender.
+        peer: PeerId,
+        /// The message bytes as received.
+        data: Bytes,
+    },
     /// How many bytes the transport to `peer` still holds unsent (a data channel's
     /// `bufferedAmount`): the core queues no more than the transport drains. Report it after
     /// sending a batch of transmits and when it falls (`bufferedamountlow`); a neighbour for which
@@ -170,8 +180,8 @@ pub enum Output {
     Transmit {
         /// Recipient.
         peer: PeerId,
-        /// One encoded message.
-        data: Vec<u8>,
+        /// One encoded message (shared: a piece's bytes are the stored copy's, not a new one).
+        data: Bytes,
     },
     /// Close the transport to `peer`.
     Disconnect {
@@ -480,7 +490,8 @@ impl Swarm {
                     self.remove_neighbour(now, peer);
                 }
             }
-            Input::Receive { peer, data } => self.on_receive(now, peer, data),
+            Input::Receive { peer, data } => self.on_receive(now, peer, data, None),
+            Input::ReceiveShared { peer, data } => self.on_receive(now, peer, &data, Some(&data)),
             Input::Buffered { peer, bytes } => {
                 if let Some(n) = self.neighbours.get_mut(&peer) {
                     n.in_flight = bytes;
@@ -589,7 +600,8 @@ impl Swarm {
         let signed = Arc::new(key.sign_header(header));
         self.insert_header(now, signed);
         for (i, chunk) in data.chunks(PIECE_SIZE).enumerate() {
-            self.store_piece(now, seq, i, Arc::from(chunk), None);
+            let piece = StoredPiece::encode(seq, i as u16, chunk);
+            self.store_piece(now, seq, i, piece, None);
         }
         self.flush(now);
         Ok(seq)
@@ -752,7 +764,8 @@ impl Swarm {
         }
     }
 
-    fn on_receive(&mut self, now: Instant, peer: PeerId, data: &[u8]) {
+    /// `shared`: `data` in a buffer the core may keep (pieces are then stored without a copy).
+    fn on_receive(&mut self, now: Instant, peer: PeerId, data: &[u8], shared: Option<&Bytes>) {
         if !self.neighbours.contains_key(&peer) {
             // Late data from a neighbour already dropped, or a transport never announced.
             return;
@@ -798,7 +811,11 @@ impl Swarm {
                 peer,
                 DisconnectReason::Protocol("message before handshake"),
             ),
-            Decoded::Piece { seq, index, data } => self.on_piece(now, peer, seq, index, data),
+            Decoded::Piece {
+                seq,
+                index,
+                data: payload,
+            } => self.on_piece(now, peer, seq, index, payload, shared),
             Decoded::Other(m) => self.on_message(now, peer, m),
         }
     }
@@ -1051,7 +1068,7 @@ impl Swarm {
     /// Stores a verified header, updates the bitrate estimate and slides the window.
     fn insert_header(&mut self, now: Instant, signed: Arc<SignedHeader>) {
         let seq = signed.header.seq;
-        let msg: Arc<[u8]> = Message::Header((*signed).clone()).encode().into();
+        let msg = Bytes::from(Message::Header((*signed).clone()).encode());
         self.recent_sizes
             .push_back((signed.header.len as u64, signed.header.duration_us as u64));
         while self.recent_sizes.len() > 16 {
@@ -1135,7 +1152,15 @@ impl Swarm {
         }
     }
 
-    fn on_piece(&mut self, now: Instant, peer: PeerId, seq: u64, index: u16, data: &[u8]) {
+    fn on_piece(
+        &mut self,
+        now: Instant,
+        peer: PeerId,
+        seq: u64,
+        index: u16,
+        data: &[u8],
+        shared: Option<&Bytes>,
+    ) {
         if seq < self.window_start {
             return;
         }
@@ -1160,7 +1185,7 @@ impl Swarm {
             .is_some_and(|n| n.role == Role::Source);
         if let Some(held) = &seg.pieces[idx] {
             // Already held: compare rather than hash; a differing copy is a forgery all the same.
-            if held.as_ref() != data {
+            if !held.same_payload(data) {
                 return self.cut(now, peer, DisconnectReason::Forged);
             }
             self.stats.duplicate_bytes += data.len() as u64;
@@ -1185,7 +1210,11 @@ impl Swarm {
             self.stats.bytes_from_peers += data.len() as u64;
         }
         self.note_parent_progress(now, peer, seq, idx);
-        self.store_piece(now, seq, idx, Arc::from(data), Some(peer));
+        let piece = match shared {
+            Some(msg) => StoredPiece::from_received(msg, seq, index, data),
+            None => StoredPiece::encode(seq, index, data),
+        };
+        self.store_piece(now, seq, idx, piece, Some(peer));
     }
 
     /// Stores a verified piece; forwards it to the stripe's children at once; announces and
@@ -1195,7 +1224,7 @@ impl Swarm {
         now: Instant,
         seq: u64,
         idx: usize,
-        data: Arc<[u8]>,
+        data: StoredPiece,
         from: Option<PeerId>,
     ) {
         let k = self.k;
@@ -1270,7 +1299,7 @@ impl Swarm {
         if pieces == 0 {
             // Header only (a joining peer looking for a keyframe to start at): small, answered
             // at once by everyone.
-            let msg = seg.header_msg.to_vec();
+            let msg = seg.header_msg.clone();
             let n = self.neighbours.get_mut(&peer).expect("established");
             if !n.headers_sent.contains(seq) {
                 n.headers_sent.insert(seq);
@@ -1334,13 +1363,13 @@ impl Swarm {
 
     /// Encodes and emits a control message at once (control is never queued behind data).
     pub(crate) fn send(&mut self, peer: PeerId, msg: &Message) {
-        let data = msg.encode();
+        let data = Bytes::from(msg.encode());
         self.transmit(peer, data, 0, false);
     }
 
     /// Emits one encoded message, accounting it (`payload` bytes of it are piece data; `is_data`
     /// for pieces and headers, which a viewer's upload pacing covers).
-    pub(crate) fn transmit(&mut self, peer: PeerId, data: Vec<u8>, payload: usize, is_data: bool) {
+    pub(crate) fn transmit(&mut self, peer: PeerId, data: Bytes, payload: usize, is_data: bool) {
         let len = data.len();
         self.stats.wire_bytes_up += len as u64;
         self.stats.bytes_up += payload as u64;

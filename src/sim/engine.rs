@@ -13,6 +13,7 @@ use super::population::{latency_us, peer_index, Behaviour, Departure, PeerSpec, 
 use super::rng::Rng;
 use crate::core::wire::Message;
 use crate::core::{Config, Input, Instant, Output, SegmentMeta, StreamId, StreamKey, Swarm};
+use bytes::Bytes;
 use std::cmp::Ordering;
 use std::collections::{BinaryHeap, VecDeque};
 
@@ -88,13 +89,13 @@ enum Ev {
     Arrive {
         from: u32,
         conn: u64,
-        data: Vec<u8>,
+        data: Bytes,
     },
     /// A message came through this peer's downlink: hand it to the core.
     Deliver {
         from: u32,
         conn: u64,
-        data: Vec<u8>,
+        data: Bytes,
     },
     /// The uplink finished serialising the message in flight.
     UplinkDone,
@@ -157,7 +158,7 @@ struct Conn {
     open: bool,
     initiator: bool,
     /// Messages accepted by the transport, not yet on the wire.
-    queue: VecDeque<Vec<u8>>,
+    queue: VecDeque<Bytes>,
     /// `bufferedAmount`: bytes queued plus the message being serialised.
     buffered: usize,
 }
@@ -168,7 +169,7 @@ struct Live {
     conns: Vec<Conn>,
     rr: usize,
     /// The message being serialised on the uplink: (to, conn, bytes).
-    uplink: Option<(u32, u64, Vec<u8>)>,
+    uplink: Option<(u32, u64, Bytes)>,
     down_free: u64,
     timer_at: Option<u64>,
     timer_fired_at: Option<u64>,
@@ -664,11 +665,13 @@ fn handle(
                     p.metrics.payload_from_source += n as u64;
                 }
             }
+            // The shared buffer: every peer keeps a reference to the one copy of a piece's
+            // bytes (as a browser keeps the one it received), and still verifies it itself.
             live.swarm.handle_input(
                 Instant::from_micros(now),
-                Input::Receive {
+                Input::ReceiveShared {
                     peer: ctx.specs[from as usize].id,
-                    data: &data,
+                    data,
                 },
             );
             st.inputs += 1;
@@ -946,7 +949,7 @@ fn on_answer(
 }
 
 /// Hands a message from the core to the transport (after a malicious peer had its way with it).
-fn transmit(ctx: &Ctx, p: &mut PeerState, me: u32, now: u64, to: u32, data: Vec<u8>) {
+fn transmit(ctx: &Ctx, p: &mut PeerState, me: u32, now: u64, to: u32, data: Bytes) {
     let spec = &ctx.specs[me as usize];
     let data = match spec.behaviour {
         Behaviour::Forger | Behaviour::Withholder => match tamper(ctx, p, spec.behaviour, data) {
@@ -980,7 +983,7 @@ fn transmit(ctx: &Ctx, p: &mut PeerState, me: u32, now: u64, to: u32, data: Vec<
 
 /// What a malicious peer sends instead of `data`: forgers corrupt piece bytes and headers,
 /// withholders drop piece data. `None`: nothing is sent.
-fn tamper(ctx: &Ctx, p: &mut PeerState, b: Behaviour, data: Vec<u8>) -> Option<Vec<u8>> {
+fn tamper(ctx: &Ctx, p: &mut PeerState, b: Behaviour, data: Bytes) -> Option<Bytes> {
     let tag = ctx.wire.tag(&data);
     if tag != Some(ctx.wire.piece_tag) && tag != Some(ctx.wire.header_tag) {
         return Some(data);
@@ -1007,7 +1010,7 @@ fn tamper(ctx: &Ctx, p: &mut PeerState, b: Behaviour, data: Vec<u8>) -> Option<V
         _ => {}
     }
     p.metrics.tampered += 1;
-    Some(msg.encode())
+    Some(Bytes::from(msg.encode()))
 }
 
 /// Acts on everything the core wants done, then re-arms its timer.

@@ -149,7 +149,7 @@ impl Driver {
             Output::Transmit { peer, data } => {
                 #[cfg(feature = "test-hooks")]
                 let data = if self.test_corrupt {
-                    crate::client::test_hooks::corrupt_transmit(data)
+                    bytes::Bytes::from(crate::client::test_hooks::corrupt_transmit(data.to_vec()))
                 } else {
                     data
                 };
