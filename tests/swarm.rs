@@ -581,7 +581,13 @@ fn pings_and_disconnects(s: &mut Swarm, them: PeerId) -> (usize, Vec<DisconnectR
 fn a_neighbour_that_goes_silent_is_dropped_but_not_one_that_only_pings_or_a_frozen_self() {
     let (mut v, them, hs) = lone_viewer();
     let ms = Instant::from_millis;
-    v.handle_input(ms(10), Input::Receive { peer: them, data: &hs });
+    v.handle_input(
+        ms(10),
+        Input::Receive {
+            peer: them,
+            data: &hs,
+        },
+    );
     pings_and_disconnects(&mut v, them);
     // An idle but live neighbour (it only answers pings) stays, however long, and the idle link
     // is pinged so that it hears from us too.
@@ -590,7 +596,13 @@ fn a_neighbour_that_goes_silent_is_dropped_but_not_one_that_only_pings_or_a_froz
         v.handle_input(ms(t), Input::Timeout);
         if t % 300 == 0 {
             let pong = Message::Pong { token: 0 }.encode();
-            v.handle_input(ms(t), Input::Receive { peer: them, data: &pong });
+            v.handle_input(
+                ms(t),
+                Input::Receive {
+                    peer: them,
+                    data: &pong,
+                },
+            );
         }
         let (p, cuts) = pings_and_disconnects(&mut v, them);
         assert!(cuts.is_empty(), "dropped at {t} ms: {cuts:?}");
@@ -611,17 +623,29 @@ fn a_neighbour_that_goes_silent_is_dropped_but_not_one_that_only_pings_or_a_froz
         }
     }
     let at = dropped_at.expect("a silent neighbour was never dropped");
-    assert!((13_900..=14_600).contains(&at), "dropped at {at} ms (last heard at 9,900 ms)");
+    assert!(
+        (13_900..=14_600).contains(&at),
+        "dropped at {at} ms (last heard at 9,900 ms)"
+    );
     assert_eq!(v.stats().neighbours, 0);
 
     // A peer that was itself frozen for 10 s (no input at all) does not blame its neighbours
     // for the silence: their messages are still queued for it.
     let (mut v, them, hs) = lone_viewer();
-    v.handle_input(ms(10), Input::Receive { peer: them, data: &hs });
+    v.handle_input(
+        ms(10),
+        Input::Receive {
+            peer: them,
+            data: &hs,
+        },
+    );
     v.handle_input(ms(10_010), Input::Timeout);
     v.handle_input(ms(10_110), Input::Timeout);
     let (_, cuts) = pings_and_disconnects(&mut v, them);
-    assert!(cuts.is_empty(), "a frozen peer dropped its neighbour: {cuts:?}");
+    assert!(
+        cuts.is_empty(),
+        "a frozen peer dropped its neighbour: {cuts:?}"
+    );
     assert_eq!(v.stats().neighbours, 1);
 }
 

@@ -24,8 +24,8 @@ import {
 
 after(cleanup);
 
-const DOOMED = 3;
-const STAYING = 3;
+const DOOMED = 2;
+const STAYING = 4;
 const STARTUP_MS = 45_000;
 const BEFORE_MS = 12_000;
 const AFTER_MS = 20_000;
