@@ -8,7 +8,7 @@ use super::bitfield::SeqBits;
 use super::bucket::TokenBucket;
 use super::id::{PeerId, StreamId};
 use super::identity::{verify_piece, StreamKey, StreamVerifier};
-use super::neighbour::{Neighbour, CLASS_REPLY, MAX_QUEUE};
+use super::neighbour::{Neighbour, CLASS_REPLY, DEAD_SILENCE, IDLE_PING, MAX_QUEUE};
 use super::rng::Rng;
 use super::segment::{
     InitSegment, SegmentHeader, SegmentMeta, SignedHeader, MAX_INIT_SIZE, MAX_PIECES_PER_SEGMENT,
@@ -149,6 +149,9 @@ pub enum DisconnectReason {
     GoodbyeReceived,
     /// A neighbour previously cut off for misbehaviour tried again.
     Banned,
+    /// Nothing arrived from it for [`crate::core::neighbour::DEAD_SILENCE`]: it vanished without
+    /// a goodbye (killed tab, lost network).
+    Silent,
 }
 
 /// A verified, complete media segment, in order, for the player.
@@ -209,6 +212,11 @@ pub enum Output {
         /// Opaque payload.
         payload: Vec<u8>,
     },
+    /// The source started the stream over (a reloaded broadcaster page numbers its segments from
+    /// 0 again): a genuine header came whose sequence number is at or behind the newest we hold
+    /// but whose capture time is later. This state is useless now; the binding starts a fresh
+    /// viewer (new peer id, new connections). Emitted once.
+    SourceRestarted,
 }
 
 /// Why the source could not publish.
@@ -330,6 +338,9 @@ const FLOOD_MESSAGES_PER_SEC: u32 = 4000;
 const FLOOD_RELAYS_PER_SEC: u32 = 32;
 /// Ping period per neighbour.
 const PING_INTERVAL: Duration = Duration::from_secs(5);
+/// A gap this long between two inputs means this peer was not running (the binding feeds a
+/// timeout at least every [`TICK`] while it has neighbours).
+const FREEZE_GAP: Duration = Duration::from_millis(1_000);
 /// A `Connect` not followed by `Connected` within this is forgotten.
 const CONNECT_EXPIRY: Duration = Duration::from_secs(15);
 /// Peer-exchange period.
@@ -380,6 +391,8 @@ pub struct Swarm {
     pub(crate) next_seq: u64,
     pub(crate) init_version: u32,
     pub(crate) now: Instant,
+    /// [`Output::SourceRestarted`] was emitted.
+    pub(crate) restarted: bool,
 }
 
 impl Swarm {
@@ -448,6 +461,7 @@ impl Swarm {
             next_seq: 0,
             init_version: 0,
             now: Instant::ZERO,
+            restarted: false,
         }
     }
 
@@ -472,6 +486,13 @@ impl Swarm {
 
     /// Feeds one event at `now`.
     pub fn handle_input(&mut self, now: Instant, input: Input<'_>) {
+        if now.saturating_duration_since(self.now) > FREEZE_GAP {
+            // We ourselves were not running (a frozen tab, a suspended laptop): whatever the
+            // neighbours sent meanwhile is still queued for us, so their silence proves nothing.
+            for n in self.neighbours.values_mut() {
+                n.last_heard = now;
+            }
+        }
         self.now = self.now.max(now);
         let now = self.now;
         match input {
@@ -764,6 +785,7 @@ impl Swarm {
         self.stats.wire_bytes_down += data.len() as u64;
         {
             let n = self.neighbours.get_mut(&peer).expect("checked above");
+            n.last_heard = now;
             if now.saturating_duration_since(n.flood_window) >= Duration::from_secs(1) {
                 n.flood_window = now;
                 n.flood_msgs = 0;
@@ -1033,6 +1055,22 @@ impl Swarm {
 
     fn on_header(&mut self, now: Instant, peer: PeerId, signed: SignedHeader) {
         let seq = signed.header.seq;
+        if self.is_restart(&signed) {
+            // Checked cheaply first: a replayed old header has an older capture time and never
+            // gets here, so only a genuine new session (or a forgery, cut) costs a verification.
+            let ok = self
+                .verifier
+                .as_ref()
+                .is_some_and(|v| v.verify_header(&signed).is_ok());
+            if !ok {
+                return self.cut(now, peer, DisconnectReason::Forged);
+            }
+            if !self.restarted {
+                self.restarted = true;
+                self.outputs.push_back(Output::SourceRestarted);
+            }
+            return;
+        }
         if seq < self.window_start {
             return;
         }
@@ -1053,6 +1091,22 @@ impl Swarm {
             return;
         }
         self.insert_header(now, Arc::new(signed));
+    }
+
+    /// Whether `signed` (not yet verified) would mean a new session of the source: numbered at or
+    /// behind the newest header held, captured after it. Within one session capture times grow
+    /// with sequence numbers.
+    fn is_restart(&self, signed: &SignedHeader) -> bool {
+        if self.is_source() {
+            return false;
+        }
+        let Some(newest) = self.stats.newest_seq else {
+            return false;
+        };
+        let Some(top) = self.segments.get(&newest) else {
+            return false;
+        };
+        signed.header.seq <= newest && signed.header.pts_us > top.header.header.pts_us
     }
 
     /// Stores a verified header, updates the bitrate estimate and slides the window.
@@ -1366,6 +1420,7 @@ impl Swarm {
         if let Some(n) = self.neighbours.get_mut(&peer) {
             n.in_flight += len;
             n.bytes_up += payload as u64;
+            n.last_sent = self.now;
         }
         if self.is_source() {
             // The source's cap covers everything it sends, control included.
@@ -1380,9 +1435,20 @@ impl Swarm {
 
     fn tick(&mut self, now: Instant) {
         self.next_tick = now + TICK;
+        let dead: Vec<PeerId> = self
+            .neighbours
+            .iter()
+            .filter(|(_, n)| now.saturating_duration_since(n.last_heard) > DEAD_SILENCE)
+            .map(|(p, _)| *p)
+            .collect();
+        for p in dead {
+            self.drop_neighbour(now, p, DisconnectReason::Silent);
+        }
         let peers: Vec<PeerId> = self.established().collect();
         for p in &peers {
-            if self.neighbours.get(p).is_some_and(|n| now >= n.next_ping) {
+            if self.neighbours.get(p).is_some_and(|n| {
+                now >= n.next_ping || now.saturating_duration_since(n.last_sent) >= IDLE_PING
+            }) {
                 self.ping(now, *p);
             }
         }
