@@ -560,6 +560,95 @@ fn disconnects(s: &mut Swarm) -> Vec<(PeerId, DisconnectReason)> {
     out
 }
 
+/// Drains outputs: (pings sent to `them`, disconnect reasons).
+fn pings_and_disconnects(s: &mut Swarm, them: PeerId) -> (usize, Vec<DisconnectReason>) {
+    let (mut pings, mut cuts) = (0, Vec::new());
+    while let Some(o) = s.poll_output() {
+        match o {
+            Output::Transmit { peer, data } if peer == them => {
+                if matches!(Message::decode(&data), Ok(Message::Ping { .. })) {
+                    pings += 1;
+                }
+            }
+            Output::Disconnect { peer, reason } if peer == them => cuts.push(reason),
+            _ => {}
+        }
+    }
+    (pings, cuts)
+}
+
+#[test]
+fn a_neighbour_that_goes_silent_is_dropped_but_not_one_that_only_pings_or_a_frozen_self() {
+    let (mut v, them, hs) = lone_viewer();
+    let ms = Instant::from_millis;
+    v.handle_input(
+        ms(10),
+        Input::Receive {
+            peer: them,
+            data: &hs,
+        },
+    );
+    pings_and_disconnects(&mut v, them);
+    // An idle but live neighbour (it only answers pings) stays, however long, and the idle link
+    // is pinged so that it hears from us too.
+    let mut pings = 0;
+    for t in (100..=10_000).step_by(100) {
+        v.handle_input(ms(t), Input::Timeout);
+        if t % 300 == 0 {
+            let pong = Message::Pong { token: 0 }.encode();
+            v.handle_input(
+                ms(t),
+                Input::Receive {
+                    peer: them,
+                    data: &pong,
+                },
+            );
+        }
+        let (p, cuts) = pings_and_disconnects(&mut v, them);
+        assert!(cuts.is_empty(), "dropped at {t} ms: {cuts:?}");
+        pings += p;
+    }
+    assert!(pings >= 10, "only {pings} pings on an idle link in 10 s");
+    assert_eq!(v.stats().neighbours, 1);
+
+    // Then nothing more from it: dropped as silent after 4 s, not before.
+    let mut dropped_at = None;
+    for t in (10_100..=16_000).step_by(100) {
+        v.handle_input(ms(t), Input::Timeout);
+        let (_, cuts) = pings_and_disconnects(&mut v, them);
+        if !cuts.is_empty() {
+            assert_eq!(cuts, vec![DisconnectReason::Silent]);
+            assert!(dropped_at.is_none(), "dropped twice");
+            dropped_at = Some(t);
+        }
+    }
+    let at = dropped_at.expect("a silent neighbour was never dropped");
+    assert!(
+        (13_900..=14_600).contains(&at),
+        "dropped at {at} ms (last heard at 9,900 ms)"
+    );
+    assert_eq!(v.stats().neighbours, 0);
+
+    // A peer that was itself frozen for 10 s (no input at all) does not blame its neighbours
+    // for the silence: their messages are still queued for it.
+    let (mut v, them, hs) = lone_viewer();
+    v.handle_input(
+        ms(10),
+        Input::Receive {
+            peer: them,
+            data: &hs,
+        },
+    );
+    v.handle_input(ms(10_010), Input::Timeout);
+    v.handle_input(ms(10_110), Input::Timeout);
+    let (_, cuts) = pings_and_disconnects(&mut v, them);
+    assert!(
+        cuts.is_empty(),
+        "a frozen peer dropped its neighbour: {cuts:?}"
+    );
+    assert_eq!(v.stats().neighbours, 1);
+}
+
 #[test]
 fn malformed_bytes_and_protocol_violations_disconnect_cleanly_and_ban() {
     // Garbage after the handshake.

@@ -35,13 +35,20 @@ impl Swarm {
         rtt * 3 + Duration::from_millis(500)
     }
 
+    /// A request to `peer` sent `at` is given up: it took too long, or the neighbour fell silent
+    /// (a vanished peer would hold it until its timeout, for nothing).
+    fn request_expired(&self, now: Instant, peer: &PeerId, at: Instant) -> bool {
+        now.saturating_duration_since(at) > self.request_timeout(peer)
+            || self.neighbours.get(peer).is_some_and(|n| n.silent(now))
+    }
+
     /// Periodic: forgets requests that took too long, remembering whom not to ask first again.
     pub(crate) fn expire_requests(&mut self, now: Instant) {
         let timeouts: Vec<(u64, PeerId)> = self
             .segments
             .iter()
             .flat_map(|(seq, seg)| seg.requests.iter().map(move |r| (*seq, r.0, r.2)))
-            .filter(|(_, p, at)| now.saturating_duration_since(*at) > self.request_timeout(p))
+            .filter(|(_, p, at)| self.request_expired(now, p, *at))
             .map(|(seq, p, _)| (seq, p))
             .collect();
         for (seq, p) in timeouts {
@@ -61,7 +68,7 @@ impl Swarm {
         let blind_timeouts: Vec<(u64, PeerId)> = self
             .blind
             .iter()
-            .filter(|(_, (p, at))| now.saturating_duration_since(*at) > self.request_timeout(p))
+            .filter(|(_, (p, at))| self.request_expired(now, p, *at))
             .map(|(seq, (p, _))| (*seq, *p))
             .collect();
         for (seq, p) in blind_timeouts {
@@ -166,6 +173,7 @@ impl Swarm {
         let mut best: Option<(TargetKey, PeerId)> = None;
         for (id, n) in &self.neighbours {
             if !n.established
+                || n.silent(now)
                 || !n.haves.contains(seq)
                 || (n.upload_kbps == 0 && n.role != Role::Source)
                 || n.requested_pieces + cost > MAX_OUTSTANDING

@@ -381,6 +381,7 @@ impl Swarm {
                 let d = n.depth(s);
                 let off_primary = self.primary_stripe(id) != s;
                 if !n.established
+                    || n.silent(now)
                     || d > MAX_DEPTH
                     || d >= below
                     || (n.free == 0 && mine < n.displace_kbps)

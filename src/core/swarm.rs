@@ -8,7 +8,7 @@ use super::bitfield::SeqBits;
 use super::bucket::TokenBucket;
 use super::id::{PeerId, StreamId};
 use super::identity::{verify_piece, StreamKey, StreamVerifier};
-use super::neighbour::{Neighbour, CLASS_REPLY, MAX_QUEUE};
+use super::neighbour::{Neighbour, CLASS_REPLY, DEAD_SILENCE, IDLE_PING, MAX_QUEUE};
 use super::rng::Rng;
 use super::segment::{
     InitSegment, SegmentHeader, SegmentMeta, SignedHeader, MAX_INIT_SIZE, MAX_PIECES_PER_SEGMENT,
@@ -149,6 +149,9 @@ pub enum DisconnectReason {
     GoodbyeReceived,
     /// A neighbour previously cut off for misbehaviour tried again.
     Banned,
+    /// Nothing arrived from it for [`crate::core::neighbour::DEAD_SILENCE`]: it vanished without
+    /// a goodbye (killed tab, lost network).
+    Silent,
 }
 
 /// A verified, complete media segment, in order, for the player.
@@ -327,6 +330,9 @@ const FLOOD_MESSAGES_PER_SEC: u32 = 4000;
 const FLOOD_RELAYS_PER_SEC: u32 = 32;
 /// Ping period per neighbour.
 const PING_INTERVAL: Duration = Duration::from_secs(5);
+/// A gap this long between two inputs means this peer was not running (the binding feeds a
+/// timeout at least every [`TICK`] while it has neighbours).
+const FREEZE_GAP: Duration = Duration::from_millis(1_000);
 /// A `Connect` not followed by `Connected` within this is forgotten.
 const CONNECT_EXPIRY: Duration = Duration::from_secs(15);
 /// Peer-exchange period.
@@ -468,6 +474,13 @@ impl Swarm {
 
     /// Feeds one event at `now`.
     pub fn handle_input(&mut self, now: Instant, input: Input<'_>) {
+        if now.saturating_duration_since(self.now) > FREEZE_GAP {
+            // We ourselves were not running (a frozen tab, a suspended laptop): whatever the
+            // neighbours sent meanwhile is still queued for us, so their silence proves nothing.
+            for n in self.neighbours.values_mut() {
+                n.last_heard = now;
+            }
+        }
         self.now = self.now.max(now);
         let now = self.now;
         match input {
@@ -760,6 +773,7 @@ impl Swarm {
         self.stats.wire_bytes_down += data.len() as u64;
         {
             let n = self.neighbours.get_mut(&peer).expect("checked above");
+            n.last_heard = now;
             if now.saturating_duration_since(n.flood_window) >= Duration::from_secs(1) {
                 n.flood_window = now;
                 n.flood_msgs = 0;
@@ -1371,6 +1385,7 @@ impl Swarm {
         if let Some(n) = self.neighbours.get_mut(&peer) {
             n.in_flight += len;
             n.bytes_up += payload as u64;
+            n.last_sent = self.now;
         }
         if self.is_source() {
             // The source's cap covers everything it sends, control included.
@@ -1385,9 +1400,20 @@ impl Swarm {
 
     fn tick(&mut self, now: Instant) {
         self.next_tick = now + TICK;
+        let dead: Vec<PeerId> = self
+            .neighbours
+            .iter()
+            .filter(|(_, n)| now.saturating_duration_since(n.last_heard) > DEAD_SILENCE)
+            .map(|(p, _)| *p)
+            .collect();
+        for p in dead {
+            self.drop_neighbour(now, p, DisconnectReason::Silent);
+        }
         let peers: Vec<PeerId> = self.established().collect();
         for p in &peers {
-            if self.neighbours.get(p).is_some_and(|n| now >= n.next_ping) {
+            if self.neighbours.get(p).is_some_and(|n| {
+                now >= n.next_ping || now.saturating_duration_since(n.last_sent) >= IDLE_PING
+            }) {
                 self.ping(now, *p);
             }
         }

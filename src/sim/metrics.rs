@@ -120,6 +120,8 @@ pub struct Cuts {
     pub goodbye: u64,
     /// Reason `Banned` (a cut-off neighbour came back).
     pub banned: u64,
+    /// Reason `Silent` (heard nothing from it: vanished without a goodbye).
+    pub silent: u64,
     /// Any other reason.
     pub other: u64,
 }
@@ -137,6 +139,7 @@ impl Cuts {
         self.leaving += o.leaving;
         self.goodbye += o.goodbye;
         self.banned += o.banned;
+        self.silent += o.silent;
         self.other += o.other;
     }
 }
@@ -261,6 +264,7 @@ impl PeerMetrics {
             DisconnectReason::Leaving => c.leaving += 1,
             DisconnectReason::GoodbyeReceived => c.goodbye += 1,
             DisconnectReason::Banned => c.banned += 1,
+            DisconnectReason::Silent => c.silent += 1,
             _ => c.other += 1,
         }
     }
@@ -940,7 +944,7 @@ impl Report {
         );
         let _ = writeln!(
             s,
-            "  connections        {} opened, {} tracker offers, {} relayed offers, {} expired; cuts: useless {} (+{} honest), surplus {}, protocol {}, malformed {}, flood {}, banned {}, other {}",
+            "  connections        {} opened, {} tracker offers, {} relayed offers, {} expired; cuts: useless {} (+{} honest), surplus {}, protocol {}, malformed {}, flood {}, banned {}, silent {}, other {}",
             self.connections,
             self.tracker_offers,
             self.pex_offers,
@@ -952,6 +956,7 @@ impl Report {
             se.cuts.malformed,
             se.cuts.flood,
             se.cuts.banned,
+            se.cuts.silent,
             se.cuts.other
         );
         if self.sent_unconnected + self.out_of_order_plays + self.past_timers > 0 {

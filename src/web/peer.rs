@@ -367,6 +367,7 @@ impl Driver {
             self.trackers.iter().filter(|t| t.is_open()).count() as f64,
         );
         util::set(&o, "connections", self.rtc.len() as f64);
+        util::set(&o, "connectionsOpen", self.rtc.open_count() as f64);
         let p = self.player.as_ref();
         let opt = |v: Option<f64>| v.map(JsValue::from_f64).unwrap_or(JsValue::NULL);
         util::set(&o, "latencyMs", opt(p.and_then(|p| p.latency_ms())));
