@@ -7,7 +7,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 use swarmcast::core::wire::Message;
 use swarmcast::core::{
-    Config, DisconnectReason, Input, Instant, Output, PeerId, SegmentMeta, StreamKey, Swarm,
+    Config, DisconnectReason, Input, Instant, Output, PeerId, SegmentHeader, SegmentMeta,
+    SignedHeader, StreamKey, Swarm,
 };
 
 const BITRATE_BPS: u64 = 2_000_000;
@@ -279,6 +280,9 @@ impl Net {
                         }
                     }
                     Output::Signal { .. } => {}
+                    Output::SourceRestarted => {
+                        panic!("node {i}: a restart reported, none happened")
+                    }
                 }
             }
             if touched.is_empty() {
@@ -646,6 +650,85 @@ fn a_neighbour_that_goes_silent_is_dropped_but_not_one_that_only_pings_or_a_froz
         cuts.is_empty(),
         "a frozen peer dropped its neighbour: {cuts:?}"
     );
+    assert_eq!(v.stats().neighbours, 1);
+}
+
+#[test]
+fn a_restarted_source_is_noticed_from_its_first_genuine_header_and_replays_are_not() {
+    let key = StreamKey::from_secret([9; 32]);
+    let header = |seq: u64, pts_ms: u64| {
+        let meta = SegmentMeta {
+            pts_us: pts_ms * 1000,
+            duration_us: 200_000,
+            keyframe: true,
+        };
+        key.sign_header(SegmentHeader::describe(
+            seq,
+            0,
+            meta,
+            pts_ms * 1000,
+            &[seq as u8; 100],
+        ))
+    };
+    let feed = |v: &mut Swarm, them: PeerId, h: SignedHeader| {
+        let data = Message::Header(h).encode();
+        v.handle_input(
+            Instant::from_millis(20),
+            Input::Receive {
+                peer: them,
+                data: &data,
+            },
+        );
+        let mut out = (0, Vec::new());
+        while let Some(o) = v.poll_output() {
+            match o {
+                Output::SourceRestarted => out.0 += 1,
+                Output::Disconnect { reason, .. } => out.1.push(reason),
+                _ => {}
+            }
+        }
+        out
+    };
+    let (mut v, them, hs) = lone_viewer();
+    v.handle_input(
+        Instant::from_millis(10),
+        Input::Receive {
+            peer: them,
+            data: &hs,
+        },
+    );
+    // Session 1: segments 0..=20, captured at 1,000 s + 0.2 s each.
+    for seq in 0..=20 {
+        assert_eq!(
+            feed(&mut v, them, header(seq, 1_000_000 + seq * 200)),
+            (0, vec![])
+        );
+    }
+    // Old genuine headers replayed: nothing.
+    assert_eq!(feed(&mut v, them, header(3, 1_000_600)), (0, vec![]));
+    assert_eq!(feed(&mut v, them, header(19, 1_003_800)), (0, vec![]));
+    // A forged header claiming a later capture time: cut as a forger, no restart.
+    let mut forged = header(0, 1_010_000);
+    forged.header.pts_us += 1;
+    assert_eq!(
+        feed(&mut v, them, forged),
+        (0, vec![DisconnectReason::Forged])
+    );
+    // The restarted source's first header (numbered from 0 again, captured later), from an
+    // honest neighbour: reported once.
+    let (mut v, them, hs) = lone_viewer();
+    v.handle_input(
+        Instant::from_millis(10),
+        Input::Receive {
+            peer: them,
+            data: &hs,
+        },
+    );
+    for seq in 0..=20 {
+        feed(&mut v, them, header(seq, 1_000_000 + seq * 200));
+    }
+    assert_eq!(feed(&mut v, them, header(0, 1_010_000)), (1, vec![]));
+    assert_eq!(feed(&mut v, them, header(1, 1_010_200)), (0, vec![]));
     assert_eq!(v.stats().neighbours, 1);
 }
 

@@ -212,6 +212,11 @@ pub enum Output {
         /// Opaque payload.
         payload: Vec<u8>,
     },
+    /// The source started the stream over (a reloaded broadcaster page numbers its segments from
+    /// 0 again): a genuine header came whose sequence number is at or behind the newest we hold
+    /// but whose capture time is later. This state is useless now; the binding starts a fresh
+    /// viewer (new peer id, new connections). Emitted once.
+    SourceRestarted,
 }
 
 /// Why the source could not publish.
@@ -383,6 +388,8 @@ pub struct Swarm {
     pub(crate) next_seq: u64,
     pub(crate) init_version: u32,
     pub(crate) now: Instant,
+    /// [`Output::SourceRestarted`] was emitted.
+    pub(crate) restarted: bool,
 }
 
 impl Swarm {
@@ -450,6 +457,7 @@ impl Swarm {
             next_seq: 0,
             init_version: 0,
             now: Instant::ZERO,
+            restarted: false,
         }
     }
 
@@ -1043,6 +1051,22 @@ impl Swarm {
 
     fn on_header(&mut self, now: Instant, peer: PeerId, signed: SignedHeader) {
         let seq = signed.header.seq;
+        if self.is_restart(&signed) {
+            // Checked cheaply first: a replayed old header has an older capture time and never
+            // gets here, so only a genuine new session (or a forgery, cut) costs a verification.
+            let ok = self
+                .verifier
+                .as_ref()
+                .is_some_and(|v| v.verify_header(&signed).is_ok());
+            if !ok {
+                return self.cut(now, peer, DisconnectReason::Forged);
+            }
+            if !self.restarted {
+                self.restarted = true;
+                self.outputs.push_back(Output::SourceRestarted);
+            }
+            return;
+        }
         if seq < self.window_start {
             return;
         }
@@ -1063,6 +1087,22 @@ impl Swarm {
             return;
         }
         self.insert_header(now, Arc::new(signed));
+    }
+
+    /// Whether `signed` (not yet verified) would mean a new session of the source: numbered at or
+    /// behind the newest header held, captured after it. Within one session capture times grow
+    /// with sequence numbers.
+    fn is_restart(&self, signed: &SignedHeader) -> bool {
+        if self.is_source() {
+            return false;
+        }
+        let Some(newest) = self.stats.newest_seq else {
+            return false;
+        };
+        let Some(top) = self.segments.get(&newest) else {
+            return false;
+        };
+        signed.header.seq <= newest && signed.header.pts_us > top.header.header.pts_us
     }
 
     /// Stores a verified header, updates the bitrate estimate and slides the window.
