@@ -308,6 +308,7 @@ impl Swarm {
                 depth + 1
             };
             st.last_push = now;
+            st.parent_since = now;
             self.neighbours
                 .get_mut(&peer)
                 .expect("established")

@@ -306,6 +306,9 @@ pub(crate) struct StripeState {
     pub old_depth: u8,
     /// Last time the parent delivered a piece of this stripe (or accepted us).
     pub last_push: Instant,
+    /// When the current parent accepted us: it pushes what it receives from then on (and the
+    /// newest segment it held), so older pieces of this stripe must be pulled.
+    pub parent_since: Instant,
     /// Neighbours not to ask for this stripe until the given time (refused, stalled).
     pub avoid: Vec<(PeerId, Instant)>,
 }
@@ -415,6 +418,7 @@ impl Swarm {
                 depth,
                 old_depth: NO_DEPTH,
                 last_push: Instant::ZERO,
+                parent_since: Instant::ZERO,
                 avoid: Vec::new(),
             };
             k
