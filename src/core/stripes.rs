@@ -166,16 +166,23 @@ impl Swarm {
         let per_stripe = self.stats.bitrate_kbps.max(1) / self.k as u32;
         let weak = n.upload_kbps < per_stripe.saturating_mul(2);
         let free_rider_at_source = self.is_source() && weak && count * 2 >= slots;
+        // The source hands each stripe to as few children as it can: while one of its children
+        // on this stripe still has free slots, that child can serve the subscriber one hop
+        // down. Small swarms then carry most bytes peer to peer, and the source's upload goes
+        // to stripes whose first-hop children are full.
+        let roomy_sibling = self.is_source() && self.stripe_child_has_room(s, peer);
         let mut accept = already
             || (depth <= MAX_DEPTH
                 && count < slots
                 && self.stripes[s].parent != Some(peer)
-                && !free_rider_at_source);
+                && !free_rider_at_source
+                && !roomy_sibling);
         if !accept
             && depth <= MAX_DEPTH
             && self.stripes[s].parent != Some(peer)
             && count >= slots
             && slots > 0
+            && !roomy_sibling
         {
             // Full: a much stronger peer takes the slot of our weakest child, which finds a
             // parent further down. Repeated at every level, this sorts the trees by upload:
@@ -200,6 +207,15 @@ impl Swarm {
                 depth,
             },
         );
+    }
+
+    /// Whether a child of ours on stripe `s` other than `peer` advertises free child slots (it
+    /// can take `peer` one hop further down).
+    fn stripe_child_has_room(&self, s: usize, peer: PeerId) -> bool {
+        self.children[s]
+            .iter()
+            .filter(|c| **c != peer)
+            .any(|c| self.neighbours.get(c).is_some_and(|n| n.free > 0))
     }
 
     /// Drops one stripe-child whose upload is at most half of `upload_kbps` (the weakest), telling
