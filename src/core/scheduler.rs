@@ -177,7 +177,7 @@ impl Swarm {
     /// would deliver it soonest: half its RTT plus its outstanding and new pieces at its upload.
     fn request(&mut self, now: Instant, seq: u64, pieces: u64) -> bool {
         if pieces == u64::MAX {
-            let Some(peer) = self.request_target(seq, BLIND_COST) else {
+            let Some(peer) = self.request_target(now, seq, BLIND_COST) else {
                 return false;
             };
             let n = self.neighbours.get_mut(&peer).expect("chosen");
@@ -199,7 +199,7 @@ impl Swarm {
                 bits &= bits - 1;
             }
             shares -= 1;
-            let Some(peer) = self.request_target(seq, take) else {
+            let Some(peer) = self.request_target(now, seq, take) else {
                 break;
             };
             left &= !share;
@@ -221,7 +221,7 @@ impl Swarm {
     }
 
     /// The neighbour to ask for `cost` pieces of `seq` (see [`Swarm::request`]).
-    fn request_target(&mut self, seq: u64, cost: u32) -> Option<PeerId> {
+    fn request_target(&mut self, now: Instant, seq: u64, cost: u32) -> Option<PeerId> {
         let tried: &[PeerId] = self.segments.get(&seq).map_or(&[], |s| s.tried.as_slice());
         let mut best: Option<(TargetKey, PeerId)> = None;
         for (id, n) in &self.neighbours {

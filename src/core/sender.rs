@@ -90,6 +90,14 @@ impl Swarm {
         };
         let burst = burst.max(2 * MAX_MESSAGE_SIZE as u64);
         self.bucket.refill(now, rate, burst);
+        // Most inputs find nothing queued: check before collecting (no allocation then).
+        if !self
+            .neighbours
+            .values()
+            .any(|n| n.established && !n.queue.is_empty())
+        {
+            return;
+        }
         let budget = self.transport_budget();
         let total_budget = self.total_transport_budget();
         let mut total: usize = self

@@ -1329,9 +1329,7 @@ impl Swarm {
         if complete {
             self.complete.insert(seq);
             let peers: Vec<PeerId> = self.established().collect();
-            for p in peers {
-                self.send(p, &Message::Have { seq });
-            }
+            self.send_each(&peers, &Message::Have { seq });
             let _ = now;
         }
     }
@@ -1411,6 +1409,17 @@ impl Swarm {
         self.transmit(peer, data, 0, false);
     }
 
+    /// Sends one control message to each of `peers`, encoded once (the buffer is shared).
+    pub(crate) fn send_each(&mut self, peers: &[PeerId], msg: &Message) {
+        if peers.is_empty() {
+            return;
+        }
+        let data = Bytes::from(msg.encode());
+        for p in peers {
+            self.transmit(*p, data.clone(), 0, false);
+        }
+    }
+
     /// Emits one encoded message, accounting it (`payload` bytes of it are piece data; `is_data`
     /// for pieces and headers, which a viewer's upload pacing covers).
     pub(crate) fn transmit(&mut self, peer: PeerId, data: Bytes, payload: usize, is_data: bool) {
@@ -1474,9 +1483,7 @@ impl Swarm {
         if self.status_dirty {
             self.status_dirty = false;
             let status = self.status_message();
-            for p in &peers {
-                self.send(*p, &status);
-            }
+            self.send_each(&peers, &status);
         }
     }
 

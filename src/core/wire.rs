@@ -227,8 +227,9 @@ pub enum WireError {
 impl Message {
     /// Encodes for the wire.
     pub fn encode(&self) -> Vec<u8> {
-        // Serialising our own in-memory enum into a Vec cannot fail.
-        postcard::to_allocvec(self).unwrap_or_default()
+        // Serialising our own in-memory enum into a Vec cannot fail. Most messages are small:
+        // starting with room for them saves the reallocations of growing from empty.
+        postcard::to_extend(self, Vec::with_capacity(64)).unwrap_or_default()
     }
 
     /// Decodes one message, rejecting oversized, malformed, trailing and out-of-bounds input.

@@ -151,6 +151,59 @@ impl Ord for Sched {
     }
 }
 
+impl Sched {
+    /// Strictly before `o` in processing order.
+    fn before(&self, o: &Sched) -> bool {
+        (self.t, self.src, self.n) < (o.t, o.src, o.n)
+    }
+}
+
+/// A peer's pending events in `(time, origin, counter)` order: a binary heap plus its earliest
+/// element held outside it. Most events a handler schedules for its own peer are the very next
+/// one (a small message's downlink or uplink completion): those never enter the heap, which
+/// saves two sifts through memory that is rarely in cache. Same order as a plain heap.
+#[derive(Default)]
+struct EventQueue {
+    /// Earlier than every element of `heap`, when set.
+    front: Option<Sched>,
+    heap: BinaryHeap<Sched>,
+}
+
+impl EventQueue {
+    fn push(&mut self, s: Sched) {
+        match &self.front {
+            Some(f) if s.before(f) => {
+                let old = self.front.replace(s).expect("matched Some");
+                self.heap.push(old);
+            }
+            Some(_) => self.heap.push(s),
+            None => {
+                if self.heap.peek().is_none_or(|h| s.before(h)) {
+                    self.front = Some(s);
+                } else {
+                    self.heap.push(s);
+                }
+            }
+        }
+    }
+
+    fn peek_t(&self) -> Option<u64> {
+        match &self.front {
+            Some(f) => Some(f.t),
+            None => self.heap.peek().map(|s| s.t),
+        }
+    }
+
+    fn pop(&mut self) -> Option<Sched> {
+        self.front.take().or_else(|| self.heap.pop())
+    }
+
+    fn clear(&mut self) {
+        self.front = None;
+        self.heap.clear();
+    }
+}
+
 /// One transport (data channel) as seen from one end.
 struct Conn {
     peer: u32,
@@ -180,7 +233,7 @@ struct Live {
 
 /// One peer session's mutable state: its event queue, its live state and its measurements.
 pub struct PeerState {
-    queue: BinaryHeap<Sched>,
+    queue: EventQueue,
     counter: u64,
     live: Option<Box<Live>>,
     /// What was measured for this session.
@@ -259,7 +312,7 @@ impl<'a> Engine<'a> {
             .iter()
             .enumerate()
             .map(|(i, s)| PeerState {
-                queue: BinaryHeap::new(),
+                queue: EventQueue::default(),
                 counter: 0,
                 live: None,
                 metrics: PeerMetrics::new(i as u32, s),
@@ -274,7 +327,7 @@ impl<'a> Engine<'a> {
         }
         let next_t = peers
             .iter()
-            .map(|p| p.queue.peek().map_or(u64::MAX, |s| s.t))
+            .map(|p| p.queue.peek_t().unwrap_or(u64::MAX))
             .collect();
         Engine {
             cfg,
@@ -467,12 +520,12 @@ fn run_chunk(
         }
         let p = &mut peers[i];
         let me = base + i as u32;
-        while p.queue.peek().is_some_and(|s| s.t < step_end) {
+        while p.queue.peek_t().is_some_and(|t| t < step_end) {
             let Some(s) = p.queue.pop() else { break };
             st.events += 1;
             handle(ctx, p, me, s.t, s.ev, key, ob, st);
         }
-        *nt = p.queue.peek().map_or(u64::MAX, |s| s.t);
+        *nt = p.queue.peek_t().unwrap_or(u64::MAX);
     }
 }
 
