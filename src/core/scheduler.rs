@@ -226,7 +226,7 @@ impl Swarm {
         let mut best: Option<(TargetKey, PeerId)> = None;
         for (id, n) in &self.neighbours {
             if !n.established
-                || n.silent(self.now)
+                || n.silent(now)
                 || !n.haves.contains(seq)
                 || (n.upload_kbps == 0 && n.role != Role::Source)
                 || n.requested_pieces + cost > MAX_OUTSTANDING
