@@ -318,8 +318,7 @@ fn demo(args: &[String]) -> Result {
             return Err(format!(
                 "swarmcast-signaling did not start on {addr} ({status}; first output {other:?}); \
                  another program may hold the port: try `cargo xtask demo --port 8090`"
-            )
-            .into());
+            ));
         }
     }
     for line in lines.map_while(|l| l.ok()) {
@@ -329,7 +328,7 @@ fn demo(args: &[String]) -> Result {
     if status.success() {
         Ok(())
     } else {
-        Err(format!("swarmcast-signaling exited with {status}").into())
+        Err(format!("swarmcast-signaling exited with {status}"))
     }
 }
 
