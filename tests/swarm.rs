@@ -7,7 +7,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 use swarmcast::core::wire::Message;
 use swarmcast::core::{
-    Config, DisconnectReason, Input, Instant, Output, PeerId, SegmentMeta, StreamKey, Swarm,
+    Config, DisconnectReason, Input, Instant, Output, PeerId, SegmentHeader, SegmentMeta,
+    SignedHeader, StreamKey, Swarm,
 };
 
 const BITRATE_BPS: u64 = 2_000_000;
@@ -210,7 +211,8 @@ impl Net {
             let mut touched = BTreeSet::new();
             while let Some(out) = self.nodes[i].swarm.poll_output() {
                 match out {
-                    Output::Transmit { peer, mut data } => {
+                    Output::Transmit { peer, data } => {
+                        let mut data = data.to_vec();
                         let j = self.by_id[&peer];
                         if !self.links.contains(&(i.min(j), i.max(j))) {
                             continue;
@@ -278,6 +280,9 @@ impl Net {
                         }
                     }
                     Output::Signal { .. } => {}
+                    Output::SourceRestarted => {
+                        panic!("node {i}: a restart reported, none happened")
+                    }
                 }
             }
             if touched.is_empty() {
@@ -557,6 +562,174 @@ fn disconnects(s: &mut Swarm) -> Vec<(PeerId, DisconnectReason)> {
         }
     }
     out
+}
+
+/// Drains outputs: (pings sent to `them`, disconnect reasons).
+fn pings_and_disconnects(s: &mut Swarm, them: PeerId) -> (usize, Vec<DisconnectReason>) {
+    let (mut pings, mut cuts) = (0, Vec::new());
+    while let Some(o) = s.poll_output() {
+        match o {
+            Output::Transmit { peer, data } if peer == them => {
+                if matches!(Message::decode(&data), Ok(Message::Ping { .. })) {
+                    pings += 1;
+                }
+            }
+            Output::Disconnect { peer, reason } if peer == them => cuts.push(reason),
+            _ => {}
+        }
+    }
+    (pings, cuts)
+}
+
+#[test]
+fn a_neighbour_that_goes_silent_is_dropped_but_not_one_that_only_pings_or_a_frozen_self() {
+    let (mut v, them, hs) = lone_viewer();
+    let ms = Instant::from_millis;
+    v.handle_input(
+        ms(10),
+        Input::Receive {
+            peer: them,
+            data: &hs,
+        },
+    );
+    pings_and_disconnects(&mut v, them);
+    // An idle but live neighbour (it only answers pings) stays, however long, and the idle link
+    // is pinged so that it hears from us too.
+    let mut pings = 0;
+    for t in (100..=10_000).step_by(100) {
+        v.handle_input(ms(t), Input::Timeout);
+        if t % 300 == 0 {
+            let pong = Message::Pong { token: 0 }.encode();
+            v.handle_input(
+                ms(t),
+                Input::Receive {
+                    peer: them,
+                    data: &pong,
+                },
+            );
+        }
+        let (p, cuts) = pings_and_disconnects(&mut v, them);
+        assert!(cuts.is_empty(), "dropped at {t} ms: {cuts:?}");
+        pings += p;
+    }
+    assert!(pings >= 10, "only {pings} pings on an idle link in 10 s");
+    assert_eq!(v.stats().neighbours, 1);
+
+    // Then nothing more from it: dropped as silent after 4 s, not before.
+    let mut dropped_at = None;
+    for t in (10_100..=16_000).step_by(100) {
+        v.handle_input(ms(t), Input::Timeout);
+        let (_, cuts) = pings_and_disconnects(&mut v, them);
+        if !cuts.is_empty() {
+            assert_eq!(cuts, vec![DisconnectReason::Silent]);
+            assert!(dropped_at.is_none(), "dropped twice");
+            dropped_at = Some(t);
+        }
+    }
+    let at = dropped_at.expect("a silent neighbour was never dropped");
+    assert!(
+        (13_900..=14_600).contains(&at),
+        "dropped at {at} ms (last heard at 9,900 ms)"
+    );
+    assert_eq!(v.stats().neighbours, 0);
+
+    // A peer that was itself frozen for 10 s (no input at all) does not blame its neighbours
+    // for the silence: their messages are still queued for it.
+    let (mut v, them, hs) = lone_viewer();
+    v.handle_input(
+        ms(10),
+        Input::Receive {
+            peer: them,
+            data: &hs,
+        },
+    );
+    v.handle_input(ms(10_010), Input::Timeout);
+    v.handle_input(ms(10_110), Input::Timeout);
+    let (_, cuts) = pings_and_disconnects(&mut v, them);
+    assert!(
+        cuts.is_empty(),
+        "a frozen peer dropped its neighbour: {cuts:?}"
+    );
+    assert_eq!(v.stats().neighbours, 1);
+}
+
+#[test]
+fn a_restarted_source_is_noticed_from_its_first_genuine_header_and_replays_are_not() {
+    let key = StreamKey::from_secret([9; 32]);
+    let header = |seq: u64, pts_ms: u64| {
+        let meta = SegmentMeta {
+            pts_us: pts_ms * 1000,
+            duration_us: 200_000,
+            keyframe: true,
+        };
+        key.sign_header(SegmentHeader::describe(
+            seq,
+            0,
+            meta,
+            pts_ms * 1000,
+            &[seq as u8; 100],
+        ))
+    };
+    let feed = |v: &mut Swarm, them: PeerId, h: SignedHeader| {
+        let data = Message::Header(h).encode();
+        v.handle_input(
+            Instant::from_millis(20),
+            Input::Receive {
+                peer: them,
+                data: &data,
+            },
+        );
+        let mut out = (0, Vec::new());
+        while let Some(o) = v.poll_output() {
+            match o {
+                Output::SourceRestarted => out.0 += 1,
+                Output::Disconnect { reason, .. } => out.1.push(reason),
+                _ => {}
+            }
+        }
+        out
+    };
+    let (mut v, them, hs) = lone_viewer();
+    v.handle_input(
+        Instant::from_millis(10),
+        Input::Receive {
+            peer: them,
+            data: &hs,
+        },
+    );
+    // Session 1: segments 0..=20, captured at 1,000 s + 0.2 s each.
+    for seq in 0..=20 {
+        assert_eq!(
+            feed(&mut v, them, header(seq, 1_000_000 + seq * 200)),
+            (0, vec![])
+        );
+    }
+    // Old genuine headers replayed: nothing.
+    assert_eq!(feed(&mut v, them, header(3, 1_000_600)), (0, vec![]));
+    assert_eq!(feed(&mut v, them, header(19, 1_003_800)), (0, vec![]));
+    // A forged header claiming a later capture time: cut as a forger, no restart.
+    let mut forged = header(0, 1_010_000);
+    forged.header.pts_us += 1;
+    assert_eq!(
+        feed(&mut v, them, forged),
+        (0, vec![DisconnectReason::Forged])
+    );
+    // The restarted source's first header (numbered from 0 again, captured later), from an
+    // honest neighbour: reported once.
+    let (mut v, them, hs) = lone_viewer();
+    v.handle_input(
+        Instant::from_millis(10),
+        Input::Receive {
+            peer: them,
+            data: &hs,
+        },
+    );
+    for seq in 0..=20 {
+        feed(&mut v, them, header(seq, 1_000_000 + seq * 200));
+    }
+    assert_eq!(feed(&mut v, them, header(0, 1_010_000)), (1, vec![]));
+    assert_eq!(feed(&mut v, them, header(1, 1_010_200)), (0, vec![]));
+    assert_eq!(v.stats().neighbours, 1);
 }
 
 #[test]

@@ -197,12 +197,14 @@ mod cli {
                 if p.wall_s - last_print >= 2.0 || p.now_us >= p.end_us {
                     last_print = p.wall_s;
                     eprintln!(
-                        "  [{n} viewers] t = {:>5.1} s / {:.0} s   online {:>6}   events {:>11}   wall {:>6.1} s",
+                        "  [{n} viewers] t = {:>5.1} s / {:.0} s   online {:>6}   events {:>11}   wall {:>6.1} s   cpu {:>7.1} s   rss {:>6.0} MiB",
                         p.now_us as f64 / 1e6,
                         p.end_us as f64 / 1e6,
                         p.online,
                         p.events,
-                        p.wall_s
+                        p.wall_s,
+                        p.cpu_s,
+                        p.rss_mib
                     );
                 }
             })

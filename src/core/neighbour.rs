@@ -16,6 +16,16 @@ pub(crate) const CLASS_REPLY: u8 = 1;
 /// neighbour pulls them elsewhere), which bounds memory whatever it asks.
 pub(crate) const MAX_QUEUE: usize = 1024;
 
+/// A live neighbour is heard several times a second (a `Have` for each segment it completes,
+/// a `Ping` on an otherwise idle link, see [`IDLE_PING`]); silent this long, it is treated as
+/// gone for requests and parent choice, well before its transport is declared dead.
+pub(crate) const SUSPECT_SILENCE: Duration = Duration::from_millis(1_000);
+/// Silent this long, a neighbour is dropped: a killed tab or a pulled cable sends no goodbye, and
+/// browsers take 5–30 s to call such a connection failed.
+pub(crate) const DEAD_SILENCE: Duration = Duration::from_millis(4_000);
+/// A link we have sent nothing on for this long gets a `Ping`, so the other side hears from us.
+pub(crate) const IDLE_PING: Duration = Duration::from_millis(500);
+
 /// One outgoing data item: `(class, seq, index)`. Ordered so that pushes come first, then
 /// requests, each oldest segment first (deadline order).
 pub(crate) type QueueItem = (u8, u64, u16);
@@ -77,6 +87,11 @@ pub(crate) struct Neighbour {
     pub duplicates: u64,
     /// Fresh pieces it sent that we had.
     pub useful: u64,
+    /// Last time anything arrived from it (liveness: a vanished peer goes silent long before
+    /// its transport is declared dead).
+    pub last_heard: Instant,
+    /// Last time we sent it anything (an idle link gets a ping so that it hears from us).
+    pub last_sent: Instant,
 }
 
 impl Neighbour {
@@ -109,7 +124,14 @@ impl Neighbour {
             flood_relays: 0,
             duplicates: 0,
             useful: 0,
+            last_heard: now,
+            last_sent: now,
         }
+    }
+
+    /// Nothing has come from it for [`SUSPECT_SILENCE`]: do not wait on it for anything.
+    pub(crate) fn silent(&self, now: Instant) -> bool {
+        now.saturating_duration_since(self.last_heard) > SUSPECT_SILENCE
     }
 
     /// The transport has room for more data under `budget`.

@@ -18,13 +18,17 @@ const URGENT: Duration = Duration::from_millis(700);
 /// Headers asked for when looking for a start point: covers a keyframe interval of up to
 /// this many segments.
 pub(crate) const PROBE_SPAN: u64 = 10;
+/// Most neighbours one segment's missing pieces are spread over.
+const REQUEST_SPREAD: u32 = 3;
+/// Bits of a full piece (its serialisation time at a neighbour's upload estimates its delay).
+const PIECE_BITS: u64 = super::segment::PIECE_SIZE as u64 * 8;
 /// Segments looked at beyond the playhead.
 const LOOKAHEAD: u64 = 128;
 
 /// A segment worth pulling: `(urgent, availability, seq, pieces)`.
 type Candidate = (bool, u32, u64, u64);
 /// Preference order of request targets (smaller is better).
-type TargetKey = (bool, bool, u32, u128, u64);
+type TargetKey = (bool, bool, u64, u64);
 
 impl Swarm {
     fn request_timeout(&self, peer: &PeerId) -> Duration {
@@ -35,13 +39,20 @@ impl Swarm {
         rtt * 3 + Duration::from_millis(500)
     }
 
+    /// A request to `peer` sent `at` is given up: it took too long, or the neighbour fell silent
+    /// (a vanished peer would hold it until its timeout, for nothing).
+    fn request_expired(&self, now: Instant, peer: &PeerId, at: Instant) -> bool {
+        now.saturating_duration_since(at) > self.request_timeout(peer)
+            || self.neighbours.get(peer).is_some_and(|n| n.silent(now))
+    }
+
     /// Periodic: forgets requests that took too long, remembering whom not to ask first again.
     pub(crate) fn expire_requests(&mut self, now: Instant) {
         let timeouts: Vec<(u64, PeerId)> = self
             .segments
             .iter()
             .flat_map(|(seq, seg)| seg.requests.iter().map(move |r| (*seq, r.0, r.2)))
-            .filter(|(_, p, at)| now.saturating_duration_since(*at) > self.request_timeout(p))
+            .filter(|(_, p, at)| self.request_expired(now, p, *at))
             .map(|(seq, p, _)| (seq, p))
             .collect();
         for (seq, p) in timeouts {
@@ -61,7 +72,7 @@ impl Swarm {
         let blind_timeouts: Vec<(u64, PeerId)> = self
             .blind
             .iter()
-            .filter(|(_, (p, at))| now.saturating_duration_since(*at) > self.request_timeout(p))
+            .filter(|(_, (p, at))| self.request_expired(now, p, *at))
             .map(|(seq, (p, _))| (*seq, *p))
             .collect();
         for (seq, p) in blind_timeouts {
@@ -86,8 +97,14 @@ impl Swarm {
         if top < from {
             return;
         }
-        let orphan: Vec<usize> = (0..self.k)
-            .filter(|s| self.stripes[*s].parent.is_none())
+        // Per stripe: segments whose header we verified before the stripe's current parent took
+        // us on will not be pushed (a parent pushes what it gets after accepting, plus its newest
+        // segment); a stripe without a parent pushes nothing.
+        let pushed_since: Vec<Option<Instant>> = (0..self.k)
+            .map(|s| {
+                let st = &self.stripes[s];
+                st.parent.map(|_| st.parent_since)
+            })
             .collect();
         let mut cands: Vec<Candidate> = Vec::new();
         for seq in from..=top.min(from + LOOKAHEAD) {
@@ -108,10 +125,10 @@ impl Swarm {
                     let overdue =
                         now.saturating_duration_since(seg.learned_at) >= self.config.pull_grace;
                     if !urgent && !overdue {
-                        let orphan_bits = orphan
-                            .iter()
-                            .fold(0u64, |m, s| m | self.stripe_mask(seq, *s));
-                        missing &= orphan_bits;
+                        let unpushed = (0..self.k)
+                            .filter(|s| pushed_since[*s].is_none_or(|t| seg.learned_at < t))
+                            .fold(0u64, |m, s| m | self.stripe_mask(seq, s));
+                        missing &= unpushed;
                     }
                     if missing != 0 {
                         cands.push((urgent, avail, seq, missing));
@@ -153,52 +170,83 @@ impl Swarm {
             .count() as u32
     }
 
-    /// Asks the best neighbour holding `seq` for `pieces` (all of them when the header is
-    /// unknown). Prefers neighbours not yet tried for it, then the least loaded, then the
-    /// nearest.
+    /// Asks neighbours holding `seq` for `pieces` (all of them when the header is unknown).
+    /// Known pieces are spread over up to [`REQUEST_SPREAD`] neighbours, each asked for a share,
+    /// so that a segment arrives at the pace of several uplinks instead of one. Each share goes
+    /// to the neighbour not yet tried for it, not the source (its upload is the scarcest), that
+    /// would deliver it soonest: half its RTT plus its outstanding and new pieces at its upload.
     fn request(&mut self, now: Instant, seq: u64, pieces: u64) -> bool {
-        let cost = if pieces == u64::MAX {
-            BLIND_COST
-        } else {
-            pieces.count_ones()
-        };
+        if pieces == u64::MAX {
+            let Some(peer) = self.request_target(now, seq, BLIND_COST) else {
+                return false;
+            };
+            let n = self.neighbours.get_mut(&peer).expect("chosen");
+            n.requested_pieces += BLIND_COST;
+            self.blind.insert(seq, (peer, now));
+            self.send(peer, &Message::Request { seq, pieces });
+            return true;
+        }
+        let mut left = pieces;
+        let mut shares = REQUEST_SPREAD.min(pieces.count_ones());
+        let mut any = false;
+        while left != 0 && shares > 0 {
+            let take = left.count_ones().div_ceil(shares);
+            let mut share = 0u64;
+            let mut bits = left;
+            for _ in 0..take {
+                let i = bits.trailing_zeros();
+                share |= 1 << i;
+                bits &= bits - 1;
+            }
+            shares -= 1;
+            let Some(peer) = self.request_target(now, seq, take) else {
+                break;
+            };
+            left &= !share;
+            any = true;
+            let n = self.neighbours.get_mut(&peer).expect("chosen");
+            n.requested_pieces += take;
+            *n.requests.entry(seq).or_insert(0) |= share;
+            let seg = self.segments.get_mut(&seq).expect("header known");
+            if let Some(r) = seg.requests.iter_mut().find(|r| r.0 == peer) {
+                r.1 |= share;
+                r.2 = now;
+            } else {
+                seg.requests.push((peer, share, now));
+            }
+            seg.requested |= share;
+            self.send(peer, &Message::Request { seq, pieces: share });
+        }
+        any
+    }
+
+    /// The neighbour to ask for `cost` pieces of `seq` (see [`Swarm::request`]).
+    fn request_target(&mut self, now: Instant, seq: u64, cost: u32) -> Option<PeerId> {
         let tried: &[PeerId] = self.segments.get(&seq).map_or(&[], |s| s.tried.as_slice());
         let mut best: Option<(TargetKey, PeerId)> = None;
         for (id, n) in &self.neighbours {
             if !n.established
+                || n.silent(now)
                 || !n.haves.contains(seq)
                 || (n.upload_kbps == 0 && n.role != Role::Source)
                 || n.requested_pieces + cost > MAX_OUTSTANDING
             {
                 continue;
             }
+            let piece_us = PIECE_BITS * 1000 / n.upload_kbps.max(1) as u64;
+            let eta_us = n.rtt_or_default().as_micros() as u64 / 2
+                + (n.requested_pieces + cost) as u64 * piece_us;
             let key = (
                 tried.contains(id),
-                // The source's upload is the scarcest: ask it last.
                 n.role == Role::Source,
-                n.requested_pieces,
-                n.rtt_or_default().as_millis(),
+                eta_us,
                 self.rng.next_u64(),
             );
             if best.as_ref().is_none_or(|(b, _)| key < *b) {
                 best = Some((key, *id));
             }
         }
-        let Some((_, peer)) = best else {
-            return false;
-        };
-        let n = self.neighbours.get_mut(&peer).expect("chosen");
-        n.requested_pieces += cost;
-        if pieces == u64::MAX {
-            self.blind.insert(seq, (peer, now));
-        } else {
-            *n.requests.entry(seq).or_insert(0) |= pieces;
-            let seg = self.segments.get_mut(&seq).expect("header known");
-            seg.requests.push((peer, pieces, now));
-            seg.requested |= pieces;
-        }
-        self.send(peer, &Message::Request { seq, pieces });
-        true
+        best.map(|(_, id)| id)
     }
 
     /// Before a start point is chosen: asks the nearest neighbour holding the newest complete

@@ -3,7 +3,64 @@
 use super::id::PeerId;
 use super::segment::SignedHeader;
 use super::time::Instant;
+use super::wire::{encode_piece, piece_message_len};
+use bytes::Bytes;
 use std::sync::Arc;
+
+/// One verified piece, kept as its canonical encoded `Piece` message: forwarding it to any
+/// number of neighbours, or holding it in their queues, clones a reference, never the bytes.
+#[derive(Debug, Clone)]
+pub(crate) struct StoredPiece {
+    /// The whole `Piece` message, exactly as [`encode_piece`] writes it.
+    msg: Bytes,
+    /// Where the payload starts in `msg`.
+    payload_at: usize,
+}
+
+impl StoredPiece {
+    /// Encodes `payload` as piece `(seq, index)` (one copy).
+    pub(crate) fn encode(seq: u64, index: u16, payload: &[u8]) -> Self {
+        let msg = Bytes::from(encode_piece(seq, index, payload));
+        StoredPiece {
+            payload_at: msg.len() - payload.len(),
+            msg,
+        }
+    }
+
+    /// Keeps a received piece message as is when it is the canonical encoding of
+    /// `(seq, index, payload)` with `payload` its tail (then nothing is copied); otherwise
+    /// re-encodes it, so that what is forwarded is always canonical.
+    pub(crate) fn from_received(msg: &Bytes, seq: u64, index: u16, payload: &[u8]) -> Self {
+        let canonical = msg.len() == piece_message_len(seq, index, payload.len())
+            && msg.len() >= payload.len()
+            && msg[msg.len() - payload.len()..].as_ptr() == payload.as_ptr();
+        if canonical {
+            StoredPiece {
+                payload_at: msg.len() - payload.len(),
+                msg: msg.clone(),
+            }
+        } else {
+            StoredPiece::encode(seq, index, payload)
+        }
+    }
+
+    /// The piece's bytes.
+    pub(crate) fn payload(&self) -> &[u8] {
+        &self.msg[self.payload_at..]
+    }
+
+    /// The encoded message, shared.
+    pub(crate) fn message(&self) -> Bytes {
+        self.msg.clone()
+    }
+
+    /// Same bytes as `other`. Two references to one buffer are equal without reading it (the
+    /// simulator's peers share buffers); otherwise the payloads are compared byte for byte.
+    pub(crate) fn same_payload(&self, other: &[u8]) -> bool {
+        let mine = self.payload();
+        (mine.as_ptr() == other.as_ptr() && mine.len() == other.len()) || mine == other
+    }
+}
 
 /// One segment whose signed header has been verified.
 #[derive(Debug)]
@@ -11,9 +68,9 @@ pub(crate) struct Segment {
     /// The verified header.
     pub header: Arc<SignedHeader>,
     /// The encoded `Message::Header`, made once and sent to every neighbour that needs it.
-    pub header_msg: Arc<[u8]>,
+    pub header_msg: Bytes,
     /// Verified pieces; shared, never copied between neighbours' queues.
-    pub pieces: Vec<Option<Arc<[u8]>>>,
+    pub pieces: Vec<Option<StoredPiece>>,
     /// Bit `i`: piece `i` is held.
     pub have: u64,
     /// Bit `i` set for every piece of the segment.
@@ -29,7 +86,7 @@ pub(crate) struct Segment {
 }
 
 impl Segment {
-    pub(crate) fn new(header: Arc<SignedHeader>, header_msg: Arc<[u8]>, now: Instant) -> Self {
+    pub(crate) fn new(header: Arc<SignedHeader>, header_msg: Bytes, now: Instant) -> Self {
         let n = header.header.piece_count();
         Segment {
             header,
@@ -53,7 +110,7 @@ impl Segment {
     pub(crate) fn assemble(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(self.header.header.len as usize);
         for p in self.pieces.iter().flatten() {
-            out.extend_from_slice(p);
+            out.extend_from_slice(p.payload());
         }
         out
     }
@@ -65,5 +122,33 @@ pub(crate) fn mask(n: usize) -> u64 {
         u64::MAX
     } else {
         (1u64 << n) - 1
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_canonical_received_piece_is_kept_without_a_copy() {
+        let msg = Bytes::from(encode_piece(300, 2, &[7u8; 1000]));
+        let payload = &msg[msg.len() - 1000..];
+        let p = StoredPiece::from_received(&msg, 300, 2, payload);
+        assert_eq!(p.payload(), &[7u8; 1000][..]);
+        assert_eq!(p.message().as_ptr(), msg.as_ptr());
+        assert!(p.same_payload(&[7u8; 1000]));
+        assert!(!p.same_payload(&[7u8; 999]));
+    }
+
+    #[test]
+    fn a_non_canonical_piece_is_re_encoded() {
+        // seq 0 spelled as a two-byte varint: decodes the same, is one byte longer.
+        let mut raw = vec![4u8, 0x80, 0x00, 2, 3];
+        raw.extend_from_slice(&[1, 2, 3]);
+        let msg = Bytes::from(raw);
+        let payload = &msg[msg.len() - 3..];
+        let p = StoredPiece::from_received(&msg, 0, 2, payload);
+        assert_eq!(p.message(), Bytes::from(encode_piece(0, 2, &[1, 2, 3])));
+        assert_eq!(p.payload(), &[1, 2, 3]);
     }
 }

@@ -308,6 +308,7 @@ impl Swarm {
                 depth + 1
             };
             st.last_push = now;
+            st.parent_since = now;
             self.neighbours
                 .get_mut(&peer)
                 .expect("established")
@@ -381,6 +382,7 @@ impl Swarm {
                 let d = n.depth(s);
                 let off_primary = self.primary_stripe(id) != s;
                 if !n.established
+                    || n.silent(now)
                     || d > MAX_DEPTH
                     || d >= below
                     || (n.free == 0 && mine < n.displace_kbps)

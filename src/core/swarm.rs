@@ -8,19 +8,20 @@ use super::bitfield::SeqBits;
 use super::bucket::TokenBucket;
 use super::id::{PeerId, StreamId};
 use super::identity::{verify_piece, StreamKey, StreamVerifier};
-use super::neighbour::{Neighbour, CLASS_REPLY, MAX_QUEUE};
+use super::neighbour::{Neighbour, CLASS_REPLY, DEAD_SILENCE, IDLE_PING, MAX_QUEUE};
 use super::rng::Rng;
 use super::segment::{
     InitSegment, SegmentHeader, SegmentMeta, SignedHeader, MAX_INIT_SIZE, MAX_PIECES_PER_SEGMENT,
     PIECE_SIZE,
 };
-use super::store::Segment;
+use super::store::{Segment, StoredPiece};
 use super::time::Instant;
 pub use super::wire::Role;
 use super::wire::{
     Decoded, Message, RejectReason, WireError, MAX_BITFIELD_BYTES, MAX_PEX_PEERS, MAX_SIGNAL_SIZE,
     MAX_STRIPES, NO_DEPTH, PROTOCOL_VERSION,
 };
+use bytes::Bytes;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
@@ -97,6 +98,15 @@ pub enum Input<'a> {
         /// The message bytes as received.
         data: &'a [u8],
     },
+    /// One message arrived from `peer`, in a buffer the core may keep: a piece is then stored
+    /// and forwarded as a reference into `data` rather than copied (same effect as
+    /// [`Input::Receive`] otherwise).
+    ReceiveShared {
+        /// Sender.
+        peer: PeerId,
+        /// The message bytes as received.
+        data: Bytes,
+    },
     /// How many bytes the transport to `peer` still holds unsent (a data channel's
     /// `bufferedAmount`): the core queues no more than the transport drains. Report it after
     /// sending a batch of transmits and when it falls (`bufferedamountlow`); a neighbour for which
@@ -139,6 +149,9 @@ pub enum DisconnectReason {
     GoodbyeReceived,
     /// A neighbour previously cut off for misbehaviour tried again.
     Banned,
+    /// Nothing arrived from it for [`crate::core::neighbour::DEAD_SILENCE`]: it vanished without
+    /// a goodbye (killed tab, lost network).
+    Silent,
 }
 
 /// A verified, complete media segment, in order, for the player.
@@ -167,8 +180,8 @@ pub enum Output {
     Transmit {
         /// Recipient.
         peer: PeerId,
-        /// One encoded message.
-        data: Vec<u8>,
+        /// One encoded message (shared: a piece's bytes are the stored copy's, not a new one).
+        data: Bytes,
     },
     /// Close the transport to `peer`.
     Disconnect {
@@ -199,6 +212,11 @@ pub enum Output {
         /// Opaque payload.
         payload: Vec<u8>,
     },
+    /// The source started the stream over (a reloaded broadcaster page numbers its segments from
+    /// 0 again): a genuine header came whose sequence number is at or behind the newest we hold
+    /// but whose capture time is later. This state is useless now; the binding starts a fresh
+    /// viewer (new peer id, new connections). Emitted once.
+    SourceRestarted,
 }
 
 /// Why the source could not publish.
@@ -288,6 +306,9 @@ pub(crate) struct StripeState {
     pub old_depth: u8,
     /// Last time the parent delivered a piece of this stripe (or accepted us).
     pub last_push: Instant,
+    /// When the current parent accepted us: it pushes what it receives from then on (and the
+    /// newest segment it held), so older pieces of this stripe must be pulled.
+    pub parent_since: Instant,
     /// Neighbours not to ask for this stripe until the given time (refused, stalled).
     pub avoid: Vec<(PeerId, Instant)>,
 }
@@ -317,6 +338,9 @@ const FLOOD_MESSAGES_PER_SEC: u32 = 4000;
 const FLOOD_RELAYS_PER_SEC: u32 = 32;
 /// Ping period per neighbour.
 const PING_INTERVAL: Duration = Duration::from_secs(5);
+/// A gap this long between two inputs means this peer was not running (the binding feeds a
+/// timeout at least every [`TICK`] while it has neighbours).
+const FREEZE_GAP: Duration = Duration::from_millis(1_000);
 /// A `Connect` not followed by `Connected` within this is forgotten.
 const CONNECT_EXPIRY: Duration = Duration::from_secs(15);
 /// Peer-exchange period.
@@ -367,6 +391,8 @@ pub struct Swarm {
     pub(crate) next_seq: u64,
     pub(crate) init_version: u32,
     pub(crate) now: Instant,
+    /// [`Output::SourceRestarted`] was emitted.
+    pub(crate) restarted: bool,
 }
 
 impl Swarm {
@@ -392,6 +418,7 @@ impl Swarm {
                 depth,
                 old_depth: NO_DEPTH,
                 last_push: Instant::ZERO,
+                parent_since: Instant::ZERO,
                 avoid: Vec::new(),
             };
             k
@@ -434,6 +461,7 @@ impl Swarm {
             next_seq: 0,
             init_version: 0,
             now: Instant::ZERO,
+            restarted: false,
         }
     }
 
@@ -458,6 +486,13 @@ impl Swarm {
 
     /// Feeds one event at `now`.
     pub fn handle_input(&mut self, now: Instant, input: Input<'_>) {
+        if now.saturating_duration_since(self.now) > FREEZE_GAP {
+            // We ourselves were not running (a frozen tab, a suspended laptop): whatever the
+            // neighbours sent meanwhile is still queued for us, so their silence proves nothing.
+            for n in self.neighbours.values_mut() {
+                n.last_heard = now;
+            }
+        }
         self.now = self.now.max(now);
         let now = self.now;
         match input {
@@ -467,7 +502,8 @@ impl Swarm {
                     self.remove_neighbour(now, peer);
                 }
             }
-            Input::Receive { peer, data } => self.on_receive(now, peer, data),
+            Input::Receive { peer, data } => self.on_receive(now, peer, data, None),
+            Input::ReceiveShared { peer, data } => self.on_receive(now, peer, &data, Some(&data)),
             Input::Buffered { peer, bytes } => {
                 if let Some(n) = self.neighbours.get_mut(&peer) {
                     n.in_flight = bytes;
@@ -576,7 +612,8 @@ impl Swarm {
         let signed = Arc::new(key.sign_header(header));
         self.insert_header(now, signed);
         for (i, chunk) in data.chunks(PIECE_SIZE).enumerate() {
-            self.store_piece(now, seq, i, Arc::from(chunk), None);
+            let piece = StoredPiece::encode(seq, i as u16, chunk);
+            self.store_piece(now, seq, i, piece, None);
         }
         self.flush(now);
         Ok(seq)
@@ -739,7 +776,8 @@ impl Swarm {
         }
     }
 
-    fn on_receive(&mut self, now: Instant, peer: PeerId, data: &[u8]) {
+    /// `shared`: `data` in a buffer the core may keep (pieces are then stored without a copy).
+    fn on_receive(&mut self, now: Instant, peer: PeerId, data: &[u8], shared: Option<&Bytes>) {
         if !self.neighbours.contains_key(&peer) {
             // Late data from a neighbour already dropped, or a transport never announced.
             return;
@@ -747,6 +785,7 @@ impl Swarm {
         self.stats.wire_bytes_down += data.len() as u64;
         {
             let n = self.neighbours.get_mut(&peer).expect("checked above");
+            n.last_heard = now;
             if now.saturating_duration_since(n.flood_window) >= Duration::from_secs(1) {
                 n.flood_window = now;
                 n.flood_msgs = 0;
@@ -784,7 +823,11 @@ impl Swarm {
                 peer,
                 DisconnectReason::Protocol("message before handshake"),
             ),
-            Decoded::Piece { seq, index, data } => self.on_piece(now, peer, seq, index, data),
+            Decoded::Piece {
+                seq,
+                index,
+                data: payload,
+            } => self.on_piece(now, peer, seq, index, payload, shared),
             Decoded::Other(m) => self.on_message(now, peer, m),
         }
     }
@@ -1012,6 +1055,22 @@ impl Swarm {
 
     fn on_header(&mut self, now: Instant, peer: PeerId, signed: SignedHeader) {
         let seq = signed.header.seq;
+        if self.is_restart(&signed) {
+            // Checked cheaply first: a replayed old header has an older capture time and never
+            // gets here, so only a genuine new session (or a forgery, cut) costs a verification.
+            let ok = self
+                .verifier
+                .as_ref()
+                .is_some_and(|v| v.verify_header(&signed).is_ok());
+            if !ok {
+                return self.cut(now, peer, DisconnectReason::Forged);
+            }
+            if !self.restarted {
+                self.restarted = true;
+                self.outputs.push_back(Output::SourceRestarted);
+            }
+            return;
+        }
         if seq < self.window_start {
             return;
         }
@@ -1034,10 +1093,26 @@ impl Swarm {
         self.insert_header(now, Arc::new(signed));
     }
 
+    /// Whether `signed` (not yet verified) would mean a new session of the source: numbered at or
+    /// behind the newest header held, captured after it. Within one session capture times grow
+    /// with sequence numbers.
+    fn is_restart(&self, signed: &SignedHeader) -> bool {
+        if self.is_source() {
+            return false;
+        }
+        let Some(newest) = self.stats.newest_seq else {
+            return false;
+        };
+        let Some(top) = self.segments.get(&newest) else {
+            return false;
+        };
+        signed.header.seq <= newest && signed.header.pts_us > top.header.header.pts_us
+    }
+
     /// Stores a verified header, updates the bitrate estimate and slides the window.
     fn insert_header(&mut self, now: Instant, signed: Arc<SignedHeader>) {
         let seq = signed.header.seq;
-        let msg: Arc<[u8]> = Message::Header((*signed).clone()).encode().into();
+        let msg = Bytes::from(Message::Header((*signed).clone()).encode());
         self.recent_sizes
             .push_back((signed.header.len as u64, signed.header.duration_us as u64));
         while self.recent_sizes.len() > 16 {
@@ -1121,7 +1196,15 @@ impl Swarm {
         }
     }
 
-    fn on_piece(&mut self, now: Instant, peer: PeerId, seq: u64, index: u16, data: &[u8]) {
+    fn on_piece(
+        &mut self,
+        now: Instant,
+        peer: PeerId,
+        seq: u64,
+        index: u16,
+        data: &[u8],
+        shared: Option<&Bytes>,
+    ) {
         if seq < self.window_start {
             return;
         }
@@ -1146,7 +1229,7 @@ impl Swarm {
             .is_some_and(|n| n.role == Role::Source);
         if let Some(held) = &seg.pieces[idx] {
             // Already held: compare rather than hash; a differing copy is a forgery all the same.
-            if held.as_ref() != data {
+            if !held.same_payload(data) {
                 return self.cut(now, peer, DisconnectReason::Forged);
             }
             self.stats.duplicate_bytes += data.len() as u64;
@@ -1171,7 +1254,11 @@ impl Swarm {
             self.stats.bytes_from_peers += data.len() as u64;
         }
         self.note_parent_progress(now, peer, seq, idx);
-        self.store_piece(now, seq, idx, Arc::from(data), Some(peer));
+        let piece = match shared {
+            Some(msg) => StoredPiece::from_received(msg, seq, index, data),
+            None => StoredPiece::encode(seq, index, data),
+        };
+        self.store_piece(now, seq, idx, piece, Some(peer));
     }
 
     /// Stores a verified piece; forwards it to the stripe's children at once; announces and
@@ -1181,7 +1268,7 @@ impl Swarm {
         now: Instant,
         seq: u64,
         idx: usize,
-        data: Arc<[u8]>,
+        data: StoredPiece,
         from: Option<PeerId>,
     ) {
         let k = self.k;
@@ -1242,9 +1329,7 @@ impl Swarm {
         if complete {
             self.complete.insert(seq);
             let peers: Vec<PeerId> = self.established().collect();
-            for p in peers {
-                self.send(p, &Message::Have { seq });
-            }
+            self.send_each(&peers, &Message::Have { seq });
             let _ = now;
         }
     }
@@ -1256,7 +1341,7 @@ impl Swarm {
         if pieces == 0 {
             // Header only (a joining peer looking for a keyframe to start at): small, answered
             // at once by everyone.
-            let msg = seg.header_msg.to_vec();
+            let msg = seg.header_msg.clone();
             let n = self.neighbours.get_mut(&peer).expect("established");
             if !n.headers_sent.contains(seq) {
                 n.headers_sent.insert(seq);
@@ -1320,19 +1405,31 @@ impl Swarm {
 
     /// Encodes and emits a control message at once (control is never queued behind data).
     pub(crate) fn send(&mut self, peer: PeerId, msg: &Message) {
-        let data = msg.encode();
+        let data = Bytes::from(msg.encode());
         self.transmit(peer, data, 0, false);
+    }
+
+    /// Sends one control message to each of `peers`, encoded once (the buffer is shared).
+    pub(crate) fn send_each(&mut self, peers: &[PeerId], msg: &Message) {
+        if peers.is_empty() {
+            return;
+        }
+        let data = Bytes::from(msg.encode());
+        for p in peers {
+            self.transmit(*p, data.clone(), 0, false);
+        }
     }
 
     /// Emits one encoded message, accounting it (`payload` bytes of it are piece data; `is_data`
     /// for pieces and headers, which a viewer's upload pacing covers).
-    pub(crate) fn transmit(&mut self, peer: PeerId, data: Vec<u8>, payload: usize, is_data: bool) {
+    pub(crate) fn transmit(&mut self, peer: PeerId, data: Bytes, payload: usize, is_data: bool) {
         let len = data.len();
         self.stats.wire_bytes_up += len as u64;
         self.stats.bytes_up += payload as u64;
         if let Some(n) = self.neighbours.get_mut(&peer) {
             n.in_flight += len;
             n.bytes_up += payload as u64;
+            n.last_sent = self.now;
         }
         if self.is_source() {
             // The source's cap covers everything it sends, control included.
@@ -1347,9 +1444,20 @@ impl Swarm {
 
     fn tick(&mut self, now: Instant) {
         self.next_tick = now + TICK;
+        let dead: Vec<PeerId> = self
+            .neighbours
+            .iter()
+            .filter(|(_, n)| now.saturating_duration_since(n.last_heard) > DEAD_SILENCE)
+            .map(|(p, _)| *p)
+            .collect();
+        for p in dead {
+            self.drop_neighbour(now, p, DisconnectReason::Silent);
+        }
         let peers: Vec<PeerId> = self.established().collect();
         for p in &peers {
-            if self.neighbours.get(p).is_some_and(|n| now >= n.next_ping) {
+            if self.neighbours.get(p).is_some_and(|n| {
+                now >= n.next_ping || now.saturating_duration_since(n.last_sent) >= IDLE_PING
+            }) {
                 self.ping(now, *p);
             }
         }
@@ -1375,9 +1483,7 @@ impl Swarm {
         if self.status_dirty {
             self.status_dirty = false;
             let status = self.status_message();
-            for p in &peers {
-                self.send(*p, &status);
-            }
+            self.send_each(&peers, &status);
         }
     }
 

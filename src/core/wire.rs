@@ -227,8 +227,9 @@ pub enum WireError {
 impl Message {
     /// Encodes for the wire.
     pub fn encode(&self) -> Vec<u8> {
-        // Serialising our own in-memory enum into a Vec cannot fail.
-        postcard::to_allocvec(self).unwrap_or_default()
+        // Serialising our own in-memory enum into a Vec cannot fail. Most messages are small:
+        // starting with room for them saves the reallocations of growing from empty.
+        postcard::to_extend(self, Vec::with_capacity(64)).unwrap_or_default()
     }
 
     /// Decodes one message, rejecting oversized, malformed, trailing and out-of-bounds input.
@@ -324,6 +325,24 @@ fn put_varint(out: &mut Vec<u8>, mut v: u64) {
         v >>= 7;
     }
     out.push(v as u8);
+}
+
+/// Bytes a varint of `v` takes.
+fn varint_len(mut v: u64) -> usize {
+    let mut n = 1;
+    while v >= 0x80 {
+        v >>= 7;
+        n += 1;
+    }
+    n
+}
+
+/// Length of the canonical encoding of a [`Message::Piece`] with a payload of `len` bytes: what
+/// [`encode_piece`] produces. A received piece message of exactly this length is canonical
+/// (postcard varints are minimal there; any other spelling is longer), so it can be kept and
+/// forwarded as received.
+pub fn piece_message_len(seq: u64, index: u16, len: usize) -> usize {
+    1 + varint_len(seq) + varint_len(index as u64) + varint_len(len as u64) + len
 }
 
 /// Encodes a [`Message::Piece`] straight from a borrowed payload: byte for byte what
@@ -600,6 +619,7 @@ mod tests {
                 data: data.clone(),
             };
             assert_eq!(encode_piece(1 << 40, 63, &data), m.encode());
+            assert_eq!(piece_message_len(1 << 40, 63, len), m.encode().len());
         }
     }
 

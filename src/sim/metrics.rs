@@ -120,6 +120,8 @@ pub struct Cuts {
     pub goodbye: u64,
     /// Reason `Banned` (a cut-off neighbour came back).
     pub banned: u64,
+    /// Reason `Silent` (heard nothing from it: vanished without a goodbye).
+    pub silent: u64,
     /// Any other reason.
     pub other: u64,
 }
@@ -137,6 +139,7 @@ impl Cuts {
         self.leaving += o.leaving;
         self.goodbye += o.goodbye;
         self.banned += o.banned;
+        self.silent += o.silent;
         self.other += o.other;
     }
 }
@@ -261,6 +264,7 @@ impl PeerMetrics {
             DisconnectReason::Leaving => c.leaving += 1,
             DisconnectReason::GoodbyeReceived => c.goodbye += 1,
             DisconnectReason::Banned => c.banned += 1,
+            DisconnectReason::Silent => c.silent += 1,
             _ => c.other += 1,
         }
     }
@@ -452,6 +456,9 @@ pub struct Report {
     pub sessions: usize,
     /// Wall-clock time of the run, s.
     pub wall_s: f64,
+    /// CPU time of the run (user + system, all threads), s: on a shared machine the fairer
+    /// figure than wall time.
+    pub cpu_s: f64,
     /// Peak resident memory of the process (VmHWM), MiB.
     pub peak_mem_mib: f64,
     /// Events processed.
@@ -510,13 +517,40 @@ pub struct Report {
     pub goals: Vec<Goal>,
 }
 
+/// CPU time this process has used so far (user + system, every thread, including threads that
+/// ended), s; 0 when unknown. Read from `/proc/self/stat`, whose tick is `USER_HZ` = 100 on Linux.
+pub fn cpu_seconds() -> f64 {
+    std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|s| {
+            // Fields after the command name (which may hold spaces): state is field 3, utime 14,
+            // stime 15 (1-based), i.e. index 11 and 12 after the closing parenthesis.
+            let rest = &s[s.rfind(')')? + 1..];
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            let utime: f64 = f.get(11)?.parse().ok()?;
+            let stime: f64 = f.get(12)?.parse().ok()?;
+            Some((utime + stime) / 100.0)
+        })
+        .unwrap_or(0.0)
+}
+
 /// Peak resident set (VmHWM) of this process, MiB; 0 when unknown.
 pub fn peak_mem_mib() -> f64 {
+    status_mib("VmHWM:")
+}
+
+/// Resident set (VmRSS) of this process now, MiB; 0 when unknown.
+pub fn rss_mib() -> f64 {
+    status_mib("VmRSS:")
+}
+
+/// A kB field of `/proc/self/status`, in MiB.
+fn status_mib(field: &str) -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
             s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
+                .find(|l| l.starts_with(field))
                 .and_then(|l| l.split_whitespace().nth(1))
                 .and_then(|kb| kb.parse::<f64>().ok())
         })
@@ -549,6 +583,7 @@ impl Report {
         events: u64,
         core_inputs: u64,
         wall_s: f64,
+        cpu_s: f64,
     ) -> Report {
         let published = metrics.first().map(|m| m.published).unwrap_or(0);
         let mut lat_all: Vec<u32> = Vec::new();
@@ -722,6 +757,7 @@ impl Report {
             config: cfg.clone(),
             sessions: specs.len(),
             wall_s,
+            cpu_s,
             peak_mem_mib: peak_mem_mib(),
             events,
             core_inputs,
@@ -908,7 +944,7 @@ impl Report {
         );
         let _ = writeln!(
             s,
-            "  connections        {} opened, {} tracker offers, {} relayed offers, {} expired; cuts: useless {} (+{} honest), surplus {}, protocol {}, malformed {}, flood {}, banned {}, other {}",
+            "  connections        {} opened, {} tracker offers, {} relayed offers, {} expired; cuts: useless {} (+{} honest), surplus {}, protocol {}, malformed {}, flood {}, banned {}, silent {}, other {}",
             self.connections,
             self.tracker_offers,
             self.pex_offers,
@@ -920,6 +956,7 @@ impl Report {
             se.cuts.malformed,
             se.cuts.flood,
             se.cuts.banned,
+            se.cuts.silent,
             se.cuts.other
         );
         if self.sent_unconnected + self.out_of_order_plays + self.past_timers > 0 {
@@ -937,8 +974,8 @@ impl Report {
         }
         let _ = writeln!(
             s,
-            "  run                {:.1} s wall, peak memory {:.0} MiB, {} events, {} core inputs, {} threads",
-            self.wall_s, self.peak_mem_mib, self.events, self.core_inputs, c.threads
+            "  run                {:.1} s wall, {:.1} s CPU, peak memory {:.0} MiB, {} events, {} core inputs, {} threads",
+            self.wall_s, self.cpu_s, self.peak_mem_mib, self.events, self.core_inputs, c.threads
         );
         let _ = writeln!(s, "  goals (issue 4):");
         for g in &self.goals {

@@ -41,12 +41,17 @@ pub struct Progress {
     pub events: u64,
     /// Wall time so far, s.
     pub wall_s: f64,
+    /// CPU time of the run so far (all threads), s.
+    pub cpu_s: f64,
+    /// Resident memory of the process now (VmRSS), MiB.
+    pub rss_mib: f64,
 }
 
 /// Runs one scenario to the end; `progress` is called about once per simulated second.
 pub fn run(cfg: &SimConfig, mut progress: impl FnMut(&Progress)) -> Result<Report, ConfigError> {
     cfg.validate()?;
     let started = std::time::Instant::now();
+    let cpu0 = metrics::cpu_seconds();
     let specs = population::generate(cfg);
     let truth = engine::Truth::generate(cfg);
     let mut eng = engine::Engine::new(cfg, &specs, &truth);
@@ -60,6 +65,8 @@ pub fn run(cfg: &SimConfig, mut progress: impl FnMut(&Progress)) -> Result<Repor
             online: eng.online(),
             events: eng.stats.events,
             wall_s: started.elapsed().as_secs_f64(),
+            cpu_s: metrics::cpu_seconds() - cpu0,
+            rss_mib: metrics::rss_mib(),
         });
     }
     eng.finish();
@@ -72,5 +79,6 @@ pub fn run(cfg: &SimConfig, mut progress: impl FnMut(&Progress)) -> Result<Repor
         stats.events,
         stats.inputs,
         started.elapsed().as_secs_f64(),
+        metrics::cpu_seconds() - cpu0,
     ))
 }

@@ -33,9 +33,9 @@ const MAX_PUMP_ROUNDS: usize = 8;
 const MEDIA_SILENCE_MS: f64 = 8_000.0;
 
 /// After playing, no media for this long: the viewer rejoins the swarm from scratch (new peer
-/// id, new core state). A restarted broadcaster numbers its segments from 0 again, which a
-/// viewer holding the old session's state would take as old data; rejoining makes "waiting for
-/// the broadcast to resume" end when it does.
+/// id, new core state). A restarted broadcaster numbers its segments from 0 again; the core
+/// notices as soon as one of the new session's headers reaches it
+/// ([`Output::SourceRestarted`]), and this is the fallback when none does.
 const REJOIN_AFTER_SILENCE_MS: f64 = 12_000.0;
 
 /// Everything one peer runs. Lives in an `Rc<RefCell<_>>` owned by [`SwarmPeer`].
@@ -76,6 +76,8 @@ pub(crate) struct Driver {
     ever_media: bool,
     /// Segments were played since the last (re)join.
     had_play: bool,
+    /// The core reported [`Output::SourceRestarted`]: rejoin once its outputs are drained.
+    rejoin_pending: bool,
 }
 
 /// Upload and download rates, from the core's byte counters sampled once a second.
@@ -141,6 +143,10 @@ impl Driver {
                     .handle_input(now, Input::Buffered { peer, bytes });
             }
         }
+        if std::mem::take(&mut self.rejoin_pending) {
+            // Not from inside the drain loop: rejoining replaces the core being drained.
+            return self.rejoin();
+        }
         self.arm_core_timer();
     }
 
@@ -149,7 +155,7 @@ impl Driver {
             Output::Transmit { peer, data } => {
                 #[cfg(feature = "test-hooks")]
                 let data = if self.test_corrupt {
-                    crate::client::test_hooks::corrupt_transmit(data)
+                    bytes::Bytes::from(crate::client::test_hooks::corrupt_transmit(data.to_vec()))
                 } else {
                     data
                 };
@@ -187,6 +193,10 @@ impl Driver {
             }
             Output::Connect { peer } => self.connect_via_relay(peer),
             Output::Signal { from, payload } => self.on_relayed_signal(from, payload),
+            Output::SourceRestarted => {
+                util::warn("the broadcaster restarted the stream: rejoining");
+                self.rejoin_pending = true;
+            }
         }
     }
 
@@ -367,6 +377,7 @@ impl Driver {
             self.trackers.iter().filter(|t| t.is_open()).count() as f64,
         );
         util::set(&o, "connections", self.rtc.len() as f64);
+        util::set(&o, "connectionsOpen", self.rtc.open_count() as f64);
         let p = self.player.as_ref();
         let opt = |v: Option<f64>| v.map(JsValue::from_f64).unwrap_or(JsValue::NULL);
         util::set(&o, "latencyMs", opt(p.and_then(|p| p.latency_ms())));
@@ -563,6 +574,7 @@ impl SwarmPeer {
                 last_media_ms: None,
                 ever_media: false,
                 had_play: false,
+                rejoin_pending: false,
             })
         });
         Ok(SwarmPeer { inner })

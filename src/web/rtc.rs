@@ -102,6 +102,11 @@ impl Rtc {
         self.conns.len()
     }
 
+    /// Connections whose data channel the core was told is open (dead ones count until closed).
+    pub(crate) fn open_count(&self) -> usize {
+        self.conns.values().filter(|c| c.open).count()
+    }
+
     /// Connections (open or being set up) made through a tracker.
     #[cfg(feature = "test-hooks")]
     pub(crate) fn via_tracker(&self) -> usize {

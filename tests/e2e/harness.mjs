@@ -224,6 +224,30 @@ export async function launchBrowser() {
 }
 
 /**
+ * Launches a second, separate Chromium (its own process tree) whose pages can be made to vanish
+ * at once: `kill()` sends SIGKILL to that browser, so its peers send no goodbye, no `stopped`
+ * announce and no SCTP shutdown: the departure a crashed tab or a pulled cable looks like.
+ */
+export async function launchKillableBrowser() {
+  if (!fs.existsSync(CHROMIUM)) throw new Error(`${CHROMIUM} missing (apt-get install chromium)`);
+  const server = await withTimeout(
+    chromium.launchServer({ executablePath: CHROMIUM, headless: true, args: CHROMIUM_ARGS }),
+    60_000,
+    'chromium launchServer',
+  );
+  const pid = server.process().pid;
+  childPids.add(pid);
+  onCleanup(() => server.kill());
+  const browser = await withTimeout(chromium.connect(server.wsEndpoint()), 30_000, 'chromium connect');
+  const kill = async () => {
+    // BrowserServer.kill() SIGKILLs the browser process (ours, started above) and waits for it.
+    await withTimeout(server.kill(), 15_000, 'killing the second browser');
+    childPids.delete(pid);
+  };
+  return { browser, pid, kill };
+}
+
+/**
  * Opens `url` in a new browser context (its own cookies, storage and WebRTC stack, like a separate
  * person). The page's console and errors go to `<out>/<name>.console.log`.
  */

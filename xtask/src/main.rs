@@ -292,14 +292,44 @@ fn demo(args: &[String]) -> Result {
     run(Command::new(cargo()).args(["build", "--release", "--package", "swarmcast-signaling"]))?;
     let server = root().join("target/release/swarmcast-signaling");
     let addr = format!("127.0.0.1:{port}");
-    println!();
-    println!("swarmcast demo: open http://{addr}/demo.html");
-    println!("  (a test-pattern broadcast starts in the page; open more tabs of the viewer link it shows)");
-    println!("  broadcaster page: http://{addr}/broadcast.html   stop with Ctrl-C");
-    println!();
-    run(Command::new(server)
+    // The links are printed once the server says it listens (its first stdout line), not
+    // before: a busy port must read as the server's error, not as a dead link.
+    let mut child = Command::new(server)
         .args(["--listen", &addr, "--static-dir"])
-        .arg(root().join("www")))
+        .arg(root().join("www"))
+        .current_dir(root())
+        .stdout(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("starting swarmcast-signaling: {e}"))?;
+    let mut lines =
+        std::io::BufRead::lines(std::io::BufReader::new(child.stdout.take().expect("piped")));
+    match lines.next() {
+        Some(Ok(first)) if first.starts_with("listening on ") => {
+            let base = first.trim_start_matches("listening on ").trim().to_string();
+            println!("{first}");
+            println!();
+            println!("swarmcast demo: open {base}/demo.html");
+            println!("  (a test-pattern broadcast starts in the page; open more tabs of the viewer link it shows)");
+            println!("  broadcaster page: {base}/broadcast.html   stop with Ctrl-C");
+            println!();
+        }
+        other => {
+            let status = child.wait().map_err(|e| e.to_string())?;
+            return Err(format!(
+                "swarmcast-signaling did not start on {addr} ({status}; first output {other:?}); \
+                 another program may hold the port: try `cargo xtask demo --port 8090`"
+            ));
+        }
+    }
+    for line in lines.map_while(|l| l.ok()) {
+        println!("{line}");
+    }
+    let status = child.wait().map_err(|e| e.to_string())?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("swarmcast-signaling exited with {status}"))
+    }
 }
 
 fn flag_value(args: &[String], flag: &str) -> Option<String> {

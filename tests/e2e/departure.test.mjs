@@ -1,0 +1,98 @@
+// Abrupt departure: viewers that vanish without a word (their browser SIGKILLed: no goodbye, no
+// `stopped` announce, no data-channel close) while others are fed through them. The viewers that
+// stay must keep playing within the usual bounds and must drop the dead peers from their
+// neighbour sets on their own (ICE/data-channel failure and the core's stall timeouts), not hang on
+// to them.
+
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import { after, test } from 'node:test';
+import {
+  Monitor,
+  cleanup,
+  launchBrowser,
+  launchKillableBrowser,
+  neighbourCount,
+  openBroadcaster,
+  openViewers,
+  outDir,
+  sleep,
+  startSignaling,
+  summaryLine,
+  violations,
+} from './harness.mjs';
+
+after(cleanup);
+
+const DOOMED = 2;
+const STAYING = 4;
+const STARTUP_MS = 45_000;
+const BEFORE_MS = 12_000;
+const AFTER_MS = 20_000;
+
+test('viewers SIGKILLed mid-stream: the others play on and drop them', { timeout: 240_000 }, async () => {
+  const out = outDir('departure');
+  const server = await startSignaling(out);
+  const browser = await launchBrowser();
+  const doomedBrowser = await launchKillableBrowser();
+  const source = await openBroadcaster(browser, out, server.url);
+  const url = (n) => `${server.url}/watch.html?stream=${encodeURIComponent(source.streamId)}&stats=1#${n}`;
+  const monitor = new Monitor(out);
+  monitor.start();
+
+  // The doomed viewers join first, so that they hold tree positions the later ones hang under.
+  const doomed = await openViewers(doomedBrowser.browser, out, url, [...Array(DOOMED)].map((_, i) => `doomed${i}`));
+  doomed.forEach((v) => monitor.add(v));
+  await monitor.waitStarted(doomed.map((v) => v.name), STARTUP_MS);
+  const staying = await openViewers(browser, out, url, [...Array(STAYING)].map((_, i) => `staying${i}`));
+  staying.forEach((v) => monitor.add(v));
+  await monitor.waitStarted(staying.map((v) => v.name), STARTUP_MS);
+  await sleep(BEFORE_MS);
+
+  const stats = (v) => v.page.evaluate(() => JSON.parse(JSON.stringify(window.swarmcastPlayers[0].stats())));
+  const doomedStats = await Promise.all(doomed.map(stats));
+  const stayingBefore = await Promise.all(staying.map(stats));
+  const doomedUp = doomedStats.reduce((a, s) => a + (s.bytesUp ?? 0), 0);
+
+  for (const v of doomed) monitor.remove(v.name);
+  for (const p of [source, ...staying]) p.log(`the doomed browser (pid ${doomedBrowser.pid}) is SIGKILLed now`);
+  const killedAt = Date.now();
+  await doomedBrowser.kill();
+
+  await sleep(AFTER_MS);
+  const to = Date.now();
+  const figs = staying.map((v) => monitor.figures(v.name, killedAt, to));
+  const stayingAfter = await Promise.all(staying.map(stats));
+  await staying[0].page.screenshot({ path: `${out}/staying0.png` });
+  await monitor.stop();
+  for (const [i, v] of staying.entries()) {
+    monitor.writeJson(v.name, { afterKill: figs[i], statsBefore: stayingBefore[i], statsAfter: stayingAfter[i] });
+  }
+  fs.writeFileSync(`${out}/doomed.json`, JSON.stringify(doomedStats, null, 1));
+
+  const fromPeersAfter = stayingAfter.reduce((a, s, i) => a + s.bytesFromPeers - stayingBefore[i].bytesFromPeers, 0);
+  const fromSourceAfter = stayingAfter.reduce((a, s, i) => a + s.bytesFromSource - stayingBefore[i].bytesFromSource, 0);
+  summaryLine(
+    'departure',
+    figs,
+    `${DOOMED} viewers SIGKILLed after uploading ${(doomedUp / 1e6).toFixed(2)} MB; afterwards ` +
+      `${((100 * fromPeersAfter) / Math.max(1, fromPeersAfter + fromSourceAfter)).toFixed(0)} % of the rest's bytes from peers, ` +
+      `neighbours ${stayingAfter.map(neighbourCount).join('/')}, open connections ${stayingAfter.map((s) => s.connectionsOpen).join('/')}`,
+  );
+
+  const problems = [];
+  // The departure must have mattered: the doomed viewers were carrying data for someone.
+  if (!(doomedUp > 0)) problems.push(`the doomed viewers uploaded nothing before the kill (${doomedUp} B)`);
+  for (const [i, f] of figs.entries()) {
+    const bad = violations(f);
+    // Dead peers are gone from the neighbour set and their connections are closed: only the
+    // source and the other staying viewers are left. (`connections` also counts tracker offers
+    // still awaiting an answer, so the open ones are what is checked.)
+    const after = stayingAfter[i];
+    if (neighbourCount(after) > STAYING) bad.push(`still ${neighbourCount(after)} neighbours (at most ${STAYING} alive)`);
+    if (!(after.connectionsOpen <= STAYING)) bad.push(`still ${after.connectionsOpen} open connections (at most ${STAYING} alive)`);
+    if (after.state !== 'playing') bad.push(`state ${after.state} ${after.message ?? ''}`);
+    if (bad.length) problems.push(`${f.name}: ${bad.join('; ')}`);
+  }
+  assert.deepEqual(problems, [], `see ${out}/*.json and *.console.log`);
+});
