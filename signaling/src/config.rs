@@ -90,6 +90,13 @@ pub struct Config {
     #[arg(long, env = "SWARMCAST_SEND_QUEUE", default_value_t = 256)]
     pub send_queue: usize,
 
+    /// What a full send queue means. `close` (default): the connection is a slow reader and is
+    /// closed, as issue 5 asks. `drop`: the message that does not fit is discarded and the
+    /// connection kept (what aquatic_ws does with its 16-message queue); a reader that stops
+    /// reading altogether is still closed by `--send-timeout`. Memory is bounded either way.
+    #[arg(long, env = "SWARMCAST_ON_FULL_QUEUE", value_enum, default_value_t = FullQueue::Close)]
+    pub on_full_queue: FullQueue,
+
     /// Seconds a socket write may block before the connection is closed.
     #[arg(long, env = "SWARMCAST_SEND_TIMEOUT", default_value_t = 10.0)]
     pub send_timeout: f64,
@@ -101,6 +108,15 @@ pub struct Config {
     /// Seconds to wait for connections to close on SIGTERM/SIGINT.
     #[arg(long, env = "SWARMCAST_SHUTDOWN_GRACE", default_value_t = 5.0)]
     pub shutdown_grace: f64,
+}
+
+/// The policy for a connection whose send queue is full ([`Config::on_full_queue`]).
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FullQueue {
+    /// Close the connection (1008, counted as `slow_reader`).
+    Close,
+    /// Discard the message (counted as `queue_full`), keep the connection.
+    Drop,
 }
 
 impl Config {

@@ -48,6 +48,7 @@ pub const REASONS: &[&str] = &[
     "answer_unmatched",
     "frame_too_large",
     "slow_reader",
+    "queue_full",
     "idle_timeout",
     "origin",
     "too_many_connections",

@@ -82,7 +82,12 @@ fn push_json_char(out: &mut String, c: char) {
         '\u{8}' => out.push_str("\\b"),
         '\u{c}' => out.push_str("\\f"),
         c if (c as u32) < 0x20 => {
-            let _ = write!(out, "\\u{:04x}", c as u32);
+            // `\u00XX` without the formatting machinery: 20-byte ids are full of these.
+            const HEX: &[u8; 16] = b"0123456789abcdef";
+            let b = c as usize;
+            out.push_str("\\u00");
+            out.push(char::from(HEX[b >> 4]));
+            out.push(char::from(HEX[b & 15]));
         }
         c => out.push(c),
     }

@@ -22,10 +22,18 @@ use tokio::sync::{mpsc, Notify};
 use crate::metrics::Kind;
 use crate::protocol::{self, Announce, Event, Id20, Scrape, ScrapeStats};
 
-/// Offers remembered per receiving connection for answer validation. The reference client
-/// sends at most 5 offers per announce and gives up on an offer after 50 s, so 128 outstanding
-/// offers per connection is plenty; older ones are forgotten first.
-pub const MAX_PENDING_OFFERS: usize = 128;
+/// Offers remembered per receiving connection for answer validation; older ones are forgotten
+/// first. A connection answers an offer only after reading it, and everything queued ahead of
+/// it (our send queue, then both kernels' socket buffers, easily a few hundred messages on a
+/// busy connection) is read first: 128, the earlier bound, made aquatic_ws_load_test's answers
+/// fail, since it answers offers read hundreds of messages after we queued them. 1,024 covers
+/// that; an entry is 16 bytes and the list grows only with offers actually sent, so an idle
+/// connection pays nothing and a flooded one at most 16 KiB.
+pub const MAX_PENDING_OFFERS: usize = 1024;
+
+/// How long an offer can be answered, seconds (aquatic_ws's `max_offer_age`; the reference
+/// client gives up on an offer after 50 s).
+pub const OFFER_TTL_SECS: u32 = 120;
 
 /// One message queued for a connection.
 #[derive(Debug)]
@@ -48,6 +56,8 @@ pub struct ConnHandle {
     /// Notified once when the connection must close because it cannot keep up.
     pub kill: Notify,
     killed: AtomicBool,
+    /// `--on-full-queue drop`: a message that does not fit is discarded instead.
+    drop_when_full: bool,
 }
 
 /// What happened to a message handed to [`ConnHandle::send`].
@@ -57,6 +67,8 @@ pub enum SendOutcome {
     Queued,
     /// The queue was full: the connection has been told to close.
     Overflow,
+    /// The queue was full and the message was discarded (`--on-full-queue drop`).
+    Dropped,
     /// The connection is gone already.
     Closed,
 }
@@ -71,13 +83,21 @@ impl ConnHandle {
             tx,
             kill: Notify::new(),
             killed: AtomicBool::new(false),
+            drop_when_full: false,
         }
+    }
+
+    /// Makes a full queue discard the message instead of closing the connection.
+    pub fn drop_when_full(mut self, yes: bool) -> ConnHandle {
+        self.drop_when_full = yes;
+        self
     }
 
     /// Queues `out` without waiting; on overflow marks the connection for closing.
     pub fn send(&self, out: Out) -> SendOutcome {
         match self.tx.try_send(Box::new(out)) {
             Ok(()) => SendOutcome::Queued,
+            Err(mpsc::error::TrySendError::Full(_)) if self.drop_when_full => SendOutcome::Dropped,
             Err(mpsc::error::TrySendError::Full(_)) => {
                 if !self.killed.swap(true, Ordering::Relaxed) {
                     self.kill.notify_one();
@@ -188,11 +208,12 @@ impl Swarm {
 }
 
 /// An offer forwarded to a connection, awaiting its answer: a keyed hash of
-/// `(info_hash, offer_id, offerer)` (16 bytes per entry instead of 56; with a per-process
-/// SipHash key a client cannot aim for collisions) and the offerer's connection.
+/// `(info_hash, offer_id, offerer peer_id, offerer connection)` (with a per-process SipHash key
+/// a client cannot aim for collisions) and when it was sent (seconds since the tracker's
+/// epoch): 16 bytes per entry.
 struct Pending {
     key: u64,
-    from_conn: u64,
+    at_secs: u32,
 }
 
 struct ConnState {
@@ -225,6 +246,8 @@ pub struct Tracker {
     peers: usize,
     rng: Rng,
     hasher: RandomState,
+    /// Origin of [`Pending::at_secs`]: the first time the tracker was handed.
+    epoch: Option<Instant>,
 }
 
 impl Tracker {
@@ -239,6 +262,7 @@ impl Tracker {
             peers: 0,
             rng: Rng(seed),
             hasher,
+            epoch: None,
         }
     }
 
@@ -294,8 +318,15 @@ impl Tracker {
         true
     }
 
-    fn offer_key(&self, info_hash: &Id20, offer_id: &str, from_peer: &Id20) -> u64 {
-        self.hasher.hash_one((info_hash, offer_id, from_peer))
+    fn offer_key(&self, info_hash: &Id20, offer_id: &str, from_peer: &Id20, from_conn: u64) -> u64 {
+        self.hasher
+            .hash_one((info_hash, offer_id, from_peer, from_conn))
+    }
+
+    /// `now` in whole seconds since the tracker's epoch (set by the first call).
+    fn secs(&mut self, now: Instant) -> u32 {
+        let epoch = *self.epoch.get_or_insert(now);
+        u32::try_from(now.saturating_duration_since(epoch).as_secs()).unwrap_or(u32::MAX)
     }
 
     /// Handles an announce from connection `conn` read at `now`.
@@ -337,16 +368,17 @@ impl Tracker {
         let mut deliveries = Vec::with_capacity(a.offers.len());
         if !a.offers.is_empty() {
             let picks = self.pick(&a.info_hash, a.offers.len(), &a.peer_id);
+            let at_secs = self.secs(now);
             for (offer, to) in a.offers.iter().zip(picks) {
-                let key = self.offer_key(&a.info_hash, &offer.offer_id, &a.peer_id);
+                let key = self.offer_key(&a.info_hash, &offer.offer_id, &a.peer_id, conn);
                 if let Some(st) = self.conns.get_mut(&to.id) {
-                    if st.pending.len() >= MAX_PENDING_OFFERS {
+                    while st.pending.front().is_some_and(|p| {
+                        st.pending.len() >= MAX_PENDING_OFFERS
+                            || at_secs.saturating_sub(p.at_secs) > OFFER_TTL_SECS
+                    }) {
                         st.pending.pop_front();
                     }
-                    st.pending.push_back(Pending {
-                        key,
-                        from_conn: conn,
-                    });
+                    st.pending.push_back(Pending { key, at_secs });
                 }
                 deliveries.push(Delivery {
                     to,
@@ -484,22 +516,28 @@ impl Tracker {
         answer: &protocol::Answer,
         now: Instant,
     ) -> Result<Outcome, Refusal> {
-        let key = self.offer_key(&a.info_hash, &answer.offer_id, &answer.to_peer_id);
-        let st = self.conns.get_mut(&conn).ok_or(Refusal::AnswerUnmatched)?;
-        let pos = st
-            .pending
-            .iter()
-            .position(|p| p.key == key)
-            .ok_or(Refusal::AnswerUnmatched)?;
-        let from_conn = st.pending[pos].from_conn;
-        st.pending.remove(pos);
+        // The offerer must still be in the swarm; the connection it is on now is part of the
+        // key, so an offer made on a connection since replaced cannot be answered.
         let to = self
             .swarms
             .get(&a.info_hash)
             .and_then(|s| s.index.get(&answer.to_peer_id).map(|&i| &s.peers[i]))
-            .filter(|p| p.conn.id == from_conn)
             .map(|p| p.conn.clone())
             .ok_or(Refusal::AnswerUnmatched)?;
+        let key = self.offer_key(&a.info_hash, &answer.offer_id, &answer.to_peer_id, to.id);
+        let now_secs = self.secs(now);
+        let st = self.conns.get_mut(&conn).ok_or(Refusal::AnswerUnmatched)?;
+        // Newest first: an answer usually follows its offer closely.
+        let pos = st
+            .pending
+            .iter()
+            .rposition(|p| p.key == key)
+            .ok_or(Refusal::AnswerUnmatched)?;
+        let fresh = now_secs.saturating_sub(st.pending[pos].at_secs) <= OFFER_TTL_SECS;
+        st.pending.remove(pos);
+        if !fresh {
+            return Err(Refusal::AnswerUnmatched);
+        }
         Ok(Outcome {
             reply: None,
             deliveries: vec![Delivery {
@@ -665,5 +703,58 @@ mod tests {
             1
         );
         assert_eq!(t.peer_count(), 0);
+    }
+
+    /// The answer to the newest offer sent to a connection is matched however many offers
+    /// it was sent since, up to [`MAX_PENDING_OFFERS`]; older and expired ones are not.
+    #[test]
+    fn pending_offers_are_bounded_by_count_and_age() {
+        let mut t = Tracker::new(limits());
+        let now = Instant::now();
+        let _a = conn(&mut t, 1);
+        let _b = conn(&mut t, 2);
+        t.announce(1, announce(9, 1, 0), now).unwrap();
+        let answer = |offer_id: String| {
+            let mut ans = announce(9, 1, 0);
+            ans.answer = Some(protocol::Answer {
+                to_peer_id: Id20([2; 20]),
+                offer_id,
+                answer: serde_json::value::RawValue::from_string("{}".into()).unwrap(),
+            });
+            ans
+        };
+        // Conn 2 sends one offer per announce to conn 1 (the only other peer), with distinct
+        // ids: more than the bound in all.
+        let n = MAX_PENDING_OFFERS + 10;
+        for i in 0..n {
+            let mut a = announce(9, 2, 1);
+            a.offers[0].offer_id = format!("x{i}");
+            assert_eq!(t.announce(2, a, now).unwrap().deliveries.len(), 1);
+        }
+        // The oldest ten are forgotten; the 11th oldest and the newest still match.
+        assert_eq!(
+            t.announce(1, answer("x9".into()), now).err(),
+            Some(Refusal::AnswerUnmatched)
+        );
+        assert_eq!(
+            t.announce(1, answer("x10".into()), now)
+                .unwrap()
+                .deliveries
+                .len(),
+            1
+        );
+        assert_eq!(
+            t.announce(1, answer(format!("x{}", n - 1)), now)
+                .unwrap()
+                .deliveries
+                .len(),
+            1
+        );
+        // Past the offer TTL nothing matches.
+        let late = now + Duration::from_secs(u64::from(OFFER_TTL_SECS) + 2);
+        assert_eq!(
+            t.announce(1, answer("x11".into()), late).err(),
+            Some(Refusal::AnswerUnmatched)
+        );
     }
 }

@@ -257,3 +257,45 @@ async fn slow_reader_is_dropped() {
     assert_eq!(st.metrics.rejected("slow_reader"), 1);
     server.shutdown().await;
 }
+
+/// `--on-full-queue drop`: a reader that falls behind keeps its connection; what does not fit
+/// in its queue is discarded and counted, and memory stays bounded all the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_queue_drop_policy_keeps_the_connection() {
+    let mut cfg = config();
+    cfg.send_queue = 8;
+    cfg.send_timeout = 30.0;
+    cfg.rate = 0.0;
+    cfg.max_message_bytes = 256 * 1024;
+    cfg.on_full_queue = swarmcast_signaling::config::FullQueue::Drop;
+    let server = start(cfg).await;
+    let ih = id(1);
+    let mut slow = Client::connect(server.addr).await;
+    slow.announce(&ih, &id(2), json!([])).await;
+    let mut fast = Client::connect(server.addr).await;
+    fast.announce(&ih, &id(3), json!([])).await;
+    let big = "s".repeat(60_000);
+    let offer = json!([{"offer": {"type": "offer", "sdp": big}, "offer_id": "o"}]);
+    let st = server.state.clone();
+    let m = json!({"action":"announce","info_hash":ih,"peer_id":id(3),"offers":offer}).to_string();
+    for _ in 0..2000 {
+        futures_util::SinkExt::send(&mut fast.ws, Message::Text(m.clone().into()))
+            .await
+            .unwrap();
+        while fast.try_recv(Duration::from_millis(0)).await.is_some() {}
+        if st.metrics.rejected("queue_full") > 0 {
+            break;
+        }
+    }
+    assert!(st.metrics.rejected("queue_full") > 0, "offers were dropped");
+    assert_eq!(st.metrics.rejected("slow_reader"), 0);
+    assert_eq!(st.sizes(), (1, 2), "the slow reader is still in its swarm");
+    // It is still served: it reads what was queued, then a fresh offer reaches it.
+    while slow.try_recv(Duration::from_millis(300)).await.is_some() {}
+    fast.send(json!({"action":"announce","info_hash":ih,"peer_id":id(3),
+        "offers":[{"offer":{"type":"offer","sdp":"fresh"},"offer_id":"f"}]}))
+        .await;
+    let got = slow.recv().await;
+    assert_eq!(got["offer"]["sdp"], "fresh");
+    server.shutdown().await;
+}
