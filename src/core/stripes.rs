@@ -33,6 +33,8 @@ const UPGRADE_MARGIN_MS: u64 = 80;
 /// soft form of SplitStream's rule (a peer interior in one stripe tree, a leaf in the others)
 /// makes children of one stripe gather at the same parents, so trees get wide, not deep.
 const OFF_PRIMARY_PENALTY_MS: u64 = 60;
+/// A stripe without a parent this long means the swarm lacks upload for us (capacity signal).
+const SHORT_AFTER: Duration = Duration::from_secs(2);
 /// Bitrate assumed before the first header tells the real one, kbit/s.
 const DEFAULT_BITRATE_KBPS: u32 = 2500;
 
@@ -497,6 +499,24 @@ impl Swarm {
         }
         self.choose_parents(now);
         self.upgrade_parents(now);
+        self.check_capacity(now);
+    }
+
+    /// Graceful degradation starts with saying so: a viewer missing a stripe parent for
+    /// [`SHORT_AFTER`] (every neighbour's upload taken) reports
+    /// [`super::Stats::capacity_short`], so that the player can show "not enough upload in this
+    /// swarm" rather than an endless spinner. Who gets the scarce slots is decided by
+    /// displacement (stronger uploads take weaker children's places at every level), so the
+    /// viewers that forward stay served and the weakest starve first.
+    fn check_capacity(&mut self, now: Instant) {
+        // Without neighbours the problem is connectivity, not capacity.
+        if self.stats.neighbours == 0 || self.stripes.iter().all(|st| st.parent.is_some()) {
+            self.short_since = None;
+            self.stats.capacity_short = false;
+            return;
+        }
+        let since = *self.short_since.get_or_insert(now);
+        self.stats.capacity_short = now.saturating_duration_since(since) >= SHORT_AFTER;
     }
 
     /// A segment learned after `since` and older than the stall timeout has pieces on stripe
