@@ -464,6 +464,13 @@ fn thirty_viewers_play_everything_in_order_and_the_source_stays_capped() {
         worst_start <= 12,
         "a viewer started at segment {worst_start}"
     );
+    // Upload to spare everywhere: nobody may claim the swarm is short of capacity.
+    for (i, n) in net.nodes.iter().enumerate().skip(1) {
+        assert!(
+            !n.swarm.stats().capacity_short,
+            "viewer {i} reports insufficient capacity"
+        );
+    }
 
     // The source's cap: 3 × bitrate over the run, plus the bucket's burst (a quarter second).
     let src = net.nodes[0].swarm.stats().clone();
@@ -729,6 +736,53 @@ fn a_restarted_source_is_noticed_from_its_first_genuine_header_and_replays_are_n
     }
     assert_eq!(feed(&mut v, them, header(0, 1_010_000)), (1, vec![]));
     assert_eq!(feed(&mut v, them, header(1, 1_010_200)), (0, vec![]));
+    assert_eq!(v.stats().neighbours, 1);
+}
+
+#[test]
+fn a_viewer_whose_neighbours_have_no_upload_to_spare_says_capacity_is_short() {
+    let (mut v, them, hs) = lone_viewer();
+    v.handle_input(
+        Instant::ZERO,
+        Input::Receive {
+            peer: them,
+            data: &hs,
+        },
+    );
+    // The only neighbour receives no stripe itself: nobody can be our parent.
+    let status = Message::Status {
+        depths: vec![255; 4],
+        free: 0,
+        displace_kbps: u32::MAX,
+    }
+    .encode();
+    v.handle_input(
+        Instant::ZERO,
+        Input::Receive {
+            peer: them,
+            data: &status,
+        },
+    );
+    let mut short_at = None;
+    for ms in (100..=3000).step_by(100) {
+        let now = Instant::from_micros(ms * 1000);
+        // Keep the neighbour alive (it answers pings; any message counts).
+        let pong = Message::Pong { token: 0 }.encode();
+        v.handle_input(
+            now,
+            Input::Receive {
+                peer: them,
+                data: &pong,
+            },
+        );
+        v.handle_input(now, Input::Timeout);
+        while v.poll_output().is_some() {}
+        if v.stats().capacity_short && short_at.is_none() {
+            short_at = Some(ms);
+        }
+    }
+    let at = short_at.expect("capacity_short never reported");
+    assert!((2000..=2300).contains(&at), "reported at {at} ms");
     assert_eq!(v.stats().neighbours, 1);
 }
 

@@ -52,6 +52,23 @@ impl Swarm {
         }
     }
 
+    /// Token-bucket rate (bytes/s) and depth (bytes). A viewer paces at its upload with a 50 ms
+    /// burst: whatever the bucket lets out sits in its uplink ahead of the next fresh piece. The
+    /// source's cap must hold over every second, keyframe segments included (they are several
+    /// times the size of the others and used to burst it to ~3.2x over their second): a
+    /// two-message burst, and the rate lowered by that burst plus the one message the bucket may
+    /// overdraw, so that `rate × 1 s + burst + one message <= cap × 1 s`.
+    fn pacing(&self) -> (u64, u64) {
+        let rate = self.upload_rate();
+        let msg = MAX_MESSAGE_SIZE as u64;
+        if self.is_source() {
+            let burst = 2 * msg;
+            (rate.saturating_sub(burst + msg).max(rate / 2), burst)
+        } else {
+            (rate, (rate / 20).max(2 * msg))
+        }
+    }
+
     /// Bytes a neighbour's transport may hold before we stop feeding it: about 100 ms of our
     /// upload (every byte there delays the next fresh piece), at least one full message, at
     /// most [`super::Config::send_budget`].
@@ -79,16 +96,7 @@ impl Swarm {
     /// and among equals the neighbour with the most upload (it forwards to the most others), then
     /// round-robin.
     pub(crate) fn flush(&mut self, now: Instant) {
-        let rate = self.upload_rate();
-        // The source may burst a quarter second (a segment's pieces start at once; its cap
-        // still holds within that over any span). A viewer bursts 50 ms: whatever the bucket
-        // lets out sits in its uplink ahead of the next fresh piece.
-        let burst = if self.is_source() {
-            rate / 4
-        } else {
-            rate / 20
-        };
-        let burst = burst.max(2 * MAX_MESSAGE_SIZE as u64);
+        let (rate, burst) = self.pacing();
         self.bucket.refill(now, rate, burst);
         // Most inputs find nothing queued: check before collecting (no allocation then).
         if !self

@@ -33,6 +33,8 @@ const UPGRADE_MARGIN_MS: u64 = 80;
 /// soft form of SplitStream's rule (a peer interior in one stripe tree, a leaf in the others)
 /// makes children of one stripe gather at the same parents, so trees get wide, not deep.
 const OFF_PRIMARY_PENALTY_MS: u64 = 60;
+/// A stripe without a parent this long means the swarm lacks upload for us (capacity signal).
+const SHORT_AFTER: Duration = Duration::from_secs(2);
 /// Bitrate assumed before the first header tells the real one, kbit/s.
 const DEFAULT_BITRATE_KBPS: u32 = 2500;
 
@@ -166,16 +168,23 @@ impl Swarm {
         let per_stripe = self.stats.bitrate_kbps.max(1) / self.k as u32;
         let weak = n.upload_kbps < per_stripe.saturating_mul(2);
         let free_rider_at_source = self.is_source() && weak && count * 2 >= slots;
+        // The source hands each stripe to as few children as it can: while one of its children
+        // on this stripe still has free slots, that child can serve the subscriber one hop
+        // down. Small swarms then carry most bytes peer to peer, and the source's upload goes
+        // to stripes whose first-hop children are full.
+        let roomy_sibling = self.is_source() && self.stripe_child_has_room(s, peer);
         let mut accept = already
             || (depth <= MAX_DEPTH
                 && count < slots
                 && self.stripes[s].parent != Some(peer)
-                && !free_rider_at_source);
+                && !free_rider_at_source
+                && !roomy_sibling);
         if !accept
             && depth <= MAX_DEPTH
             && self.stripes[s].parent != Some(peer)
             && count >= slots
             && slots > 0
+            && !roomy_sibling
         {
             // Full: a much stronger peer takes the slot of our weakest child, which finds a
             // parent further down. Repeated at every level, this sorts the trees by upload:
@@ -200,6 +209,15 @@ impl Swarm {
                 depth,
             },
         );
+    }
+
+    /// Whether a child of ours on stripe `s` other than `peer` advertises free child slots (it
+    /// can take `peer` one hop further down).
+    fn stripe_child_has_room(&self, s: usize, peer: PeerId) -> bool {
+        self.children[s]
+            .iter()
+            .filter(|c| **c != peer)
+            .any(|c| self.neighbours.get(c).is_some_and(|n| n.free > 0))
     }
 
     /// Drops one stripe-child whose upload is at most half of `upload_kbps` (the weakest), telling
@@ -481,6 +499,24 @@ impl Swarm {
         }
         self.choose_parents(now);
         self.upgrade_parents(now);
+        self.check_capacity(now);
+    }
+
+    /// Graceful degradation starts with saying so: a viewer missing a stripe parent for
+    /// [`SHORT_AFTER`] (every neighbour's upload taken) reports
+    /// [`super::Stats::capacity_short`], so that the player can show "not enough upload in this
+    /// swarm" rather than an endless spinner. Who gets the scarce slots is decided by
+    /// displacement (stronger uploads take weaker children's places at every level), so the
+    /// viewers that forward stay served and the weakest starve first.
+    fn check_capacity(&mut self, now: Instant) {
+        // Without neighbours the problem is connectivity, not capacity.
+        if self.stats.neighbours == 0 || self.stripes.iter().all(|st| st.parent.is_some()) {
+            self.short_since = None;
+            self.stats.capacity_short = false;
+            return;
+        }
+        let since = *self.short_since.get_or_insert(now);
+        self.stats.capacity_short = now.saturating_duration_since(since) >= SHORT_AFTER;
     }
 
     /// A segment learned after `since` and older than the stall timeout has pieces on stripe

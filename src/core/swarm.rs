@@ -291,6 +291,11 @@ pub struct Stats {
     pub pieces_pulled: u64,
     /// Stripe parents abandoned because they stalled.
     pub stalls: u64,
+    /// **Insufficient swarm capacity**: this viewer has gone without a parent on some stripe
+    /// for 2 s or more because no neighbour has upload to spare for it. The player should say
+    /// so ("not enough upload in this swarm"), not just buffer. Cleared once every stripe has a
+    /// parent again.
+    pub capacity_short: bool,
 }
 
 /// Per-stripe state of a viewer: where it receives the stripe from.
@@ -385,6 +390,8 @@ pub struct Swarm {
     pub(crate) next_tick: Instant,
     pub(crate) next_pex: Instant,
     pub(crate) next_upgrade: Instant,
+    /// Since when some stripe has had no parent (capacity signal).
+    pub(crate) short_since: Option<Instant>,
     pub(crate) status_dirty: bool,
     /// Round-robin cursor of the send path.
     pub(crate) rr: u64,
@@ -456,6 +463,7 @@ impl Swarm {
             next_tick: Instant::ZERO,
             next_pex: Instant::ZERO,
             next_upgrade: Instant::ZERO,
+            short_since: None,
             status_dirty: false,
             rr: 0,
             next_seq: 0,

@@ -406,6 +406,9 @@ pub struct ClassReport {
     pub startup_p95_ms: f64,
     /// Delivery latency p95, ms.
     pub latency_p95_ms: f64,
+    /// Honest sessions whose core reported insufficient swarm capacity (`Stats::capacity_short`)
+    /// when they ended (or at the end of the run).
+    pub capacity_short: usize,
 }
 
 /// The source's load.
@@ -598,6 +601,7 @@ impl Report {
         let mut class_cont = vec![(0u64, 0u64); nclass];
         let mut class_sessions = vec![0usize; nclass];
         let mut class_never = vec![0usize; nclass];
+        let mut class_short = vec![0usize; nclass];
         let mut class_util: Vec<Vec<f64>> = vec![Vec::new(); nclass];
         let mut class_startup: Vec<Vec<u32>> = vec![Vec::new(); nclass];
         let mut class_lat: Vec<Vec<u32>> = vec![Vec::new(); nclass];
@@ -640,6 +644,9 @@ impl Report {
             let left = m.left_us.unwrap_or(cfg.duration_us);
             let online = left.saturating_sub(joined);
             let c = spec.class as usize;
+            if let Some(cs) = &m.core_stats {
+                class_short[c] += cs.capacity_short as usize;
+            }
             if online >= 10_000_000 {
                 honest_sessions += 1;
                 class_sessions[c] += 1;
@@ -723,6 +730,7 @@ impl Report {
                 utilisation_p50: median(&mut class_util[c]),
                 startup_p95_ms: Percentiles::of(&mut class_startup[c]).p95,
                 latency_p95_ms: Percentiles::of(&mut class_lat[c]).p95,
+                capacity_short: class_short[c],
             })
             .collect();
         let src = &metrics[0];
@@ -907,7 +915,7 @@ impl Report {
         for (i, cl) in self.by_class.iter().enumerate() {
             let _ = writeln!(
                 s,
-                "    class {i} ({:.1}x up): {} viewers, continuity {:.3}%, never started {}, upload use mean {:.0}% median {:.0}%, startup p95 {:.0} ms, latency p95 {:.0} ms",
+                "    class {i} ({:.1}x up): {} viewers, continuity {:.3}%, never started {}, upload use mean {:.0}% median {:.0}%, startup p95 {:.0} ms, latency p95 {:.0} ms, capacity short at end {}",
                 cl.up_multiple,
                 cl.sessions,
                 cl.continuity * 100.0,
@@ -915,7 +923,8 @@ impl Report {
                 cl.utilisation_mean * 100.0,
                 cl.utilisation_p50 * 100.0,
                 cl.startup_p95_ms,
-                cl.latency_p95_ms
+                cl.latency_p95_ms,
+                cl.capacity_short
             );
         }
         let so = &self.source;
