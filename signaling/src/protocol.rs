@@ -64,11 +64,43 @@ impl Id20 {
     /// Appends this id as a JSON string literal (quotes included), escaped the way
     /// `JSON.stringify` does, so clients compare ids byte for byte.
     pub fn write_json(&self, out: &mut String) {
-        out.push('"');
+        // Built on the stack and appended once: ids are on every message we send, and a
+        // `push` per char was a visible share of the encode time.
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut buf = [0u8; 2 + 20 * 6];
+        let mut n = 0;
+        let mut put = |bytes: &[u8]| {
+            buf[n..n + bytes.len()].copy_from_slice(bytes);
+            n += bytes.len();
+        };
+        put(b"\"");
         for &b in &self.0 {
-            push_json_char(out, char::from(b));
+            match b {
+                b'"' => put(b"\\\""),
+                b'\\' => put(b"\\\\"),
+                b'\n' => put(b"\\n"),
+                b'\r' => put(b"\\r"),
+                b'\t' => put(b"\\t"),
+                0x08 => put(b"\\b"),
+                0x0c => put(b"\\f"),
+                0..=0x1f => put(&[
+                    b'\\',
+                    b'u',
+                    b'0',
+                    b'0',
+                    HEX[usize::from(b >> 4)],
+                    HEX[usize::from(b & 15)],
+                ]),
+                0x20..=0x7f => put(&[b]),
+                // Latin-1 code point U+0080..=U+00FF as UTF-8.
+                _ => put(&[0xc0 | (b >> 6), 0x80 | (b & 0x3f)]),
+            }
         }
-        out.push('"');
+        put(b"\"");
+        // Always valid UTF-8 by construction; the check costs little on 122 bytes at most.
+        if let Ok(text) = std::str::from_utf8(&buf[..n]) {
+            out.push_str(text);
+        }
     }
 }
 
@@ -93,12 +125,20 @@ fn push_json_char(out: &mut String, c: char) {
     }
 }
 
-/// Appends `s` as a JSON string literal.
+/// Appends `s` as a JSON string literal: runs that need no escaping are copied whole.
 pub fn write_json_str(out: &mut String, s: &str) {
+    out.reserve(s.len() + 2);
     out.push('"');
-    for c in s.chars() {
-        push_json_char(out, c);
+    let mut start = 0;
+    for (i, b) in s.bytes().enumerate() {
+        if b < 0x20 || b == b'"' || b == b'\\' {
+            // `i` is at an ASCII byte, so both slices end on char boundaries.
+            out.push_str(&s[start..i]);
+            push_json_char(out, char::from(b));
+            start = i + 1;
+        }
     }
+    out.push_str(&s[start..]);
     out.push('"');
 }
 
@@ -254,6 +294,120 @@ struct WireOffer<'a> {
     offer: Option<Box<RawValue>>,
 }
 
+/// One entry of `offers`: an object is read as an offer, anything else marks the list bad
+/// (`invalid offer`) without failing the JSON parse.
+enum MaybeOffer<'a> {
+    Object(WireOffer<'a>),
+    Bad,
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for MaybeOffer<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> serde::de::Visitor<'de> for V<'a> {
+            type Value = MaybeOffer<'a>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an offer")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<Self::Value, A::Error> {
+                WireOffer::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+                    .map(MaybeOffer::Object)
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Self::Value, A::Error> {
+                while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+                Ok(MaybeOffer::Bad)
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+                Ok(MaybeOffer::Bad)
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+                Ok(MaybeOffer::Bad)
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+                Ok(MaybeOffer::Bad)
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+                Ok(MaybeOffer::Bad)
+            }
+            fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
+                Ok(MaybeOffer::Bad)
+            }
+            fn visit_unit<E>(self) -> Result<Self::Value, E> {
+                Ok(MaybeOffer::Bad)
+            }
+            fn visit_none<E>(self) -> Result<Self::Value, E> {
+                Ok(MaybeOffer::Bad)
+            }
+        }
+        d.deserialize_any(V(std::marker::PhantomData))
+    }
+}
+
+/// The `offers` field, read in the same pass as the rest of the message: an array is a list
+/// of offers; like the reference server, anything else means no offers.
+struct OfferList<'a>(Option<Vec<MaybeOffer<'a>>>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for OfferList<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> serde::de::Visitor<'de> for V<'a> {
+            type Value = OfferList<'a>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("anything")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Self::Value, A::Error> {
+                // Bounded by the frame size: every element is at least one byte of input.
+                let mut v = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(16));
+                while let Some(o) = seq.next_element::<MaybeOffer<'a>>()? {
+                    v.push(o);
+                }
+                Ok(OfferList(Some(v)))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Self::Value, A::Error> {
+                while map
+                    .next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?
+                    .is_some()
+                {}
+                Ok(OfferList(None))
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+                Ok(OfferList(None))
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+                Ok(OfferList(None))
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+                Ok(OfferList(None))
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+                Ok(OfferList(None))
+            }
+            fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
+                Ok(OfferList(None))
+            }
+            fn visit_unit<E>(self) -> Result<Self::Value, E> {
+                Ok(OfferList(None))
+            }
+            fn visit_none<E>(self) -> Result<Self::Value, E> {
+                Ok(OfferList(None))
+            }
+        }
+        d.deserialize_any(V(std::marker::PhantomData))
+    }
+}
+
 /// The union of all fields we read; everything else (`uploaded`, `downloaded`, `numwant`,
 /// `trackerid`, ...) is ignored like the reference server ignores it.
 #[derive(Deserialize)]
@@ -274,9 +428,9 @@ struct Wire<'a> {
     left: Option<serde_json::Value>,
     #[serde(default)]
     answer: Option<Box<RawValue>>,
-    /// Kept raw: the reference ignores a non-array `offers`.
+    /// The reference ignores a non-array `offers`.
     #[serde(borrow, default)]
-    offers: Option<&'a RawValue>,
+    offers: Option<OfferList<'a>>,
 }
 
 fn is_object(v: &RawValue) -> bool {
@@ -312,16 +466,29 @@ fn is_zero_left(v: &serde_json::Value) -> bool {
 
 /// Parses one frame's payload (text or binary: the reference server `JSON.parse`s both).
 pub fn parse(frame: &[u8]) -> Result<Request, ParseError> {
+    match std::str::from_utf8(frame) {
+        Ok(text) => parse_str(text),
+        // What serde_json says about the bytes (invalid UTF-8 or worse).
+        Err(_) => match serde_json::from_slice::<serde::de::IgnoredAny>(frame) {
+            Ok(_) => Err(ParseError::Json("invalid UTF-8".into())),
+            Err(e) => Err(ParseError::Json(e.to_string())),
+        },
+    }
+}
+
+/// [`parse`] for a text frame, whose UTF-8 the WebSocket layer has already checked: parsing
+/// from `&str` saves serde_json validating every string (SDPs are most of the bytes) again.
+pub fn parse_str(frame: &str) -> Result<Request, ParseError> {
     // serde would read a struct from an array too; JSON that is not an object has no `action`,
     // which is what the reference server reports.
-    if frame.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
-        return match serde_json::from_slice::<serde::de::IgnoredAny>(frame) {
+    if frame.bytes().find(|b| !b.is_ascii_whitespace()) != Some(b'{') {
+        return match serde_json::from_str::<serde::de::IgnoredAny>(frame) {
             Ok(_) => Err(ParseError::Action("undefined".into())),
             Err(e) => Err(ParseError::Json(e.to_string())),
         };
     }
     let wire: Wire<'_> =
-        serde_json::from_slice(frame).map_err(|e| ParseError::Json(e.to_string()))?;
+        serde_json::from_str(frame).map_err(|e| ParseError::Json(e.to_string()))?;
     match &wire.action {
         Some(Loose::Str(a)) if a == "announce" => parse_announce(wire).map(Request::Announce),
         Some(Loose::Str(a)) if a == "scrape" => parse_scrape(wire).map(Request::Scrape),
@@ -371,15 +538,12 @@ fn parse_announce(wire: Wire<'_>) -> Result<Announce, ParseError> {
     let mut offers = Vec::new();
     if answer.is_none() {
         // Like the reference, anything but an array means no offers.
-        if let Some(raw) = wire
-            .offers
-            .filter(|r| r.get().trim_start().starts_with('['))
-        {
-            let list: Vec<&RawValue> =
-                serde_json::from_str(raw.get()).map_err(|e| ParseError::Json(e.to_string()))?;
+        if let Some(OfferList(Some(list))) = wire.offers {
+            offers.reserve_exact(list.len());
             for item in list {
-                let o: WireOffer<'_> =
-                    serde_json::from_str(item.get()).map_err(|_| ParseError::Offer)?;
+                let MaybeOffer::Object(o) = item else {
+                    return Err(ParseError::Offer);
+                };
                 let offer = o.offer.filter(|r| is_object(r)).ok_or(ParseError::Offer)?;
                 offers.push(Offer {
                     offer_id: offer_id(&o.offer_id)?,
@@ -589,6 +753,27 @@ mod tests {
         );
         assert!(matches!(parse(b"{\"action\":"), Err(ParseError::Json(_))));
         assert!(matches!(parse(b"\xff\xfe"), Err(ParseError::Json(_))));
+    }
+
+    /// The hand-written encoders escape exactly as serde_json (and `JSON.stringify`) do.
+    #[test]
+    fn encoders_match_serde_json() {
+        for start in (0..=255u8).step_by(20) {
+            let id = Id20(std::array::from_fn(|i| start.wrapping_add(i as u8)));
+            let mut ours = String::new();
+            id.write_json(&mut ours);
+            assert_eq!(ours, serde_json::to_string(&id.to_binary_string()).unwrap());
+        }
+        for s in [
+            "",
+            "plain",
+            "a\"b\\c\n\u{1}\u{1f} é ✓ \u{7f}",
+            "\r\n\t\u{8}\u{c}end",
+        ] {
+            let mut ours = String::new();
+            write_json_str(&mut ours, s);
+            assert_eq!(ours, serde_json::to_string(s).unwrap());
+        }
     }
 
     #[test]

@@ -451,8 +451,8 @@ async fn drive(
                         }
                         break End::Quiet;
                     }
-                    Some(Ok(Message::Text(t))) => axum::body::Bytes::from(t),
-                    Some(Ok(Message::Binary(b))) => b,
+                    Some(Ok(Message::Text(t))) => Frame::Text(t),
+                    Some(Ok(Message::Binary(b))) => Frame::Binary(b),
                     Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
                 };
                 last_msg = Instant::now();
@@ -465,7 +465,11 @@ async fn drive(
                     reply(state, handle, protocol::encode_failure("rate limit exceeded"), Kind::Failure);
                     continue;
                 }
-                handle_message(state, handle, &data, last_msg);
+                let parsed = match &data {
+                    Frame::Text(t) => protocol::parse_str(t.as_str()),
+                    Frame::Binary(b) => protocol::parse(b),
+                };
+                handle_message(state, handle, parsed, last_msg);
             }
             _ = tick.tick() => {
                 if last_msg.elapsed() >= idle {
@@ -595,9 +599,21 @@ fn deliver(state: &AppState, to: &ConnHandle, out: Out) {
     }
 }
 
-fn handle_message(state: &Arc<AppState>, handle: &Arc<ConnHandle>, data: &[u8], now: Instant) {
+/// A data frame as read: text frames are UTF-8 already (tungstenite checked), so they are
+/// parsed as `&str`.
+enum Frame {
+    Text(axum::extract::ws::Utf8Bytes),
+    Binary(axum::body::Bytes),
+}
+
+fn handle_message(
+    state: &Arc<AppState>,
+    handle: &Arc<ConnHandle>,
+    parsed: Result<Msg, protocol::ParseError>,
+    now: Instant,
+) {
     let m = &state.metrics;
-    let req = match protocol::parse(data) {
+    let req = match parsed {
         Ok(r) => r,
         Err(e) => {
             m.reject(e.metric_reason());
