@@ -163,11 +163,10 @@ impl Swarm {
         let already = n.child_stripes & bit != 0;
         let slots = self.child_slots();
         let count = self.child_count();
-        // The source keeps half its slots for peers that can forward at least two stripes: a
-        // weak first-hop child would waste the source's scarce upload.
-        let per_stripe = self.stats.bitrate_kbps.max(1) / self.k as u32;
-        let weak = n.upload_kbps < per_stripe.saturating_mul(2);
-        let free_rider_at_source = self.is_source() && weak && count * 2 >= slots;
+        // A weak first-hop child would waste the source's scarce upload, but an idle slot wastes
+        // it too: weak subscribers are taken while slots are free, and a stronger one evicts
+        // them (below). Keeping slots back for forwarders that may never come left a swarm of
+        // free riders with one viewer served where the cap allows two or three.
         // The source hands each stripe to as few children as it can: while one of its children
         // on this stripe still has free slots, that child can serve the subscriber one hop
         // down. Small swarms then carry most bytes peer to peer, and the source's upload goes
@@ -177,7 +176,6 @@ impl Swarm {
             || (depth <= MAX_DEPTH
                 && count < slots
                 && self.stripes[s].parent != Some(peer)
-                && !free_rider_at_source
                 && !roomy_sibling);
         if !accept
             && depth <= MAX_DEPTH
