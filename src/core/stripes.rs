@@ -172,10 +172,25 @@ impl Swarm {
         // down. Small swarms then carry most bytes peer to peer, and the source's upload goes
         // to stripes whose first-hop children are full.
         let roomy_sibling = self.is_source() && self.stripe_child_has_room(s, peer);
+        // A subscriber that cannot forward plays only if it gets every stripe: a parent takes a
+        // new one only with room for all the stripes it still lacks, or to complete the set of
+        // one it already feeds. Otherwise scarce upload is smeared over viewers who each get
+        // three stripes of four and play nothing.
+        let per_stripe = self.stats.bitrate_kbps.max(1) / self.k as u32;
+        let weak = n.upload_kbps < per_stripe.saturating_mul(2);
+        let lacking = (0..self.k)
+            .filter(|t| n.depth(*t) == NO_DEPTH && n.child_stripes & (1 << t) == 0)
+            .count()
+            .max(1);
+        let partial_only = self.is_source()
+            && weak
+            && n.child_stripes == 0
+            && slots.saturating_sub(count) < lacking;
         let mut accept = already
             || (depth <= MAX_DEPTH
                 && count < slots
                 && self.stripes[s].parent != Some(peer)
+                && !partial_only
                 && !roomy_sibling);
         if !accept
             && depth <= MAX_DEPTH
