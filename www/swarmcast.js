@@ -200,6 +200,7 @@ class Player extends EventTarget {
       `buffer      ${fmt.ms(s.bufferMs)}`,
       `down / up   ${fmt.kbps(s.downKbps)} / ${fmt.kbps(s.upKbps)}`,
       `stalls      ${s.stalls} (${fmt.ms(s.stallMs)})`,
+      ...(s.capacityShort ? ['swarm       short of upload capacity'] : []),
     ].join('\n');
   }
 

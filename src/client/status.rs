@@ -24,7 +24,14 @@ pub struct Facts {
     pub trackers_failing: bool,
     /// Neighbours with the handshake done.
     pub neighbours: usize,
+    /// The core says the swarm has too little upload for this viewer (a stripe without a parent
+    /// for a while although neighbours exist): the reason to give when playback falters.
+    pub capacity_short: bool,
 }
+
+/// What a viewer starved by the swarm's capacity is told (not just a spinner).
+pub const CAPACITY_SHORT: &str =
+    "Not enough upload in this swarm right now: playback may stutter until more viewers share";
 
 /// The page-visible state: `(name, message)`. Names: `destroyed`, `error`, `live` (source),
 /// `playing`, `buffering`, `unreachable`, `connecting`, `waiting`.
@@ -40,10 +47,11 @@ pub fn page_state(f: &Facts) -> (&'static str, String) {
         return say("live", "");
     }
     if f.media_fresh {
-        return if f.playing {
-            say("playing", "")
-        } else {
-            say("buffering", "")
+        return match (f.playing, f.capacity_short) {
+            (true, false) => say("playing", ""),
+            (true, true) => say("playing", CAPACITY_SHORT),
+            (false, false) => say("buffering", ""),
+            (false, true) => say("buffering", CAPACITY_SHORT),
         };
     }
     // No media. Say why as precisely as we can: no way to find peers, not connected yet, or
@@ -53,6 +61,9 @@ pub fn page_state(f: &Facts) -> (&'static str, String) {
     }
     if f.neighbours == 0 && f.trackers_open == 0 {
         return say("connecting", "Connecting…");
+    }
+    if f.capacity_short && f.neighbours > 0 {
+        return say("waiting", CAPACITY_SHORT);
     }
     if f.ever_media {
         say(
@@ -122,6 +133,34 @@ mod tests {
             page_state(&up),
             ("waiting", "Waiting for the broadcast to start…".to_owned())
         );
+    }
+
+    #[test]
+    fn a_capacity_shortage_is_said_not_just_shown_as_buffering() {
+        let f = Facts {
+            media_fresh: true,
+            playing: false,
+            capacity_short: true,
+            neighbours: 3,
+            ..viewer()
+        };
+        assert_eq!(page_state(&f), ("buffering", CAPACITY_SHORT.to_owned()));
+        let f = Facts { playing: true, ..f };
+        assert_eq!(page_state(&f), ("playing", CAPACITY_SHORT.to_owned()));
+        let f = Facts {
+            media_fresh: false,
+            playing: false,
+            ever_media: true,
+            trackers_open: 1,
+            ..f
+        };
+        assert_eq!(page_state(&f), ("waiting", CAPACITY_SHORT.to_owned()));
+        // Without the core's signal, a stop is a stop.
+        let f = Facts {
+            capacity_short: false,
+            ..f
+        };
+        assert!(page_state(&f).1.contains("resume"));
     }
 
     #[test]

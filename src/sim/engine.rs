@@ -514,9 +514,28 @@ fn run_chunk(
     ob: &mut Outbox,
     st: &mut EngineStats,
 ) {
-    for (i, nt) in next_t.iter_mut().enumerate() {
-        if *nt >= step_end {
-            continue;
+    let active: Vec<usize> = next_t
+        .iter()
+        .enumerate()
+        .filter(|(_, nt)| **nt < step_end)
+        .map(|(i, _)| i)
+        .collect();
+    for (k, &i) in active.iter().enumerate() {
+        // Each peer's state is touched once per step and is rarely still in cache: fetch the
+        // next peers' while this one runs (timing only; results do not change).
+        if let Some(&j) = active.get(k + 2) {
+            prefetch(&peers[j] as *const PeerState as *const u8, 2);
+        }
+        if let Some(&j) = active.get(k + 1) {
+            if let Some(live) = peers[j].live.as_deref() {
+                prefetch(
+                    live as *const Live as *const u8,
+                    std::mem::size_of::<Live>() / 64,
+                );
+            }
+            if let Some(h) = peers[j].queue.heap.peek() {
+                prefetch(h as *const Sched as *const u8, 2);
+            }
         }
         let p = &mut peers[i];
         let me = base + i as u32;
@@ -525,8 +544,26 @@ fn run_chunk(
             st.events += 1;
             handle(ctx, p, me, s.t, s.ev, key, ob, st);
         }
-        *nt = p.queue.peek_t().unwrap_or(u64::MAX);
+        next_t[i] = p.queue.peek_t().unwrap_or(u64::MAX);
     }
+}
+
+/// Hints the CPU to load `lines` cache lines from `at` (a no-op where unsupported).
+#[inline(always)]
+fn prefetch(at: *const u8, lines: usize) {
+    #[cfg(target_arch = "x86_64")]
+    for l in 0..lines {
+        // SAFETY: prefetching never faults and reads nothing observable; `wrapping_add` keeps the
+        // address computation defined even past the end of the object.
+        unsafe {
+            core::arch::x86_64::_mm_prefetch(
+                at.wrapping_add(l * 64) as *const i8,
+                core::arch::x86_64::_MM_HINT_T0,
+            );
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (at, lines);
 }
 
 /// The offer/answer payload the modelled binding exchanges (through the tracker, or relayed by

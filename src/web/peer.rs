@@ -337,6 +337,7 @@ impl Driver {
             trackers_open: self.trackers.iter().filter(|t| t.is_open()).count(),
             trackers_failing: self.trackers.iter().all(|t| t.failures > 0),
             neighbours: self.swarm.stats().neighbours,
+            capacity_short: self.swarm.stats().capacity_short,
         };
         let next = page_state(&facts);
         if next != self.state {
@@ -371,6 +372,7 @@ impl Driver {
         util::set(&o, "segmentsPlayed", s.segments_played as f64);
         util::set(&o, "segmentsSkipped", s.segments_skipped as f64);
         util::set(&o, "forgersCut", s.forgers_cut as f64);
+        util::set(&o, "capacityShort", s.capacity_short);
         util::set(
             &o,
             "trackersOpen",
