@@ -651,6 +651,9 @@ fn handle_message(
                     for d in outcome.deliveries {
                         deliver(state, &d.to, d.out);
                     }
+                    for _ in 0..outcome.dropped {
+                        m.reject("queue_full");
+                    }
                 }
                 Err(refusal) => {
                     m.reject(refusal.metric_reason());

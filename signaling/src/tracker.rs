@@ -93,6 +93,13 @@ impl ConnHandle {
         self
     }
 
+    /// Under `--on-full-queue drop`, whether a message sent now would be queued; the tracker
+    /// skips encoding (and remembering) offers that would only be discarded. Always true
+    /// under `close`, where a full queue ends the connection instead.
+    pub fn has_room(&self) -> bool {
+        !self.drop_when_full || self.tx.capacity() > 0
+    }
+
     /// Queues `out` without waiting; on overflow marks the connection for closing.
     pub fn send(&self, out: Out) -> SendOutcome {
         match self.tx.try_send(Box::new(out)) {
@@ -175,6 +182,8 @@ pub struct Outcome {
     pub reply: Option<String>,
     /// Forwarded offers or the routed answer.
     pub deliveries: Vec<Delivery>,
+    /// Offers or answers not sent because the receiver's queue was full (drop policy).
+    pub dropped: usize,
 }
 
 struct Peer {
@@ -355,6 +364,7 @@ impl Tracker {
                     incomplete,
                 )),
                 deliveries: Vec::new(),
+                dropped: 0,
             });
         }
         self.upsert(&handle, &a, now)?;
@@ -366,10 +376,15 @@ impl Tracker {
             incomplete,
         ));
         let mut deliveries = Vec::with_capacity(a.offers.len());
+        let mut dropped = 0;
         if !a.offers.is_empty() {
             let picks = self.pick(&a.info_hash, a.offers.len(), &a.peer_id);
             let at_secs = self.secs(now);
             for (offer, to) in a.offers.iter().zip(picks) {
+                if !to.has_room() {
+                    dropped += 1;
+                    continue;
+                }
                 let key = self.offer_key(&a.info_hash, &offer.offer_id, &a.peer_id, conn);
                 if let Some(st) = self.conns.get_mut(&to.id) {
                     while st.pending.front().is_some_and(|p| {
@@ -390,7 +405,11 @@ impl Tracker {
                 });
             }
         }
-        Ok(Outcome { reply, deliveries })
+        Ok(Outcome {
+            reply,
+            deliveries,
+            dropped,
+        })
     }
 
     fn counts(&self, ih: &Id20) -> (usize, usize) {
@@ -538,8 +557,15 @@ impl Tracker {
         if !fresh {
             return Err(Refusal::AnswerUnmatched);
         }
+        if !to.has_room() {
+            return Ok(Outcome {
+                dropped: 1,
+                ..Outcome::default()
+            });
+        }
         Ok(Outcome {
             reply: None,
+            dropped: 0,
             deliveries: vec![Delivery {
                 to,
                 out: Out {
