@@ -92,6 +92,8 @@ pub(crate) struct Neighbour {
     pub last_heard: Instant,
     /// Last time we sent it anything (an idle link gets a ping so that it hears from us).
     pub last_sent: Instant,
+    /// Bit `s`: as the source we sent it to a child of ours for stripe `s` once already.
+    pub sent_to_sibling: u64,
 }
 
 impl Neighbour {
@@ -126,6 +128,7 @@ impl Neighbour {
             useful: 0,
             last_heard: now,
             last_sent: now,
+            sent_to_sibling: 0,
         }
     }
 

@@ -108,10 +108,12 @@ impl Swarm {
         }
         let budget = self.transport_budget();
         let total_budget = self.total_transport_budget();
+        // A neighbour gone silent (a killed tab) never drains its transport: counted, its
+        // backlog would hold every other transport at zero until it is dropped.
         let mut total: usize = self
             .neighbours
             .values()
-            .filter(|n| n.buffered_known)
+            .filter(|n| n.buffered_known && !n.silent(now))
             .map(|n| n.in_flight)
             .sum();
         let rr = self.rr;
@@ -122,7 +124,7 @@ impl Swarm {
             }
             let mut best: Option<(SendKey, PeerId)> = None;
             for (id, n) in &self.neighbours {
-                if !n.established || !n.has_room(budget) {
+                if !n.established || n.silent(now) || !n.has_room(budget) {
                     continue;
                 }
                 let Some(&item) = n.queue.first() else {

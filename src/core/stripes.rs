@@ -171,7 +171,15 @@ impl Swarm {
         // on this stripe still has free slots, that child can serve the subscriber one hop
         // down. Small swarms then carry most bytes peer to peer, and the source's upload goes
         // to stripes whose first-hop children are full.
-        let roomy_sibling = self.is_source() && self.stripe_child_has_room(s, peer);
+        // Only once per subscriber and stripe: one that asks again found no use in that child
+        // (it may be a forger it cut off, or a withholder), and the source is its last resort.
+        // And only once half the source's slots are taken: its first children are served
+        // directly, so that one bad first child (a forger every honest viewer cuts off) cannot
+        // route the whole swarm through itself.
+        let roomy_sibling = self.is_source()
+            && n.sent_to_sibling & bit == 0
+            && count * 2 >= slots
+            && self.stripe_child_has_room(s, peer);
         // A subscriber that cannot forward plays only if it gets every stripe: a parent takes a
         // new one only with room for all the stripes it still lacks, or to complete the set of
         // one it already feeds. Otherwise scarce upload is smeared over viewers who each get
@@ -204,6 +212,11 @@ impl Swarm {
             // wide forwarders near the source, weak peers at the leaves.
             accept = self.evict_weaker_than(n.upload_kbps);
         }
+        if roomy_sibling && !accept {
+            if let Some(n) = self.neighbours.get_mut(&peer) {
+                n.sent_to_sibling |= bit;
+            }
+        }
         if accept && !already {
             self.children[s].push(peer);
             self.children[s].sort_unstable();
@@ -227,10 +240,11 @@ impl Swarm {
     /// Whether a child of ours on stripe `s` other than `peer` advertises free child slots (it
     /// can take `peer` one hop further down).
     fn stripe_child_has_room(&self, s: usize, peer: PeerId) -> bool {
-        self.children[s]
-            .iter()
-            .filter(|c| **c != peer)
-            .any(|c| self.neighbours.get(c).is_some_and(|n| n.free > 0))
+        self.children[s].iter().filter(|c| **c != peer).any(|c| {
+            self.neighbours
+                .get(c)
+                .is_some_and(|n| n.free > 0 && !n.silent(self.now))
+        })
     }
 
     /// Drops one stripe-child whose upload is at most half of `upload_kbps` (the weakest), telling

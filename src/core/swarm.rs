@@ -1461,6 +1461,7 @@ impl Swarm {
         for p in dead {
             self.drop_neighbour(now, p, DisconnectReason::Silent);
         }
+        self.release_silent_children(now);
         let peers: Vec<PeerId> = self.established().collect();
         for p in &peers {
             if self.neighbours.get(p).is_some_and(|n| {
@@ -1492,6 +1493,33 @@ impl Swarm {
             self.status_dirty = false;
             let status = self.status_message();
             self.send_each(&peers, &status);
+        }
+    }
+
+    /// Children that fell silent give up their stripe slots at once, long before they are
+    /// dropped: a dead child's slots (and the free slots it last advertised, which make the
+    /// source send newcomers to it) would otherwise turn everyone away. A live one that was
+    /// only frozen is told with `Unsubscribe` and subscribes again.
+    fn release_silent_children(&mut self, now: Instant) {
+        let silent: Vec<(PeerId, u64)> = self
+            .neighbours
+            .iter()
+            .filter(|(_, n)| n.child_stripes != 0 && n.silent(now))
+            .map(|(p, n)| (*p, n.child_stripes))
+            .collect();
+        for (p, stripes) in silent {
+            for s in 0..self.k {
+                if stripes & (1 << s) != 0 {
+                    self.children[s].retain(|c| *c != p);
+                    self.send(p, &Message::Unsubscribe { stripe: s as u8 });
+                }
+            }
+            if let Some(n) = self.neighbours.get_mut(&p) {
+                n.child_stripes = 0;
+                n.queue
+                    .retain(|(class, _, _)| *class != super::neighbour::CLASS_PUSH);
+            }
+            self.status_dirty = true;
         }
     }
 
