@@ -3,10 +3,11 @@
 //
 // Optional attributes on the div: data-trackers="wss://a/announce wss://b/announce",
 // data-ice-servers='[{"urls":"stun:stun.example.org"}]' (JSON), data-muted="false",
-// data-stats (show the stats overlay), data-latency-ms="1000".
+// data-stats (show the stats overlay), data-latency-ms="1000", data-upload-kbps="2000" (most
+// this viewer uploads to the swarm; default 8000; 0 = shares nothing).
 //
 // JS API: `Swarmcast.createPlayer(el, { stream, trackers, iceServers, muted, stats,
-// targetLatencyMs })` returns a player (an EventTarget: `state`, `stats`, `error` events) with
+// targetLatencyMs, uploadKbps })` returns a player (an EventTarget: `state`, `stats`, `error` events) with
 // `.stats()` and `.destroy()`. Every player is also listed in `window.swarmcastPlayers`.
 //
 // This file is glue only: the swarm, WebRTC, tracker and MSE decisions are in the wasm module.
@@ -244,6 +245,7 @@ function optsFromElement(el) {
     muted: d.muted !== 'false',
     stats: d.stats !== undefined && d.stats !== 'false',
     targetLatencyMs: d.latencyMs ? Number(d.latencyMs) : undefined,
+    uploadKbps: d.uploadKbps !== undefined && d.uploadKbps !== '' ? Number(d.uploadKbps) : undefined,
   };
 }
 

@@ -163,21 +163,34 @@ impl Swarm {
         let already = n.child_stripes & bit != 0;
         let slots = self.child_slots();
         let count = self.child_count();
-        // The source keeps half its slots for peers that can forward at least two stripes: a
-        // weak first-hop child would waste the source's scarce upload.
-        let per_stripe = self.stats.bitrate_kbps.max(1) / self.k as u32;
-        let weak = n.upload_kbps < per_stripe.saturating_mul(2);
-        let free_rider_at_source = self.is_source() && weak && count * 2 >= slots;
+        // A weak first-hop child would waste the source's scarce upload, but an idle slot wastes
+        // it too: weak subscribers are taken while slots are free, and a stronger one evicts
+        // them (below). Keeping slots back for forwarders that may never come left a swarm of
+        // free riders with one viewer served where the cap allows two or three.
         // The source hands each stripe to as few children as it can: while one of its children
         // on this stripe still has free slots, that child can serve the subscriber one hop
         // down. Small swarms then carry most bytes peer to peer, and the source's upload goes
         // to stripes whose first-hop children are full.
         let roomy_sibling = self.is_source() && self.stripe_child_has_room(s, peer);
+        // A subscriber that cannot forward plays only if it gets every stripe: a parent takes a
+        // new one only with room for all the stripes it still lacks, or to complete the set of
+        // one it already feeds. Otherwise scarce upload is smeared over viewers who each get
+        // three stripes of four and play nothing.
+        let per_stripe = self.stats.bitrate_kbps.max(1) / self.k as u32;
+        let weak = n.upload_kbps < per_stripe.saturating_mul(2);
+        let lacking = (0..self.k)
+            .filter(|t| n.depth(*t) == NO_DEPTH && n.child_stripes & (1 << t) == 0)
+            .count()
+            .max(1);
+        let partial_only = self.is_source()
+            && weak
+            && n.child_stripes == 0
+            && slots.saturating_sub(count) < lacking;
         let mut accept = already
             || (depth <= MAX_DEPTH
                 && count < slots
                 && self.stripes[s].parent != Some(peer)
-                && !free_rider_at_source
+                && !partial_only
                 && !roomy_sibling);
         if !accept
             && depth <= MAX_DEPTH

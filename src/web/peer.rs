@@ -264,6 +264,16 @@ impl Driver {
         let now = util::now_ms();
         self.tracker_tick(now);
         self.rtc_tick(now);
+        // Safety net under `bufferedamountlow`: the core's view of every backlog is at most one
+        // tick old, whatever events were missed.
+        let backlogs = self.rtc.backlogs();
+        if !backlogs.is_empty() {
+            let t = self.now();
+            for (peer, bytes) in backlogs {
+                self.swarm.handle_input(t, Input::Buffered { peer, bytes });
+            }
+            self.pump();
+        }
         let media_fresh = self
             .last_media_ms
             .is_some_and(|t| now - t < MEDIA_SILENCE_MS);

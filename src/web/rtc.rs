@@ -22,8 +22,13 @@ use web_sys::{
 /// gather in milliseconds; with an unreachable STUN server this bounds the wait.
 const GATHER_CAP_MS: i32 = 1000;
 
-/// `bufferedamountlow` fires when the channel's backlog drops to this; the core then sends more.
-const LOW_WATER: u32 = 64 * 1024;
+/// `bufferedamountlow` fires when the channel's backlog drops to this, and the core learns it
+/// has room again. It must sit below the core's transport budgets (all transports together hold
+/// ~30 ms of upload, at least one 16 KiB message): the event only fires on a crossing from above,
+/// and at 64 KiB it never fired, so the core saw each backlog only when it next sent on that
+/// channel and fed transports in 100 ms ticks (a swarm of free riders got ~60% of the source's
+/// cap). Half a message: a channel holding one full piece message reports as it drains.
+const LOW_WATER: u32 = 8 * 1024;
 
 /// A connection that never opened is given up after this long.
 const SETUP_TIMEOUT_MS: f64 = 20_000.0;
@@ -100,6 +105,15 @@ impl Rtc {
     /// Number of connections, set up or open.
     pub(crate) fn len(&self) -> usize {
         self.conns.len()
+    }
+
+    /// `bufferedAmount` of every channel the core was told is open.
+    pub(crate) fn backlogs(&self) -> Vec<(PeerId, usize)> {
+        self.conns
+            .values()
+            .filter(|c| c.open)
+            .filter_map(|c| Some((c.peer?, c.dc.as_ref()?.buffered_amount() as usize)))
+            .collect()
     }
 
     /// Connections whose data channel the core was told is open (dead ones count until closed).
