@@ -696,21 +696,25 @@ fn a_restarted_source_is_noticed_from_its_first_genuine_header_and_replays_are_n
         }
         out
     };
-    let (mut v, them, hs) = lone_viewer();
-    v.handle_input(
-        Instant::from_millis(10),
-        Input::Receive {
-            peer: them,
-            data: &hs,
-        },
-    );
-    // Session 1: segments 0..=20, captured at 1,000 s + 0.2 s each.
-    for seq in 0..=20 {
-        assert_eq!(
-            feed(&mut v, them, header(seq, 1_000_000 + seq * 200)),
-            (0, vec![])
+    // A viewer holding session 1: segments 0..=20, captured at 1,000 s + 0.2 s each.
+    let viewer_of_session_1 = || {
+        let (mut v, them, hs) = lone_viewer();
+        v.handle_input(
+            Instant::from_millis(10),
+            Input::Receive {
+                peer: them,
+                data: &hs,
+            },
         );
-    }
+        for seq in 0..=20 {
+            assert_eq!(
+                feed(&mut v, them, header(seq, 1_000_000 + seq * 200)),
+                (0, vec![])
+            );
+        }
+        (v, them)
+    };
+    let (mut v, them) = viewer_of_session_1();
     // Old genuine headers replayed: nothing.
     assert_eq!(feed(&mut v, them, header(3, 1_000_600)), (0, vec![]));
     assert_eq!(feed(&mut v, them, header(19, 1_003_800)), (0, vec![]));
@@ -723,17 +727,7 @@ fn a_restarted_source_is_noticed_from_its_first_genuine_header_and_replays_are_n
     );
     // The restarted source's first header (numbered from 0 again, captured later), from an
     // honest neighbour: reported once.
-    let (mut v, them, hs) = lone_viewer();
-    v.handle_input(
-        Instant::from_millis(10),
-        Input::Receive {
-            peer: them,
-            data: &hs,
-        },
-    );
-    for seq in 0..=20 {
-        feed(&mut v, them, header(seq, 1_000_000 + seq * 200));
-    }
+    let (mut v, them) = viewer_of_session_1();
     assert_eq!(feed(&mut v, them, header(0, 1_010_000)), (1, vec![]));
     assert_eq!(feed(&mut v, them, header(1, 1_010_200)), (0, vec![]));
     assert_eq!(v.stats().neighbours, 1);

@@ -1066,12 +1066,8 @@ impl Swarm {
         if self.is_restart(&signed) {
             // Checked cheaply first: a replayed old header has an older capture time and never
             // gets here, so only a genuine new session (or a forgery, cut) costs a verification.
-            let ok = self
-                .verifier
-                .as_ref()
-                .is_some_and(|v| v.verify_header(&signed).is_ok());
-            if !ok {
-                return self.cut(now, peer, DisconnectReason::Forged);
+            if !self.header_genuine(now, peer, &signed) {
+                return;
             }
             if !self.restarted {
                 self.restarted = true;
@@ -1087,18 +1083,26 @@ impl Swarm {
                 return;
             }
         }
-        let ok = self
-            .verifier
-            .as_ref()
-            .is_some_and(|v| v.verify_header(&signed).is_ok());
-        if !ok {
-            return self.cut(now, peer, DisconnectReason::Forged);
+        if !self.header_genuine(now, peer, &signed) {
+            return;
         }
         if self.segments.contains_key(&seq) || self.is_source() {
             // A second valid header for one seq would mean the source equivocates: keep the first.
             return;
         }
         self.insert_header(now, Arc::new(signed));
+    }
+
+    /// Checks a header's signature; a bad one cuts `peer` off as a forger.
+    fn header_genuine(&mut self, now: Instant, peer: PeerId, signed: &SignedHeader) -> bool {
+        let ok = self
+            .verifier
+            .as_ref()
+            .is_some_and(|v| v.verify_header(signed).is_ok());
+        if !ok {
+            self.cut(now, peer, DisconnectReason::Forged);
+        }
+        ok
     }
 
     /// Whether `signed` (not yet verified) would mean a new session of the source: numbered at or
