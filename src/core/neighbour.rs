@@ -23,6 +23,10 @@ pub(crate) const SUSPECT_SILENCE: Duration = Duration::from_millis(1_000);
 /// Silent this long, a neighbour is dropped: a killed tab or a pulled cable sends no goodbye, and
 /// browsers take 5–30 s to call such a connection failed.
 pub(crate) const DEAD_SILENCE: Duration = Duration::from_millis(4_000);
+/// A child silent this long gives up its stripe slots (a dead one would hold them until dropped).
+/// Longer than [`SUSPECT_SILENCE`]: a live child whose tab is starved of CPU for a second must not
+/// lose its stripes (it would then avoid its parent for seconds).
+pub(crate) const RELEASE_SILENCE: Duration = Duration::from_millis(2_500);
 /// A link we have sent nothing on for this long gets a `Ping`, so the other side hears from us.
 pub(crate) const IDLE_PING: Duration = Duration::from_millis(500);
 
@@ -92,8 +96,6 @@ pub(crate) struct Neighbour {
     pub last_heard: Instant,
     /// Last time we sent it anything (an idle link gets a ping so that it hears from us).
     pub last_sent: Instant,
-    /// Bit `s`: as the source we sent it to a child of ours for stripe `s` once already.
-    pub sent_to_sibling: u64,
 }
 
 impl Neighbour {
@@ -128,7 +130,6 @@ impl Neighbour {
             useful: 0,
             last_heard: now,
             last_sent: now,
-            sent_to_sibling: 0,
         }
     }
 

@@ -167,19 +167,10 @@ impl Swarm {
         // it too: weak subscribers are taken while slots are free, and a stronger one evicts
         // them (below). Keeping slots back for forwarders that may never come left a swarm of
         // free riders with one viewer served where the cap allows two or three.
-        // The source hands each stripe to as few children as it can: while one of its children
-        // on this stripe still has free slots, that child can serve the subscriber one hop
-        // down. Small swarms then carry most bytes peer to peer, and the source's upload goes
-        // to stripes whose first-hop children are full.
-        // Only once per subscriber and stripe: one that asks again found no use in that child
-        // (it may be a forger it cut off, or a withholder), and the source is its last resort.
-        // And only once half the source's slots are taken: its first children are served
-        // directly, so that one bad first child (a forger every honest viewer cuts off) cannot
-        // route the whole swarm through itself.
-        let roomy_sibling = self.is_source()
-            && n.sent_to_sibling & bit == 0
-            && count * 2 >= slots
-            && self.stripe_child_has_room(s, peer);
+        // (The source once sent a subscriber to a child of its with free slots, for more peer
+        // to peer in small swarms; a forger among its first children then had every honest
+        // viewer routed through it: 12 s of starvation in the browser forgery test, still a 1 s
+        // stall when limited to once per stripe. Removed: the source serves whom it can.)
         // A subscriber that cannot forward plays only if it gets every stripe: a parent takes a
         // new one only with room for all the stripes it still lacks, or to complete the set of
         // one it already feeds. Otherwise scarce upload is smeared over viewers who each get
@@ -198,24 +189,17 @@ impl Swarm {
             || (depth <= MAX_DEPTH
                 && count < slots
                 && self.stripes[s].parent != Some(peer)
-                && !partial_only
-                && !roomy_sibling);
+                && !partial_only);
         if !accept
             && depth <= MAX_DEPTH
             && self.stripes[s].parent != Some(peer)
             && count >= slots
             && slots > 0
-            && !roomy_sibling
         {
             // Full: a much stronger peer takes the slot of our weakest child, which finds a
             // parent further down. Repeated at every level, this sorts the trees by upload:
             // wide forwarders near the source, weak peers at the leaves.
             accept = self.evict_weaker_than(n.upload_kbps);
-        }
-        if roomy_sibling && !accept {
-            if let Some(n) = self.neighbours.get_mut(&peer) {
-                n.sent_to_sibling |= bit;
-            }
         }
         if accept && !already {
             self.children[s].push(peer);
@@ -235,16 +219,6 @@ impl Swarm {
                 depth,
             },
         );
-    }
-
-    /// Whether a child of ours on stripe `s` other than `peer` advertises free child slots (it
-    /// can take `peer` one hop further down).
-    fn stripe_child_has_room(&self, s: usize, peer: PeerId) -> bool {
-        self.children[s].iter().filter(|c| **c != peer).any(|c| {
-            self.neighbours
-                .get(c)
-                .is_some_and(|n| n.free > 0 && !n.silent(self.now))
-        })
     }
 
     /// Drops one stripe-child whose upload is at most half of `upload_kbps` (the weakest), telling

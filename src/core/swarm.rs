@@ -8,7 +8,9 @@ use super::bitfield::SeqBits;
 use super::bucket::TokenBucket;
 use super::id::{PeerId, StreamId};
 use super::identity::{verify_piece, StreamKey, StreamVerifier};
-use super::neighbour::{Neighbour, CLASS_REPLY, DEAD_SILENCE, IDLE_PING, MAX_QUEUE};
+use super::neighbour::{
+    Neighbour, CLASS_REPLY, DEAD_SILENCE, IDLE_PING, MAX_QUEUE, RELEASE_SILENCE,
+};
 use super::rng::Rng;
 use super::segment::{
     InitSegment, SegmentHeader, SegmentMeta, SignedHeader, MAX_INIT_SIZE, MAX_PIECES_PER_SEGMENT,
@@ -1500,15 +1502,17 @@ impl Swarm {
         }
     }
 
-    /// Children that fell silent give up their stripe slots at once, long before they are
-    /// dropped: a dead child's slots (and the free slots it last advertised, which make the
-    /// source send newcomers to it) would otherwise turn everyone away. A live one that was
+    /// Children silent for [`RELEASE_SILENCE`] give up their stripe slots, before they are
+    /// dropped: a dead child's slots would otherwise turn subscribers away. A live one that was
     /// only frozen is told with `Unsubscribe` and subscribes again.
     fn release_silent_children(&mut self, now: Instant) {
         let silent: Vec<(PeerId, u64)> = self
             .neighbours
             .iter()
-            .filter(|(_, n)| n.child_stripes != 0 && n.silent(now))
+            .filter(|(_, n)| {
+                n.child_stripes != 0
+                    && now.saturating_duration_since(n.last_heard) > RELEASE_SILENCE
+            })
             .map(|(p, n)| (*p, n.child_stripes))
             .collect();
         for (p, stripes) in silent {
