@@ -402,6 +402,8 @@ pub struct Swarm {
     pub(crate) now: Instant,
     /// [`Output::SourceRestarted`] was emitted.
     pub(crate) restarted: bool,
+    /// A source's header was asked for to check for a restart (once: a stale claim costs one).
+    pub(crate) restart_probed: bool,
 }
 
 impl Swarm {
@@ -472,6 +474,7 @@ impl Swarm {
             init_version: 0,
             now: Instant::ZERO,
             restarted: false,
+            restart_probed: false,
         }
     }
 
@@ -958,6 +961,20 @@ impl Swarm {
             Message::Have { seq } => {
                 let n = self.neighbours.get_mut(&peer).expect("established");
                 n.haves.insert(seq);
+                let from_source = n.role == Role::Source;
+                // The source announcing a segment numbered at or behind our newest that we do
+                // not hold: a restarted source (or a stale claim). Its header settles it in one
+                // round trip, instead of waiting for a stripe to bring one.
+                if from_source
+                    && !self.restarted
+                    && !self.is_source()
+                    && self.stats.newest_seq.is_some_and(|m| seq <= m)
+                    && !self.segments.contains_key(&seq)
+                    && !self.restart_probed
+                {
+                    self.restart_probed = true;
+                    self.send(peer, &Message::Request { seq, pieces: 0 });
+                }
                 self.advertised(now, seq);
             }
             Message::Header(signed) => self.on_header(now, peer, signed),
