@@ -123,6 +123,15 @@ impl Driver {
         self.pump();
     }
 
+    /// Tells the core how many bytes each listed transport still holds.
+    fn report_backlogs(&mut self, backlogs: Vec<(PeerId, usize)>) {
+        let now = self.now();
+        for (peer, bytes) in backlogs {
+            self.swarm
+                .handle_input(now, Input::Buffered { peer, bytes });
+        }
+    }
+
     /// Drains the core's outputs, reports the resulting transport backlog, and re-arms the timer.
     pub(crate) fn pump(&mut self) {
         for _ in 0..MAX_PUMP_ROUNDS {
@@ -137,11 +146,7 @@ impl Driver {
             if backlog.is_empty() {
                 break;
             }
-            let now = self.now();
-            for (peer, bytes) in backlog {
-                self.swarm
-                    .handle_input(now, Input::Buffered { peer, bytes });
-            }
+            self.report_backlogs(backlog);
         }
         if std::mem::take(&mut self.rejoin_pending) {
             // Not from inside the drain loop: rejoining replaces the core being drained.
@@ -268,10 +273,7 @@ impl Driver {
         // tick old, whatever events were missed.
         let backlogs = self.rtc.backlogs();
         if !backlogs.is_empty() {
-            let t = self.now();
-            for (peer, bytes) in backlogs {
-                self.swarm.handle_input(t, Input::Buffered { peer, bytes });
-            }
+            self.report_backlogs(backlogs);
             self.pump();
         }
         let media_fresh = self

@@ -7,7 +7,7 @@
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import { after, test } from 'node:test';
-import { Monitor, cleanup, launchBrowser, openBroadcaster, openViewers, outDir, sleep, startSignaling, summaryLine } from './harness.mjs';
+import { cleanup, openViewers, sleep, startBroadcast, summaryLine } from './harness.mjs';
 
 after(cleanup);
 
@@ -16,13 +16,7 @@ const SETTLE_MS = 25_000;
 const WINDOW_MS = 15_000;
 
 test('capacity below demand: the source keeps its cap, some play smoothly, the starved say why', { timeout: 180_000 }, async () => {
-  const out = outDir('capacity');
-  const server = await startSignaling(out);
-  const browser = await launchBrowser();
-  const source = await openBroadcaster(browser, out, server.url);
-  const url = (n) => `${server.url}/watch.html?stream=${encodeURIComponent(source.streamId)}&stats=1&upload=0#${n}`;
-  const monitor = new Monitor(out);
-  monitor.start();
+  const { out, browser, source, url, monitor } = await startBroadcast('capacity', { viewerQuery: '&upload=0' });
   const viewers = await openViewers(browser, out, url, [...Array(VIEWERS)].map((_, i) => `freerider${i}`));
   viewers.forEach((v) => monitor.add(v));
   await sleep(SETTLE_MS);

@@ -8,16 +8,12 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import { after, test } from 'node:test';
 import {
-  Monitor,
   cleanup,
-  launchBrowser,
   launchKillableBrowser,
   neighbourCount,
-  openBroadcaster,
   openViewers,
-  outDir,
   sleep,
-  startSignaling,
+  startBroadcast,
   summaryLine,
   violations,
 } from './harness.mjs';
@@ -31,14 +27,8 @@ const BEFORE_MS = 12_000;
 const AFTER_MS = 20_000;
 
 test('viewers SIGKILLed mid-stream: the others play on and drop them', { timeout: 240_000 }, async () => {
-  const out = outDir('departure');
-  const server = await startSignaling(out);
-  const browser = await launchBrowser();
+  const { out, browser, source, url, monitor } = await startBroadcast('departure');
   const doomedBrowser = await launchKillableBrowser();
-  const source = await openBroadcaster(browser, out, server.url);
-  const url = (n) => `${server.url}/watch.html?stream=${encodeURIComponent(source.streamId)}&stats=1#${n}`;
-  const monitor = new Monitor(out);
-  monitor.start();
 
   // The staying viewers join first; the doomed ones join later and become children of the source
   // and of the others (and forward to them too). Their SIGKILL leaves dead children whose

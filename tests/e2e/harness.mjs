@@ -722,6 +722,22 @@ export async function openBroadcaster(browser, out, base, extraQuery = '') {
   return b;
 }
 
+/**
+ * The set-up most swarm tests share: our signaling server, a browser, the broadcaster page live
+ * with the test pattern, a started `Monitor`, and `url(name)` for a viewer page of the stream
+ * (`viewerQuery` is appended to its query string).
+ */
+export async function startBroadcast(name, { viewerQuery = '' } = {}) {
+  const out = outDir(name);
+  const server = await startSignaling(out);
+  const browser = await launchBrowser();
+  const source = await openBroadcaster(browser, out, server.url);
+  const url = (n) => `${server.url}/watch.html?stream=${encodeURIComponent(source.streamId)}&stats=1${viewerQuery}#${n}`;
+  const monitor = new Monitor(out);
+  monitor.start();
+  return { out, server, browser, source, url, monitor };
+}
+
 /** Opens `n` viewer pages (separate contexts) named `${prefix}${i}`, a few at a time. */
 export async function openViewers(browser, out, urlFor, names) {
   const viewers = [];

@@ -5,7 +5,7 @@
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import { after, test } from 'node:test';
-import { Monitor, cleanup, launchBrowser, openBroadcaster, openViewers, outDir, sleep, startSignaling, summaryLine, waitInPage } from './harness.mjs';
+import { cleanup, openViewers, sleep, startBroadcast, summaryLine, waitInPage } from './harness.mjs';
 
 after(cleanup);
 
@@ -16,13 +16,7 @@ const STARTUP_MS = 45_000;
 const RESUME_BOUND_MS = 10_000;
 
 test('broadcaster page reloaded: viewers resume the new session live on their own', { timeout: 180_000 }, async () => {
-  const out = outDir('restart');
-  const server = await startSignaling(out);
-  const browser = await launchBrowser();
-  const source = await openBroadcaster(browser, out, server.url);
-  const url = (n) => `${server.url}/watch.html?stream=${encodeURIComponent(source.streamId)}&stats=1#${n}`;
-  const monitor = new Monitor(out);
-  monitor.start();
+  const { out, browser, source, url, monitor } = await startBroadcast('restart');
   const viewers = await openViewers(browser, out, url, [...Array(VIEWERS)].map((_, i) => `viewer${i}`));
   viewers.forEach((v) => monitor.add(v));
   await monitor.waitStarted(viewers.map((v) => v.name), STARTUP_MS);

@@ -7,16 +7,12 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import { after, test } from 'node:test';
 import {
-  Monitor,
   cleanup,
-  launchBrowser,
-  openBroadcaster,
   openViewers,
-  outDir,
   peersConnected,
   sleep,
   sourceBytesUp,
-  startSignaling,
+  startBroadcast,
   summaryLine,
   violations,
 } from './harness.mjs';
@@ -28,13 +24,7 @@ const WINDOW_MS = 20_000;
 const STARTUP_MS = 45_000;
 
 test('broadcaster + 8 viewers play live over WebRTC, through churn', { timeout: 240_000 }, async () => {
-  const out = outDir('swarm');
-  const server = await startSignaling(out);
-  const browser = await launchBrowser();
-  const source = await openBroadcaster(browser, out, server.url);
-  const url = (n) => `${server.url}/watch.html?stream=${encodeURIComponent(source.streamId)}&stats=1#${n}`;
-  const monitor = new Monitor(out);
-  monitor.start();
+  const { out, browser, source, url, monitor } = await startBroadcast('swarm');
 
   const first = await openViewers(browser, out, url, [...Array(VIEWERS)].map((_, i) => `viewer${i}`));
   first.forEach((v) => monitor.add(v));
