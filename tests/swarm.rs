@@ -730,6 +730,23 @@ fn a_restarted_source_is_noticed_from_its_first_genuine_header_and_replays_are_n
     let (mut v, them) = viewer_of_session_1();
     assert_eq!(feed(&mut v, them, header(0, 1_010_000)), (1, vec![]));
     assert_eq!(feed(&mut v, them, header(1, 1_010_200)), (0, vec![]));
+    // A viewer following the new session (fresh, after rejoining) is offered an old-session
+    // segment numbered beyond its newest by a neighbour that has not noticed the restart:
+    // ignored, the neighbour is not cut, and it is never played.
+    let (mut v, them, hs) = lone_viewer();
+    v.handle_input(
+        Instant::from_millis(10),
+        Input::Receive {
+            peer: them,
+            data: &hs,
+        },
+    );
+    for seq in 0..=2 {
+        feed(&mut v, them, header(seq, 1_010_000 + seq * 200));
+    }
+    assert_eq!(feed(&mut v, them, header(8, 1_001_600)), (0, vec![]));
+    assert_eq!(v.stats().newest_seq, Some(2));
+    assert_eq!(v.stats().neighbours, 1);
     assert_eq!(v.stats().neighbours, 1);
 }
 

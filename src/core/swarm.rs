@@ -1094,7 +1094,7 @@ impl Swarm {
             }
             return;
         }
-        if seq < self.window_start {
+        if seq < self.window_start || self.is_stale_session(&signed) {
             return;
         }
         if let Some(seg) = self.segments.get(&seq) {
@@ -1138,6 +1138,20 @@ impl Swarm {
             return false;
         };
         signed.header.seq <= newest && signed.header.pts_us > top.header.header.pts_us
+    }
+
+    /// Whether `signed` comes from an earlier session of the source than the one we follow:
+    /// numbered beyond our newest header, yet captured before it. Neighbours that have not yet
+    /// noticed a restart still hold and offer the old session's higher-numbered segments; a
+    /// viewer that rejoined must not play them after the new ones. Ignored, not cut: the sender
+    /// is behind, not lying.
+    fn is_stale_session(&self, signed: &SignedHeader) -> bool {
+        let Some(newest) = self.stats.newest_seq else {
+            return false;
+        };
+        self.segments.get(&newest).is_some_and(|top| {
+            signed.header.seq > newest && signed.header.pts_us < top.header.header.pts_us
+        })
     }
 
     /// Stores a verified header, updates the bitrate estimate and slides the window.
