@@ -123,7 +123,7 @@ impl Driver {
                 if lost {
                     util::debug("neighbours lost: announcing now");
                 }
-                self.announce(i, AnnounceEvent::Update);
+                self.announce(i, AnnounceEvent::Update, lost);
             }
         }
     }
@@ -178,7 +178,7 @@ impl Driver {
         } else {
             AnnounceEvent::Started
         };
-        self.announce(i, event);
+        self.announce(i, event, false);
     }
 
     fn on_tracker_closed(&mut self, i: usize) {
@@ -201,14 +201,17 @@ impl Driver {
     }
 
     /// Announces to tracker `i`, with as many fresh offers as the core wants neighbours.
-    fn announce(&mut self, i: usize, event: AnnounceEvent) {
+    /// `lost`: neighbours were just lost; offers still out do not count against new ones (in a
+    /// small swarm they went to peers we are connected to already, which ignore them until they
+    /// expire, and the announce that should replace the lost neighbours would carry none).
+    fn announce(&mut self, i: usize, event: AnnounceEvent, lost: bool) {
         let t = &mut self.trackers[i];
         if t.announcing {
             return;
         }
         t.announcing = true;
         // Offers still out (ours, unanswered) count towards what is wanted.
-        let pending = self.rtc.by_offer.len();
+        let pending = if lost { 0 } else { self.rtc.by_offer.len() };
         let wanted = if self.is_source {
             // The source accepts viewers' offers; its own offers reach those that came first.
             self.swarm
