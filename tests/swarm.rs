@@ -750,6 +750,190 @@ fn a_restarted_source_is_noticed_from_its_first_genuine_header_and_replays_are_n
     assert_eq!(v.stats().neighbours, 1);
 }
 
+/// Signed header of a one-piece segment `seq` captured at `pts_ms` (stream key `[9; 32]`).
+fn test_header(seq: u64, pts_ms: u64) -> SignedHeader {
+    let key = StreamKey::from_secret([9; 32]);
+    let meta = SegmentMeta {
+        pts_us: pts_ms * 1000,
+        duration_us: 200_000,
+        keyframe: true,
+    };
+    key.sign_header(SegmentHeader::describe(
+        seq,
+        0,
+        meta,
+        pts_ms * 1000,
+        &[seq as u8; 100],
+    ))
+}
+
+/// Feeds `msg` from `from` at `t_ms`; returns (restart reports, disconnects, messages sent).
+#[allow(clippy::type_complexity)]
+fn feed_msg(
+    v: &mut Swarm,
+    t_ms: u64,
+    from: PeerId,
+    msg: &Message,
+) -> (
+    usize,
+    Vec<(PeerId, DisconnectReason)>,
+    Vec<(PeerId, Message)>,
+) {
+    let data = msg.encode();
+    v.handle_input(
+        Instant::from_millis(t_ms),
+        Input::Receive {
+            peer: from,
+            data: &data,
+        },
+    );
+    let mut out = (0, Vec::new(), Vec::new());
+    while let Some(o) = v.poll_output() {
+        match o {
+            Output::SourceRestarted => out.0 += 1,
+            Output::Disconnect { peer, reason } => out.1.push((peer, reason)),
+            Output::Transmit { peer, data } => {
+                if let Ok(m) = Message::decode(&data) {
+                    out.2.push((peer, m));
+                }
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+/// Connects `peer` (handshake in, with `role`) to `v` at `t_ms`.
+fn add_neighbour(v: &mut Swarm, t_ms: u64, peer: PeerId, role: swarmcast::core::Role) {
+    v.handle_input(Instant::from_millis(t_ms), Input::Connected { peer });
+    let hs = Message::Handshake {
+        version: swarmcast::core::wire::PROTOCOL_VERSION,
+        stream: StreamKey::from_secret([9; 32]).stream_id(),
+        peer,
+        role,
+        upload_kbps: 1000,
+    };
+    feed_msg(v, t_ms, peer, &hs);
+}
+
+#[test]
+fn a_restart_reaches_viewers_holding_the_old_numbers_and_those_not_connected_to_the_source() {
+    use swarmcast::core::Role;
+    let (a, b, src) = (PeerId([2; 20]), PeerId([3; 20]), PeerId([4; 20]));
+    // A viewer that followed session 1 from its start: it holds segments 0..=20, so the new
+    // session's numbers are all ones it holds.
+    let session_1 = || {
+        let mut v = Swarm::viewer(
+            Config::default(),
+            StreamKey::from_secret([9; 32]).stream_id(),
+            PeerId([1; 20]),
+        );
+        add_neighbour(&mut v, 10, a, Role::Viewer);
+        add_neighbour(&mut v, 10, b, Role::Viewer);
+        for seq in 0..=20 {
+            let (r, cut, _) = feed_msg(
+                &mut v,
+                20,
+                a,
+                &Message::Header(test_header(seq, 1_000_000 + seq * 200)),
+            );
+            assert_eq!((r, cut), (0, vec![]));
+        }
+        v
+    };
+
+    // The restarted source connects and announces its segment 0, a number we hold (the old
+    // session's): we ask it for that header, once, and it shows the restart.
+    let mut v = session_1();
+    add_neighbour(&mut v, 30, src, Role::Source);
+    let (_, _, sent) = feed_msg(&mut v, 40, src, &Message::Have { seq: 0 });
+    assert!(
+        sent.contains(&(src, Message::Request { seq: 0, pieces: 0 })),
+        "no header probe: {sent:?}"
+    );
+    let (_, _, sent) = feed_msg(&mut v, 41, src, &Message::Have { seq: 1 });
+    assert!(
+        !sent.contains(&(src, Message::Request { seq: 1, pieces: 0 })),
+        "probed twice: {sent:?}"
+    );
+    let new_0 = test_header(0, 1_010_000);
+    let (restarts, cuts, sent) = feed_msg(&mut v, 50, src, &Message::Header(new_0.clone()));
+    assert_eq!((restarts, cuts), (1, vec![]));
+    // ...and passes the header on to the neighbours that may not have noticed.
+    for p in [a, b] {
+        assert!(
+            sent.contains(&(p, Message::Header(new_0.clone()))),
+            "not passed on to {p:?}: {sent:?}"
+        );
+    }
+
+    // A viewer not connected to the source: a neighbour that follows the new session connects
+    // with a bitfield behind our newest; its header for that number shows the restart.
+    let mut v = session_1();
+    let fresh = PeerId([5; 20]);
+    add_neighbour(&mut v, 30, fresh, Role::Viewer);
+    let (_, _, sent) = feed_msg(
+        &mut v,
+        40,
+        fresh,
+        &Message::Bitfield {
+            base: 0,
+            bits: vec![0b111],
+        },
+    );
+    assert!(
+        sent.contains(&(fresh, Message::Request { seq: 2, pieces: 0 })),
+        "no header probe: {sent:?}"
+    );
+    let (restarts, _, _) = feed_msg(
+        &mut v,
+        50,
+        fresh,
+        &Message::Header(test_header(2, 1_010_400)),
+    );
+    assert_eq!(restarts, 1);
+
+    // The viewer rejoins (fresh state, new id) and meets a neighbour still on session 1: its
+    // old-session header is ignored, the neighbour is shown the new session's header, and its
+    // old-session pieces are dropped without cutting it off.
+    let mut v = session_1();
+    feed_msg(&mut v, 40, a, &Message::Header(new_0.clone()));
+    let mut w = v.rejoin(PeerId([6; 20]), 7);
+    let stale = PeerId([7; 20]);
+    add_neighbour(&mut w, 100, stale, Role::Viewer);
+    let (r, cuts, sent) = feed_msg(
+        &mut w,
+        110,
+        stale,
+        &Message::Header(test_header(20, 1_004_000)),
+    );
+    assert_eq!((r, cuts), (0, vec![]));
+    assert_eq!(w.stats().newest_seq, None, "an old-session header was kept");
+    assert!(
+        sent.contains(&(stale, Message::Header(new_0.clone()))),
+        "the stale neighbour was not shown the new session: {sent:?}"
+    );
+    let (_, cuts, _) = feed_msg(
+        &mut w,
+        120,
+        stale,
+        &Message::Piece {
+            seq: 20,
+            index: 0,
+            data: vec![20; 100],
+        },
+    );
+    assert_eq!(cuts, vec![]);
+    // The new session's headers are taken as usual.
+    feed_msg(
+        &mut w,
+        130,
+        stale,
+        &Message::Header(test_header(1, 1_010_200)),
+    );
+    assert_eq!(w.stats().newest_seq, Some(1));
+}
+
 #[test]
 fn a_viewer_whose_neighbours_have_no_upload_to_spare_says_capacity_is_short() {
     let (mut v, them, hs) = lone_viewer();

@@ -96,6 +96,12 @@ pub(crate) struct Neighbour {
     pub last_heard: Instant,
     /// Last time we sent it anything (an idle link gets a ping so that it hears from us).
     pub last_sent: Instant,
+    /// We asked it for one header to check whether the source restarted (once per neighbour: a
+    /// stale claim costs one small request).
+    pub restart_probed: bool,
+    /// It offered a header of an older session of the source than ours: it has not noticed a
+    /// restart yet. It was shown our newer header; its advertisements and pieces are ignored.
+    pub stale_session: bool,
 }
 
 impl Neighbour {
@@ -130,6 +136,8 @@ impl Neighbour {
             useful: 0,
             last_heard: now,
             last_sent: now,
+            restart_probed: false,
+            stale_session: false,
         }
     }
 

@@ -166,7 +166,7 @@ impl Swarm {
     fn availability(&self, seq: u64) -> u32 {
         self.neighbours
             .values()
-            .filter(|n| n.established && n.haves.contains(seq))
+            .filter(|n| n.established && !n.stale_session && n.haves.contains(seq))
             .count() as u32
     }
 
@@ -227,6 +227,7 @@ impl Swarm {
         for (id, n) in &self.neighbours {
             if !n.established
                 || n.silent(now)
+                || n.stale_session
                 || !n.haves.contains(seq)
                 || (n.upload_kbps == 0 && n.role != Role::Source)
                 || n.requested_pieces + cost > MAX_OUTSTANDING
@@ -264,7 +265,7 @@ impl Swarm {
         let target = self
             .neighbours
             .iter()
-            .filter(|(_, n)| n.established && n.haves.contains(m))
+            .filter(|(_, n)| n.established && !n.stale_session && n.haves.contains(m))
             .min_by_key(|(id, n)| (n.role == Role::Source, n.rtt_or_default(), **id))
             .map(|(id, _)| *id);
         let Some(peer) = target else {

@@ -494,7 +494,11 @@ impl Swarm {
             if now.saturating_duration_since(last) <= self.config.stall_timeout {
                 continue;
             }
-            if self.stripe_overdue(now, s, last) {
+            // A parent heard from not at all for a second is most likely gone (a killed tab says
+            // no goodbye): left at once, even when nothing tells us what it should have sent (it
+            // may have been our only source of news), rather than when it is declared dead.
+            let parent_silent = self.neighbours.get(&parent).is_none_or(|n| n.silent(now));
+            if parent_silent || self.stripe_overdue(now, s, last) {
                 self.abandon_parent(now, s, parent);
             }
         }

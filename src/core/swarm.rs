@@ -402,8 +402,11 @@ pub struct Swarm {
     pub(crate) now: Instant,
     /// [`Output::SourceRestarted`] was emitted.
     pub(crate) restarted: bool,
-    /// A source's header was asked for to check for a restart (once: a stale claim costs one).
-    pub(crate) restart_probed: bool,
+    /// The genuine header that showed the source restarted (from the detection on this swarm,
+    /// or handed on by [`Swarm::rejoin`]): the newest session known, so that the older one is
+    /// recognised even before any header of the new one is held, and shown to neighbours still
+    /// following the older one.
+    pub(crate) session: Option<Arc<SignedHeader>>,
 }
 
 impl Swarm {
@@ -474,8 +477,21 @@ impl Swarm {
             init_version: 0,
             now: Instant::ZERO,
             restarted: false,
-            restart_probed: false,
+            session: None,
         }
+    }
+
+    /// A fresh viewer of the same stream under a new id, to rejoin with after
+    /// [`Output::SourceRestarted`]: no neighbours, segments or playback state, but it knows the
+    /// new session, so that segments of the older one, which neighbours that have not noticed
+    /// the restart still offer, are ignored rather than played (and those neighbours are shown
+    /// the new session's header).
+    pub fn rejoin(&self, local: PeerId, seed: u64) -> Swarm {
+        let mut config = self.config.clone();
+        config.seed = seed;
+        let mut next = Swarm::new(config, self.stream, local, None);
+        next.session = self.session.clone();
+        next
     }
 
     /// The stream.
@@ -648,10 +664,27 @@ impl Swarm {
     }
 
     /// How many more neighbours the core would like; the binding asks the tracker for that many.
+    /// A neighbour silent for a second does not count: it is most likely gone (a killed tab says
+    /// no goodbye), and replacing it must not wait until it is declared dead.
     pub fn wanted_neighbours(&self) -> usize {
+        let alive = self
+            .neighbours
+            .values()
+            .filter(|n| !n.silent(self.now))
+            .count();
         self.config
             .target_degree
-            .saturating_sub(self.neighbours.len() + self.connecting.len())
+            .saturating_sub(alive + self.connecting.len())
+    }
+
+    /// Neighbours (handshake done) heard from within the last second. When this falls the
+    /// binding asks the tracker for more at once rather than at its next periodic announce: the
+    /// lost ones may have been this viewer's only path to the data.
+    pub fn live_neighbours(&self) -> usize {
+        self.neighbours
+            .values()
+            .filter(|n| n.established && !n.silent(self.now))
+            .count()
     }
 
     /// This peer's figures.
@@ -955,27 +988,15 @@ impl Swarm {
                 let n = self.neighbours.get_mut(&peer).expect("established");
                 n.haves.insert_bitfield(base, &bits);
                 if let Some(max) = n.haves.max() {
-                    self.advertised(now, max);
+                    self.probe_session(peer, max);
+                    self.advertised(now, peer, max);
                 }
             }
             Message::Have { seq } => {
                 let n = self.neighbours.get_mut(&peer).expect("established");
                 n.haves.insert(seq);
-                let from_source = n.role == Role::Source;
-                // The source announcing a segment numbered at or behind our newest that we do
-                // not hold: a restarted source (or a stale claim). Its header settles it in one
-                // round trip, instead of waiting for a stripe to bring one.
-                if from_source
-                    && !self.restarted
-                    && !self.is_source()
-                    && self.stats.newest_seq.is_some_and(|m| seq <= m)
-                    && !self.segments.contains_key(&seq)
-                    && !self.restart_probed
-                {
-                    self.restart_probed = true;
-                    self.send(peer, &Message::Request { seq, pieces: 0 });
-                }
-                self.advertised(now, seq);
+                self.probe_session(peer, seq);
+                self.advertised(now, peer, seq);
             }
             Message::Header(signed) => self.on_header(now, peer, signed),
             Message::Request { seq, pieces } => self.on_request(peer, seq, pieces),
@@ -1030,7 +1051,40 @@ impl Swarm {
         }
     }
 
-    fn advertised(&mut self, now: Instant, seq: u64) {
+    /// A neighbour announced segment `seq`, numbered behind our newest (or at it, and we lack
+    /// it): if the source restarted, that is a segment of its new session (numbered from 0
+    /// again), and the segment we hold under that number is the old session's. Its header
+    /// settles it in one round trip (a restart is recognised by a later capture time), instead of
+    /// waiting for a stripe to bring one, which never happens when the neighbours that follow the
+    /// new session are not our parents. Asked once per neighbour, so a stale claim costs one
+    /// small request; a viewer whose newest is old-session segment 45 and which holds segments
+    /// 0..=45 of that session (it joined at the start) is told by its first new-session
+    /// neighbour.
+    fn probe_session(&mut self, peer: PeerId, seq: u64) {
+        if self.is_source() || self.restarted {
+            return;
+        }
+        let Some(newest) = self.stats.newest_seq else {
+            return;
+        };
+        if seq > newest || (seq == newest && self.segments.contains_key(&seq)) {
+            return;
+        }
+        let Some(n) = self.neighbours.get_mut(&peer) else {
+            return;
+        };
+        if n.restart_probed || n.stale_session {
+            return;
+        }
+        n.restart_probed = true;
+        self.send(peer, &Message::Request { seq, pieces: 0 });
+    }
+
+    fn advertised(&mut self, now: Instant, peer: PeerId, seq: u64) {
+        if self.neighbours.get(&peer).is_some_and(|n| n.stale_session) {
+            // An older session's numbers say nothing about where ours is.
+            return;
+        }
         // A claim far beyond the newest verified header is a lie (or from another era): ignored.
         if self
             .stats
@@ -1090,11 +1144,21 @@ impl Swarm {
             }
             if !self.restarted {
                 self.restarted = true;
+                // Passed on to every neighbour before this state is dropped: those that have not
+                // noticed yet do so at once, whoever they are connected to (a viewer whose only
+                // path to the new session is through us would otherwise wait for silence).
+                let others: Vec<PeerId> = self.established().filter(|p| *p != peer).collect();
+                self.send_each(&others, &Message::Header(signed.clone()));
+                self.session = Some(Arc::new(signed));
                 self.outputs.push_back(Output::SourceRestarted);
             }
             return;
         }
-        if seq < self.window_start || self.is_stale_session(&signed) {
+        if self.is_stale_session(&signed) {
+            self.on_stale_session(peer);
+            return;
+        }
+        if seq < self.window_start {
             return;
         }
         if let Some(seg) = self.segments.get(&seq) {
@@ -1141,17 +1205,54 @@ impl Swarm {
     }
 
     /// Whether `signed` comes from an earlier session of the source than the one we follow:
-    /// numbered beyond our newest header, yet captured before it. Neighbours that have not yet
-    /// noticed a restart still hold and offer the old session's higher-numbered segments; a
-    /// viewer that rejoined must not play them after the new ones. Ignored, not cut: the sender
-    /// is behind, not lying.
+    /// captured before a header we hold with a lower number (or before the session header a
+    /// rejoin handed on, numbered below it). Within one session capture times grow with sequence
+    /// numbers. Neighbours that have not yet noticed a restart still hold and offer the old
+    /// session's segments, under numbers beyond our newest or, when asked, under the numbers of
+    /// ours; a viewer that rejoined must not play them. Ignored, not cut: the sender is behind,
+    /// not lying.
     fn is_stale_session(&self, signed: &SignedHeader) -> bool {
-        let Some(newest) = self.stats.newest_seq else {
-            return false;
+        let (seq, pts) = (signed.header.seq, signed.header.pts_us);
+        let older = |top: &SignedHeader| top.header.seq < seq && pts < top.header.pts_us;
+        self.segments
+            .range(..seq)
+            .next_back()
+            .is_some_and(|(_, below)| older(&below.header))
+            || self.session.as_ref().is_some_and(|top| older(top))
+    }
+
+    /// The header of our newest segment, else the session header handed on by a rejoin.
+    fn newest_header(&self) -> Option<Arc<SignedHeader>> {
+        self.stats
+            .newest_seq
+            .and_then(|n| self.segments.get(&n))
+            .map(|s| s.header.clone())
+            .or_else(|| self.session.clone())
+    }
+
+    /// `peer` offered a header of an older session: it has not noticed that the source
+    /// restarted. It is shown our newest header once (a genuine header of the newer session
+    /// makes it notice and rejoin), and from then on what it advertises or pushes is ignored,
+    /// not held against it: it is behind, not lying.
+    fn on_stale_session(&mut self, peer: PeerId) {
+        let Some(n) = self.neighbours.get_mut(&peer) else {
+            return;
         };
-        self.segments.get(&newest).is_some_and(|top| {
-            signed.header.seq > newest && signed.header.pts_us < top.header.header.pts_us
-        })
+        if n.stale_session {
+            return;
+        }
+        n.stale_session = true;
+        if let Some(top) = self.newest_header() {
+            self.send(peer, &Message::Header((*top).clone()));
+        }
+        // Its numbers may have pushed the highest advertised segment beyond our session's.
+        self.max_advertised = self
+            .neighbours
+            .values()
+            .filter(|n| !n.stale_session)
+            .filter_map(|n| n.haves.max())
+            .max()
+            .map(|m| (m, self.max_advertised.map_or(self.now, |(_, at)| at)));
     }
 
     /// Stores a verified header, updates the bitrate estimate and slides the window.
@@ -1255,6 +1356,10 @@ impl Swarm {
         }
         let idx = index as usize;
         let Some(seg) = self.segments.get(&seq) else {
+            if self.neighbours.get(&peer).is_some_and(|n| n.stale_session) {
+                // A piece of an older session, whose header we ignored.
+                return;
+            }
             return self.cut(
                 now,
                 peer,

@@ -290,6 +290,7 @@ impl Driver {
                 .last_media_ms
                 .is_none_or(|t| now - t > REJOIN_AFTER_SILENCE_MS)
         {
+            util::warn("no media for a while: rejoining the swarm");
             self.rejoin();
         }
         if now - self.rates.at_ms >= 1000.0 {
@@ -317,12 +318,12 @@ impl Driver {
     /// Starts over as a new viewer of the same stream: every connection closed, a fresh core
     /// with a fresh peer id, trackers re-announced, the player waiting for a new init segment.
     fn rejoin(&mut self) {
-        util::warn("no media for a while: rejoining the swarm");
-        self.rtc.close_all();
+        // Not closed at once: the last messages (the new session's header, passed on to the
+        // neighbours) must still go out.
+        self.rtc.retire_all(util::now_ms());
         self.local = PeerId(util::random_bytes());
-        let mut config = self.swarm.config().clone();
-        config.seed = u64::from_le_bytes(util::random_bytes());
-        self.swarm = Swarm::viewer(config, self.swarm.stream(), self.local);
+        let seed = u64::from_le_bytes(util::random_bytes());
+        self.swarm = self.swarm.rejoin(self.local, seed);
         for t in &mut self.trackers {
             t.restart();
         }

@@ -42,6 +42,9 @@ const DISCONNECTED_GRACE_MS: f64 = 3_000.0;
 /// once, so an answer that has not come by then will not come.
 const OFFER_TIMEOUT_MS: f64 = 10_000.0;
 
+/// How long a connection given up by a rejoin stays open for its channel to send what it holds.
+const RETIRE_MS: f64 = 1_000.0;
+
 /// How a connection was set up (where its answer goes or comes from).
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum Via {
@@ -80,6 +83,11 @@ pub(crate) struct Rtc {
     next: u64,
     /// Callbacks of closed connections, freed at the next tick (never while one may be running).
     graveyard: Vec<Callback>,
+    /// Connections given up by a rejoin whose channels are closing: each `RTCPeerConnection` is
+    /// closed only at the given time, so that what was sent last (the new session's header,
+    /// passed on to neighbours that have not noticed the restart) still goes out. Closing the
+    /// connection at once discards whatever its channel still holds.
+    retiring: Vec<(f64, RtcPeerConnection)>,
 }
 
 impl Rtc {
@@ -141,6 +149,14 @@ impl Rtc {
     }
 
     fn close_conn(&mut self, id: u64) -> Option<Conn> {
+        let c = self.detach_conn(id)?;
+        c.pc.close();
+        Some(c)
+    }
+
+    /// Forgets connection `id` and silences its callbacks; its data channel starts closing
+    /// (which sends what it still holds first); the connection itself is left to the caller.
+    fn detach_conn(&mut self, id: u64) -> Option<Conn> {
         let mut c = self.conns.remove(&id)?;
         if let Some(p) = c.peer {
             if self.by_peer.get(&p) == Some(&id) {
@@ -158,9 +174,31 @@ impl Rtc {
         }
         c.pc.set_onconnectionstatechange(None);
         c.pc.set_ondatachannel(None);
-        c.pc.close();
         self.graveyard.append(&mut c.closures);
         Some(c)
+    }
+
+    /// Gives up every connection (rejoin): the channels close at once, after sending what they
+    /// hold; the connections are closed [`RETIRE_MS`] later by [`Rtc::close_retired`].
+    pub(crate) fn retire_all(&mut self, now: f64) {
+        let ids: Vec<u64> = self.conns.keys().copied().collect();
+        for id in ids {
+            if let Some(c) = self.detach_conn(id) {
+                self.retiring.push((now + RETIRE_MS, c.pc));
+            }
+        }
+    }
+
+    /// Closes the retiring connections that are due (all of them with `now` = infinity).
+    fn close_retired(&mut self, now: f64) {
+        self.retiring.retain(|(at, pc)| {
+            if *at <= now {
+                pc.close();
+                false
+            } else {
+                true
+            }
+        });
     }
 
     /// Closes everything (page leaving).
@@ -169,6 +207,7 @@ impl Rtc {
         for id in ids {
             self.close_conn(id);
         }
+        self.close_retired(f64::INFINITY);
     }
 }
 
@@ -571,6 +610,7 @@ impl Driver {
     /// Gives up connections that never opened and frees dead callbacks.
     pub(crate) fn rtc_tick(&mut self, now: f64) {
         self.rtc.graveyard.clear();
+        self.rtc.close_retired(now);
         let stale: Vec<u64> = self
             .rtc
             .conns

@@ -25,6 +25,13 @@ const DEFAULT_INTERVAL_MS: f64 = 30_000.0;
 /// least this often, whatever the tracker's interval: joining fast matters more for live video.
 const HUNGRY_INTERVAL_MS: f64 = 5_000.0;
 
+/// A viewer whose live neighbours fell below what it had at its last announce re-announces at
+/// once, but not more often than this. The neighbours it lost may have been its only path to
+/// everyone holding data (viewers that joined first and were killed): the peers it learned
+/// through them can no longer be reached through them, and waiting for the periodic announce
+/// stalled playback for seconds.
+const LOSS_REANNOUNCE_MS: f64 = 1_000.0;
+
 /// One tracker connection.
 pub(crate) struct Tracker {
     url: String,
@@ -38,6 +45,8 @@ pub(crate) struct Tracker {
     interval_ms: f64,
     /// Peers in the swarm (seeders + leechers) as the tracker last said, us included.
     swarm_size: Option<usize>,
+    /// When we last announced, and how many live neighbours we had then.
+    announced: (f64, usize),
     announcing: bool,
     closures: Vec<Callback>,
     graveyard: Vec<Callback>,
@@ -56,6 +65,7 @@ impl Tracker {
             announce_at: None,
             interval_ms: DEFAULT_INTERVAL_MS,
             swarm_size: None,
+            announced: (0.0, 0),
             announcing: false,
             closures: Vec::new(),
             graveyard: Vec::new(),
@@ -80,6 +90,7 @@ impl Tracker {
         self.reconnect_at = 0.0;
         self.attempts = 0;
         self.swarm_size = None;
+        self.announced = (0.0, 0);
     }
 
     fn detach(&mut self) {
@@ -101,10 +112,18 @@ impl Driver {
         for i in 0..self.trackers.len() {
             self.trackers[i].graveyard.clear();
             let t = &self.trackers[i];
+            let lost = !self.is_source
+                && self.swarm.live_neighbours() < t.announced.1
+                && now - t.announced.0 >= LOSS_REANNOUNCE_MS
+                && self.swarm.wanted_neighbours() > 0;
             if t.ws.is_none() && now >= t.reconnect_at {
                 self.tracker_connect(i);
-            } else if t.open && !t.announcing && t.announce_at.is_some_and(|at| now >= at) {
-                self.announce(i, AnnounceEvent::Update);
+            } else if t.open && !t.announcing && (lost || t.announce_at.is_some_and(|at| now >= at))
+            {
+                if lost {
+                    util::debug("neighbours lost: announcing now");
+                }
+                self.announce(i, AnnounceEvent::Update, lost);
             }
         }
     }
@@ -159,7 +178,7 @@ impl Driver {
         } else {
             AnnounceEvent::Started
         };
-        self.announce(i, event);
+        self.announce(i, event, false);
     }
 
     fn on_tracker_closed(&mut self, i: usize) {
@@ -182,14 +201,17 @@ impl Driver {
     }
 
     /// Announces to tracker `i`, with as many fresh offers as the core wants neighbours.
-    fn announce(&mut self, i: usize, event: AnnounceEvent) {
+    /// `lost`: neighbours were just lost; offers still out do not count against new ones (in a
+    /// small swarm they went to peers we are connected to already, which ignore them until they
+    /// expire, and the announce that should replace the lost neighbours would carry none).
+    fn announce(&mut self, i: usize, event: AnnounceEvent, lost: bool) {
         let t = &mut self.trackers[i];
         if t.announcing {
             return;
         }
         t.announcing = true;
         // Offers still out (ours, unanswered) count towards what is wanted.
-        let pending = self.rtc.by_offer.len();
+        let pending = if lost { 0 } else { self.rtc.by_offer.len() };
         let wanted = if self.is_source {
             // The source accepts viewers' offers; its own offers reach those that came first.
             self.swarm
@@ -263,6 +285,7 @@ impl Driver {
         let hungry = self.swarm.wanted_neighbours() > 0 && others > self.swarm.stats().neighbours;
         t.announcing = false;
         let sent = t.send(&text);
+        t.announced = (util::now_ms(), self.swarm.live_neighbours());
         let interval = if hungry {
             t.interval_ms.min(HUNGRY_INTERVAL_MS)
         } else {

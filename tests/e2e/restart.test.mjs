@@ -1,6 +1,8 @@
 // The broadcaster's page is reloaded mid-stream (same key, from localStorage): its new session
 // numbers segments from 0 again. Viewers must notice from the first genuine header of the new
-// session and come back to live playback by themselves, well before the 12 s no-media fallback.
+// session (asked of the source or of a neighbour that follows the new session, or passed on by a
+// neighbour that noticed first) and come back to live playback by themselves, every one of them
+// well before the 12 s no-media fallback.
 
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
@@ -11,9 +13,12 @@ after(cleanup);
 
 const VIEWERS = 3;
 const STARTUP_MS = 45_000;
-/** Breakage bound only (the figure itself goes to the summary): the old fallback alone took 12 s
- * of silence plus a fresh start. */
-const RESUME_BOUND_MS = 10_000;
+/** Every viewer, not just most: the figure itself goes to the summary (1.2-2.5 s measured, load
+ * 3-14). A viewer that notices only through the neighbours' silence fallback takes 12 s plus a
+ * fresh start, and one that held the old session's segments under the new session's numbers
+ * (it joined at the start) took 9.8 s before viewers asked any neighbour behind them for a
+ * header and passed the restart on: both fail this. */
+const RESUME_BOUND_MS = 6_000;
 
 test('broadcaster page reloaded: viewers resume the new session live on their own', { timeout: 180_000 }, async () => {
   const { out, browser, source, url, monitor } = await startBroadcast('restart');
