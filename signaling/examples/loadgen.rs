@@ -7,8 +7,8 @@
 //! 2. announces/s: `--active` connections announce without offers, closed loop;
 //! 3. relay latency p50/p99 at a fixed offered load (`--rate` offers/s, open loop): time from
 //!    sending an announce with one offer to the forwarded offer arriving at another client;
-//! 4. relay throughput: `--active` connections announce with one offer each, closed loop;
-//!    offers delivered per second.
+//! 4. relay throughput: `--active` connections announce with `--offers` offers each (1 by
+//!    default), closed loop; offers delivered per second.
 //!
 //! Each phase lasts `--secs` seconds. Example (see BENCHMARKS.md):
 //! ```sh
@@ -45,6 +45,10 @@ struct Args {
     /// Seconds per phase.
     #[arg(long, default_value_t = 5.0)]
     secs: f64,
+    /// Offers per announce in the relay-throughput phase (WebTorrent clients send up to 10,
+    /// swarmcast's peer up to 5).
+    #[arg(long, default_value_t = 1)]
+    offers: usize,
     /// Targets to run, in order: `ours`, `npm`.
     #[arg(long, value_delimiter = ',', default_value = "ours,npm")]
     targets: Vec<String>,
@@ -258,11 +262,17 @@ async fn open(
 
 /// Builds an announce by hand (no JSON tree per message: the generator shares the two cores
 /// with the server under test and must stay cheap). `ih` and `peer` are JSON string literals.
-fn announce_msg(ih: &str, peer: &str, offer_at_us: Option<u64>) -> Message {
+fn announce_msg(ih: &str, peer: &str, offer_at_us: Option<u64>, n: usize) -> Message {
     let offers = match offer_at_us {
-        Some(t) => format!(
-            r#","offers":[{{"offer":{{"type":"offer","sdp":"v=0 lg-t={t} {SDP}"}},"offer_id":"{t:020}"}}]"#
-        ),
+        Some(t) => {
+            let one = |k: usize| {
+                format!(
+                    r#"{{"offer":{{"type":"offer","sdp":"v=0 lg-t={t} {SDP}"}},"offer_id":"{t:018}{k:02}"}}"#
+                )
+            };
+            let all: Vec<String> = (0..n.max(1)).map(one).collect();
+            format!(r#","offers":[{}]"#, all.join(","))
+        }
         None => String::new(),
     };
     Message::Text(
@@ -289,7 +299,7 @@ fn pct(sorted: &[u32], p: f64) -> f64 {
 async fn closed_loop(
     conns: Vec<Conn>,
     ih: Arc<String>,
-    with_offer: bool,
+    offers: usize,
     t0: Instant,
     until: Instant,
 ) -> Vec<Conn> {
@@ -299,8 +309,12 @@ async fn closed_loop(
             let ih = ih.clone();
             tokio::spawn(async move {
                 while Instant::now() < until {
-                    let t = with_offer.then(|| t0.elapsed().as_micros() as u64);
-                    if c.sink.send(announce_msg(&ih, &c.peer, t)).await.is_err() {
+                    let t = (offers > 0).then(|| t0.elapsed().as_micros() as u64);
+                    if c.sink
+                        .send(announce_msg(&ih, &c.peer, t, offers))
+                        .await
+                        .is_err()
+                    {
                         break;
                     }
                     if tokio::time::timeout(Duration::from_secs(5), c.replied.notified())
@@ -380,7 +394,7 @@ async fn run_target(args: &Args, name: &str) {
     let r0 = stats.replies.load(Relaxed);
     let c0 = cpu_secs(pid);
     let s = Instant::now();
-    let conns_active = closed_loop(conns, ih.clone(), false, t0, s + secs).await;
+    let conns_active = closed_loop(conns, ih.clone(), 0, t0, s + secs).await;
     let n = stats.replies.load(Relaxed) - r0;
     let ann = n as f64 / s.elapsed().as_secs_f64();
     let cpu = cpu_secs(pid) - c0;
@@ -408,7 +422,7 @@ async fn run_target(args: &Args, name: &str) {
         let c = &mut conns_active[idx];
         let t = t0.elapsed().as_micros() as u64;
         if c.sink
-            .send(announce_msg(&ih, &c.peer, Some(t)))
+            .send(announce_msg(&ih, &c.peer, Some(t), 1))
             .await
             .is_ok()
         {
@@ -436,7 +450,7 @@ async fn run_target(args: &Args, name: &str) {
     let o0 = stats.offers.load(Relaxed);
     let c0 = cpu_secs(pid);
     let s = Instant::now();
-    let conns_active = closed_loop(conns_active, ih.clone(), true, t0, s + secs).await;
+    let conns_active = closed_loop(conns_active, ih.clone(), args.offers, t0, s + secs).await;
     let el = s.elapsed().as_secs_f64();
     tokio::time::sleep(Duration::from_millis(300)).await;
     stats.record.store(false, Relaxed);
@@ -447,7 +461,8 @@ async fn run_target(args: &Args, name: &str) {
     lat.sort_unstable();
     let rss2 = rss_kib(pid);
     println!(
-        "[{name}] relay throughput (closed loop, {active} active): {relayed:.0} offers/s delivered; server CPU {cpu:.2} s = {:.0} offers relayed per server CPU-second; latency under saturation p50 {:.2} ms, p99 {:.2} ms; server RSS now {rss2} KiB; failures {}",
+        "[{name}] relay throughput (closed loop, {active} active, {} offers per announce): {relayed:.0} offers/s delivered; server CPU {cpu:.2} s = {:.0} offers relayed per server CPU-second; latency under saturation p50 {:.2} ms, p99 {:.2} ms; server RSS now {rss2} KiB; failures {}",
+        args.offers,
         delivered as f64 / cpu.max(0.01),
         pct(&lat, 0.5),
         pct(&lat, 0.99),
