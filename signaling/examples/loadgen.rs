@@ -307,6 +307,7 @@ async fn closed_loop(
                         .await
                         .is_err()
                     {
+                        eprintln!("closed loop: no reply within 5 s; this connection stops");
                         break;
                     }
                 }

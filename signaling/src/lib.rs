@@ -9,7 +9,9 @@
 
 pub mod config;
 pub mod metrics;
+pub mod outbox;
 pub mod protocol;
 pub mod server;
 pub mod tls;
 pub mod tracker;
+pub mod ws;

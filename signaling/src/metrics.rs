@@ -53,6 +53,8 @@ pub const REASONS: &[&str] = &[
     "origin",
     "too_many_connections",
     "not_text",
+    "bad_frame",
+    "bad_handshake",
 ];
 
 /// Upper bounds (µs) of the relay latency histogram buckets.

@@ -1,23 +1,20 @@
 //! HTTP and WebSocket front: routes, static files, one task per WebSocket connection, graceful
 //! shutdown.
 //!
-//! Each connection task owns its socket and a bounded queue of outgoing messages. Other
-//! connections only ever `try_send` into that queue ([`ConnHandle::send`]); when it is full the
-//! connection is closed (1008) rather than buffered further, so memory stays bounded whatever
-//! clients do. Replies to the connection itself go through the same queue, which keeps the
-//! per-connection order of messages and lets the task read only after it has written.
+//! The WebSocket upgrade is answered here and the framing is our own (`ws`): each connection's
+//! socket is split, its task owns the read half and the write half sits in an [`Outbox`] that
+//! any task may write through (a relayed offer goes straight into the receiver's socket). What
+//! a socket does not take at once waits in the outbox, bounded; beyond the bound the connection
+//! is closed (or, under `--on-full-queue drop`, the message dropped), so memory stays bounded
+//! whatever clients do. A connection with bytes waiting is not read until they are written,
+//! which pushes back on a client that sends faster than it reads.
 
-use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::task::Poll;
 use std::time::{Duration, Instant};
 
-use axum::extract::ws::{
-    rejection::WebSocketUpgradeRejection, CloseFrame, Message, WebSocket, WebSocketUpgrade,
-};
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
@@ -25,31 +22,26 @@ use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use axum::serve::ListenerExt;
 use axum::Router;
-use futures_util::SinkExt;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf};
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tower_http::compression::CompressionLayer;
 use tower_http::services::ServeDir;
 use tower_http::set_header::SetResponseHeaderLayer;
 
 use crate::config::{Config, FullQueue};
 use crate::metrics::{Kind, Metrics};
+use crate::outbox::{FlushError, Outbox, SendOutcome};
 use crate::protocol::{self, Request as Msg};
 use crate::tls::{TlsListener, TlsReloader};
-use crate::tracker::{ConnHandle, Out, SendOutcome, Tracker};
+use crate::tracker::{Out, Tracker};
+use crate::ws::{self, Incoming};
 
-/// Read buffer per connection. tungstenite's default is 128 KiB, allocated up front; tracker
-/// messages are a few KiB at most, and idle connections must stay small (goal: < 8 KiB each).
+/// Read buffer per connection (allocated at the first message). Tracker messages are a few
+/// KiB at most, and idle connections must stay small (goal: < 8 KiB each); a larger message
+/// grows the buffer for as long as it is read.
 const READ_BUFFER: usize = 2048;
-
-/// Messages written per flush when a queue has several waiting.
-const WRITE_BATCH: usize = 32;
-
-/// Bytes of encoded frames tungstenite collects before it writes to the socket; a batch is
-/// then flushed at once. With 0 (the earlier setting) every message cost its own `write`
-/// syscall (and, with TLS, its own record) even inside a batch. The buffer grows only on
-/// connections that get batches, so idle connections do not pay for it.
-const WRITE_BUFFER: usize = 16 * 1024;
 
 /// Shared server state.
 pub struct AppState {
@@ -287,45 +279,64 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
 }
 
 /// `/`: a WebSocket upgrade (WebTorrent clients use the tracker URL as given), else the index.
-async fn root(
-    State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
-    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
-) -> Response {
-    match ws {
-        Ok(ws) => upgrade(state, &headers, ws),
-        Err(_) => match tokio::fs::read_to_string(state.static_dir.join("index.html")).await {
-            Ok(page) => Html(page).into_response(),
-            Err(_) => Html(
-                "<!doctype html><title>swarmcast</title><p>swarmcast signaling server. \
-                 Try the <a href=\"demo.html\">demo</a>.</p>\n",
-            )
-            .into_response(),
-        },
+async fn root(State(state): State<Arc<AppState>>, req: Request) -> Response {
+    if is_upgrade(req.headers()) {
+        return upgrade(state, req);
+    }
+    match tokio::fs::read_to_string(state.static_dir.join("index.html")).await {
+        Ok(page) => Html(page).into_response(),
+        Err(_) => Html(
+            "<!doctype html><title>swarmcast</title><p>swarmcast signaling server. \
+             Try the <a href=\"demo.html\">demo</a>.</p>\n",
+        )
+        .into_response(),
     }
 }
 
 /// `/announce`: WebSocket only.
-async fn announce(
-    State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
-    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
-) -> Response {
-    match ws {
-        Ok(ws) => upgrade(state, &headers, ws),
-        Err(_) => (
-            StatusCode::UPGRADE_REQUIRED,
-            [(header::UPGRADE, "websocket")],
-            "this is a WebSocket tracker endpoint\n",
-        )
-            .into_response(),
+async fn announce(State(state): State<Arc<AppState>>, req: Request) -> Response {
+    if is_upgrade(req.headers()) {
+        return upgrade(state, req);
     }
+    (
+        StatusCode::UPGRADE_REQUIRED,
+        [(header::UPGRADE, "websocket")],
+        "this is a WebSocket tracker endpoint\n",
+    )
+        .into_response()
 }
 
-fn upgrade(state: Arc<AppState>, headers: &HeaderMap, ws: WebSocketUpgrade) -> Response {
+/// Whether the request asks for a WebSocket (RFC 6455 section 4.2.1); a request that does
+/// not is served as plain HTTP.
+fn is_upgrade(h: &HeaderMap) -> bool {
+    let has_token = |name: header::HeaderName, token: &str| {
+        h.get_all(name).iter().any(|v| {
+            v.to_str()
+                .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+        })
+    };
+    has_token(header::CONNECTION, "upgrade") && has_token(header::UPGRADE, "websocket")
+}
+
+fn upgrade(state: Arc<AppState>, mut req: Request) -> Response {
     let cfg = &state.config;
+    let h = req.headers();
+    if h.get(header::SEC_WEBSOCKET_VERSION).map(|v| v.as_bytes()) != Some(b"13") {
+        state.metrics.reject("bad_handshake");
+        return (
+            StatusCode::BAD_REQUEST,
+            [(header::SEC_WEBSOCKET_VERSION, "13")],
+            "unsupported WebSocket version\n",
+        )
+            .into_response();
+    }
+    let Some(key) = h.get(header::SEC_WEBSOCKET_KEY) else {
+        state.metrics.reject("bad_handshake");
+        return (StatusCode::BAD_REQUEST, "missing Sec-WebSocket-Key\n").into_response();
+    };
+    let accept = tungstenite::handshake::derive_accept_key(key.as_bytes());
     if !cfg.allowed_origins.is_empty() {
-        if let Some(origin) = headers.get(header::ORIGIN) {
+        if let Some(origin) = h.get(header::ORIGIN) {
             let ok = origin
                 .to_str()
                 .is_ok_and(|o| cfg.allowed_origins.iter().any(|a| a == o));
@@ -339,13 +350,26 @@ fn upgrade(state: Arc<AppState>, headers: &HeaderMap, ws: WebSocketUpgrade) -> R
         state.metrics.reject("too_many_connections");
         return (StatusCode::SERVICE_UNAVAILABLE, "too many connections\n").into_response();
     }
-    let max = cfg.max_message_bytes;
-    ws.read_buffer_size(READ_BUFFER.min(max.max(64)))
-        .write_buffer_size(WRITE_BUFFER)
-        .max_write_buffer_size(4 * max.max(64 * 1024))
-        .max_message_size(max)
-        .max_frame_size(max)
-        .on_upgrade(move |socket| connection(socket, state))
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    tokio::spawn(async move {
+        match on_upgrade.await {
+            Ok(upgraded) => connection(TokioIo::new(upgraded), state).await,
+            Err(e) => tracing::debug!(error = %e, "WebSocket upgrade failed"),
+        }
+    });
+    let Ok(accept) = HeaderValue::from_str(&accept) else {
+        // base64 is always a valid header value.
+        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+    };
+    (
+        StatusCode::SWITCHING_PROTOCOLS,
+        [
+            (header::CONNECTION, HeaderValue::from_static("upgrade")),
+            (header::UPGRADE, HeaderValue::from_static("websocket")),
+            (header::SEC_WEBSOCKET_ACCEPT, accept),
+        ],
+    )
+        .into_response()
 }
 
 /// A token bucket: `rate` per second, up to `burst`.
@@ -373,35 +397,43 @@ impl Bucket {
 
 /// How a connection ended, for the close frame.
 enum End {
-    /// The client closed or the socket failed: nothing more to send.
+    /// The socket failed or the connection was killed: nothing more to send.
     Quiet,
     /// We close with this code and reason.
     Close(u16, &'static str),
 }
 
-async fn connection(socket: WebSocket, state: Arc<AppState>) {
+type Io = TokioIo<hyper::upgrade::Upgraded>;
+
+async fn connection(io: Io, state: Arc<AppState>) {
     let id = state.next_conn.fetch_add(1, Relaxed);
-    let (tx, rx) = mpsc::channel(state.config.send_queue.max(1));
-    let handle = Arc::new(
-        ConnHandle::new(id, tx).drop_when_full(state.config.on_full_queue == FullQueue::Drop),
-    );
+    let (rd, wr) = tokio::io::split(io);
+    let handle = Arc::new(Outbox::new(
+        id,
+        Some(Box::new(wr)),
+        state.config.send_queue,
+        state.config.on_full_queue == FullQueue::Drop,
+    ));
     state.tracker().add_conn(handle.clone());
     state.metrics.connections.fetch_add(1, Relaxed);
     state.metrics.connections_total.fetch_add(1, Relaxed);
     // Boxed so the spawned task's inline future stays small; the loop's state lives on the heap
     // once, sized by what it holds.
-    Box::pin(drive(socket, &state, &handle, rx)).await;
+    let end = Box::pin(drive(rd, &state, &handle)).await;
     state.tracker().remove_conn(id);
+    if let End::Close(code, reason) = end {
+        handle.send_control(|b| ws::write_close(b, code, reason), &state.metrics);
+        let _ = handle.flush(&state.metrics, Duration::from_secs(1)).await;
+    }
+    if let Some(mut w) = handle.close() {
+        let _ = tokio::time::timeout(Duration::from_secs(1), w.shutdown()).await;
+    }
     state.metrics.connections.fetch_sub(1, Relaxed);
 }
 
-async fn drive(
-    mut ws: WebSocket,
-    state: &Arc<AppState>,
-    handle: &Arc<ConnHandle>,
-    mut rx: mpsc::Receiver<Box<Out>>,
-) {
+async fn drive(mut rd: ReadHalf<Io>, state: &Arc<AppState>, handle: &Arc<Outbox>) -> End {
     let cfg = &state.config;
+    let m = &state.metrics;
     let mut shutdown = state.shutdown.clone();
     let idle = cfg.idle();
     let send_timeout = cfg.send_timeout();
@@ -413,173 +445,91 @@ async fn drive(
         last: Instant::now(),
     };
     let mut violations = 0u32;
-    // Both wake-up sources are registered once for the connection's life, not re-created (and
-    // re-registered under their locks) on every pass of the loop.
+    let mut reader = ws::Reader::new(READ_BUFFER, cfg.max_message_bytes);
+    // Both wake-up sources are registered once and re-armed only after they fire, not
+    // re-created (and re-registered under their locks) on every pass of the loop.
     let shut = shutdown.changed();
     tokio::pin!(shut);
-    let killed = handle.kill.notified();
-    tokio::pin!(killed);
-    let end = loop {
+    let wanted = handle.wanted();
+    tokio::pin!(wanted);
+    loop {
         tokio::select! {
             biased;
-            _ = &mut shut => break End::Close(1001, "server shutting down"),
-            _ = &mut killed => {
-                state.metrics.reject("slow_reader");
-                break End::Quiet;
-            }
-            out = rx.recv() => {
-                let Some(first) = out else { break End::Quiet };
-                // Boxed: one allocation per batch (against a few µs of syscalls) keeps ~350 bytes
-                // of write state out of every idle connection's task (goal: < 8 KiB each).
-                match Box::pin(write_bounded(&mut ws, &mut rx, first, &state.metrics, send_timeout)).await {
+            _ = &mut shut => return End::Close(ws::close::GOING_AWAY, "server shutting down"),
+            () = &mut wanted => {
+                wanted.set(handle.wanted());
+                if handle.killed() {
+                    m.reject("slow_reader");
+                    return End::Quiet;
+                }
+                // Boxed: the timer of a blocked flush is large, and rare.
+                match Box::pin(handle.flush(m, send_timeout)).await {
                     Ok(()) => {}
-                    Err(WriteFail::Io) => break End::Quiet,
-                    Err(WriteFail::Timeout) => {
-                        // The socket did not take our writes for `send_timeout`: a slow reader.
-                        state.metrics.reject("slow_reader");
-                        break End::Quiet;
+                    Err(FlushError::Io) => return End::Quiet,
+                    Err(FlushError::Timeout) => {
+                        // The socket took nothing for `send_timeout`: a slow reader.
+                        m.reject("slow_reader");
+                        return End::Quiet;
                     }
                 }
             }
-            msg = ws.recv() => {
-                let data = match msg {
-                    None | Some(Ok(Message::Close(_))) => break End::Quiet,
-                    Some(Err(e)) => {
-                        if is_capacity(&e) {
-                            state.metrics.reject("frame_too_large");
-                            break End::Close(1009, "message too big");
-                        }
-                        break End::Quiet;
-                    }
-                    Some(Ok(Message::Text(t))) => Frame::Text(t),
-                    Some(Ok(Message::Binary(b))) => Frame::Binary(b),
-                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
-                };
-                last_msg = Instant::now();
-                if !bucket.take(last_msg, cfg.rate, cfg.rate_burst) {
-                    state.metrics.reject("rate_limited");
-                    violations += 1;
-                    if f64::from(violations) > cfg.rate_burst.max(1.0) {
-                        break End::Close(1008, "rate limit exceeded");
-                    }
-                    reply(state, handle, protocol::encode_failure("rate limit exceeded"), Kind::Failure);
-                    continue;
+            r = rd.read(reader.spare()) => {
+                match r {
+                    Ok(0) | Err(_) => return End::Quiet,
+                    Ok(n) => reader.filled(n),
                 }
-                let parsed = match &data {
-                    Frame::Text(t) => protocol::parse_str(t.as_str()),
-                    Frame::Binary(b) => protocol::parse(b),
-                };
-                handle_message(state, handle, parsed, last_msg);
+                loop {
+                    let msg = match reader.next_message() {
+                        Ok(None) => break,
+                        Ok(Some(msg)) => msg,
+                        Err(e) => {
+                            m.reject(match e {
+                                ws::WsError::TooBig => "frame_too_large",
+                                _ => "bad_frame",
+                            });
+                            tracing::debug!(conn = handle.id, error = %e, "closing");
+                            return End::Close(e.close_code(), match e {
+                                ws::WsError::TooBig => "message too big",
+                                ws::WsError::NotUtf8 => "text is not UTF-8",
+                                ws::WsError::Protocol(why) => why,
+                            });
+                        }
+                    };
+                    let parsed = match msg {
+                        Incoming::Text(t) => protocol::parse_str(t),
+                        Incoming::Binary(b) => protocol::parse(b),
+                        Incoming::Ping(p) => {
+                            handle.send_control(|b| ws::write_pong(b, p), m);
+                            continue;
+                        }
+                        Incoming::Pong => continue,
+                        Incoming::Close(_) => return End::Close(ws::close::NORMAL, ""),
+                    };
+                    last_msg = Instant::now();
+                    if !bucket.take(last_msg, cfg.rate, cfg.rate_burst) {
+                        m.reject("rate_limited");
+                        violations += 1;
+                        if f64::from(violations) > cfg.rate_burst.max(1.0) {
+                            return End::Close(ws::close::POLICY, "rate limit exceeded");
+                        }
+                        reply(state, handle, protocol::encode_failure("rate limit exceeded"), Kind::Failure);
+                        continue;
+                    }
+                    handle_message(state, handle, parsed, last_msg);
+                }
             }
             _ = tick.tick() => {
                 if last_msg.elapsed() >= idle {
-                    state.metrics.reject("idle_timeout");
-                    break End::Close(1000, "idle timeout");
+                    m.reject("idle_timeout");
+                    return End::Close(ws::close::NORMAL, "idle timeout");
                 }
-                // Boxed (here and for the close frame): rare paths, and a timer inline would
-                // grow every connection's task state.
-                if !matches!(Box::pin(tokio::time::timeout(send_timeout, ws.send(Message::Ping(Default::default())))).await, Ok(Ok(()))) {
-                    break End::Quiet;
-                }
+                handle.send_control(ws::write_ping, m);
             }
         }
-    };
-    if let End::Close(code, reason) = end {
-        let frame = CloseFrame {
-            code,
-            reason: reason.into(),
-        };
-        let _ = Box::pin(tokio::time::timeout(
-            Duration::from_secs(1),
-            ws.send(Message::Close(Some(frame))),
-        ))
-        .await;
     }
 }
 
-/// Whether a read failed because the message or frame exceeded the configured maximum.
-fn is_capacity(e: &axum::Error) -> bool {
-    use std::error::Error as _;
-    let mut src = e.source();
-    while let Some(s) = src {
-        if let Some(t) = s.downcast_ref::<tungstenite::Error>() {
-            return matches!(t, tungstenite::Error::Capacity(_));
-        }
-        src = s.source();
-    }
-    false
-}
-
-/// Why writing a batch failed.
-enum WriteFail {
-    /// The socket failed or closed.
-    Io,
-    /// The socket took nothing for `send_timeout`.
-    Timeout,
-}
-
-/// [`write_batch`] bounded by `limit`. Nearly every batch goes straight into the socket
-/// buffer, so the timer is armed only when the first poll cannot finish (arming one per batch
-/// cost a timer-wheel insert and removal per message under load).
-async fn write_bounded(
-    ws: &mut WebSocket,
-    rx: &mut mpsc::Receiver<Box<Out>>,
-    first: Box<Out>,
-    metrics: &Metrics,
-    limit: Duration,
-) -> Result<(), WriteFail> {
-    let fut = write_batch(ws, rx, first, metrics);
-    tokio::pin!(fut);
-    let first_poll = std::future::poll_fn(|cx| Poll::Ready(fut.as_mut().poll(cx))).await;
-    let done = match first_poll {
-        Poll::Ready(r) => r,
-        Poll::Pending => {
-            // Boxed: a timer entry is large, and every connection's task state would carry
-            // its size even though only a blocked write needs one.
-            let deadline = Box::pin(tokio::time::sleep(limit));
-            tokio::select! {
-                r = &mut fut => r,
-                _ = deadline => return Err(WriteFail::Timeout),
-            }
-        }
-    };
-    done.map_err(|_| WriteFail::Io)
-}
-
-async fn write_batch(
-    ws: &mut WebSocket,
-    rx: &mut mpsc::Receiver<Box<Out>>,
-    first: Box<Out>,
-    metrics: &Metrics,
-) -> Result<(), axum::Error> {
-    // Relay ages at the start of the batch in µs (u32::MAX: not relayed); the flush time is
-    // added after. Kept small: this array lives in every connection task's state.
-    const NONE: u32 = u32::MAX;
-    let start = Instant::now();
-    let mut ages = [NONE; WRITE_BATCH];
-    let mut n = 0;
-    let mut next = Some(first);
-    while let Some(out) = next.take() {
-        if let Some(t) = out.relayed_at {
-            let us = start.saturating_duration_since(t).as_micros();
-            ages[n] = u32::try_from(us).unwrap_or(NONE - 1).min(NONE - 1);
-        }
-        metrics.outgoing(out.kind, 1);
-        ws.feed(Message::Text(out.text.into())).await?;
-        n += 1;
-        if n < WRITE_BATCH {
-            next = rx.try_recv().ok();
-        }
-    }
-    ws.flush().await?;
-    let flush = start.elapsed();
-    for &age in ages[..n].iter().filter(|&&a| a != NONE) {
-        metrics.relay_latency(Duration::from_micros(u64::from(age)) + flush);
-    }
-    Ok(())
-}
-
-fn reply(state: &AppState, handle: &ConnHandle, text: String, kind: Kind) {
+fn reply(state: &AppState, handle: &Outbox, text: String, kind: Kind) {
     deliver(
         state,
         handle,
@@ -591,24 +541,17 @@ fn reply(state: &AppState, handle: &ConnHandle, text: String, kind: Kind) {
     );
 }
 
-fn deliver(state: &AppState, to: &ConnHandle, out: Out) {
-    match to.send(out) {
+fn deliver(state: &AppState, to: &Outbox, out: Out) {
+    match to.send(&out.text, out.kind, out.relayed_at, &state.metrics) {
         SendOutcome::Overflow => tracing::debug!(conn = to.id, "send queue full; closing"),
         SendOutcome::Dropped => state.metrics.reject("queue_full"),
         SendOutcome::Queued | SendOutcome::Closed => {}
     }
 }
 
-/// A data frame as read: text frames are UTF-8 already (tungstenite checked), so they are
-/// parsed as `&str`.
-enum Frame {
-    Text(axum::extract::ws::Utf8Bytes),
-    Binary(axum::body::Bytes),
-}
-
 fn handle_message(
     state: &Arc<AppState>,
-    handle: &Arc<ConnHandle>,
+    handle: &Arc<Outbox>,
     parsed: Result<Msg, protocol::ParseError>,
     now: Instant,
 ) {

@@ -13,11 +13,8 @@
 use std::collections::hash_map::{Entry, RandomState};
 use std::collections::{HashMap, VecDeque};
 use std::hash::BuildHasher;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-use tokio::sync::{mpsc, Notify};
 
 use crate::metrics::Kind;
 use crate::protocol::{self, Announce, Event, Id20, Scrape, ScrapeStats};
@@ -46,75 +43,7 @@ pub struct Out {
     pub relayed_at: Option<Instant>,
 }
 
-/// The shareable side of a connection: its bounded send queue and a kill switch used when
-/// its queue overflows (a slow reader is dropped, never buffered without bound).
-#[derive(Debug)]
-pub struct ConnHandle {
-    /// Unique per server run.
-    pub id: u64,
-    tx: mpsc::Sender<Box<Out>>,
-    /// Notified once when the connection must close because it cannot keep up.
-    pub kill: Notify,
-    killed: AtomicBool,
-    /// `--on-full-queue drop`: a message that does not fit is discarded instead.
-    drop_when_full: bool,
-}
-
-/// What happened to a message handed to [`ConnHandle::send`].
-#[derive(Debug, PartialEq, Eq)]
-pub enum SendOutcome {
-    /// Queued.
-    Queued,
-    /// The queue was full: the connection has been told to close.
-    Overflow,
-    /// The queue was full and the message was discarded (`--on-full-queue drop`).
-    Dropped,
-    /// The connection is gone already.
-    Closed,
-}
-
-impl ConnHandle {
-    /// A handle for connection `id` whose writer drains `tx`'s receiver.
-    /// The queue carries boxes: tokio allocates a queue's slots 32 at a time up front, and a
-    /// pointer-sized slot keeps that at 256 bytes per idle connection instead of 1.5 KiB.
-    pub fn new(id: u64, tx: mpsc::Sender<Box<Out>>) -> ConnHandle {
-        ConnHandle {
-            id,
-            tx,
-            kill: Notify::new(),
-            killed: AtomicBool::new(false),
-            drop_when_full: false,
-        }
-    }
-
-    /// Makes a full queue discard the message instead of closing the connection.
-    pub fn drop_when_full(mut self, yes: bool) -> ConnHandle {
-        self.drop_when_full = yes;
-        self
-    }
-
-    /// Under `--on-full-queue drop`, whether a message sent now would be queued; the tracker
-    /// skips encoding (and remembering) offers that would only be discarded. Always true
-    /// under `close`, where a full queue ends the connection instead.
-    pub fn has_room(&self) -> bool {
-        !self.drop_when_full || self.tx.capacity() > 0
-    }
-
-    /// Queues `out` without waiting; on overflow marks the connection for closing.
-    pub fn send(&self, out: Out) -> SendOutcome {
-        match self.tx.try_send(Box::new(out)) {
-            Ok(()) => SendOutcome::Queued,
-            Err(mpsc::error::TrySendError::Full(_)) if self.drop_when_full => SendOutcome::Dropped,
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                if !self.killed.swap(true, Ordering::Relaxed) {
-                    self.kill.notify_one();
-                }
-                SendOutcome::Overflow
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => SendOutcome::Closed,
-        }
-    }
-}
+pub use crate::outbox::{Outbox as ConnHandle, SendOutcome};
 
 /// Limits the tracker enforces.
 #[derive(Clone, Debug)]
@@ -638,10 +567,8 @@ mod tests {
         }
     }
 
-    fn conn(t: &mut Tracker, id: u64) -> mpsc::Receiver<Box<Out>> {
-        let (tx, rx) = mpsc::channel(8);
-        t.add_conn(Arc::new(ConnHandle::new(id, tx)));
-        rx
+    fn conn(t: &mut Tracker, id: u64) {
+        t.add_conn(Arc::new(ConnHandle::new(id, None, 8, false)));
     }
 
     fn announce(ih: u8, pid: u8, offers: usize) -> Announce {
@@ -664,7 +591,7 @@ mod tests {
     fn offers_go_to_distinct_others_and_answers_back() {
         let mut t = Tracker::new(limits());
         let now = Instant::now();
-        let _rx: Vec<_> = (1..=5).map(|i| conn(&mut t, i)).collect();
+        (1..=5).for_each(|i| conn(&mut t, i));
         for i in 1..=4u8 {
             t.announce(u64::from(i), announce(9, i, 0), now).unwrap();
         }
@@ -707,7 +634,7 @@ mod tests {
     fn limits_and_cleanup() {
         let mut t = Tracker::new(limits());
         let now = Instant::now();
-        let _a = conn(&mut t, 1);
+        conn(&mut t, 1);
         for ih in 0..4 {
             t.announce(1, announce(ih, 1, 0), now).unwrap();
         }
@@ -722,7 +649,7 @@ mod tests {
         );
         t.remove_conn(1);
         assert_eq!((t.swarm_count(), t.peer_count()), (0, 0));
-        let _b = conn(&mut t, 2);
+        conn(&mut t, 2);
         t.announce(2, announce(0, 2, 0), now).unwrap();
         assert_eq!(
             t.expire(now + Duration::from_secs(10), Duration::from_secs(5)),
@@ -737,8 +664,8 @@ mod tests {
     fn pending_offers_are_bounded_by_count_and_age() {
         let mut t = Tracker::new(limits());
         let now = Instant::now();
-        let _a = conn(&mut t, 1);
-        let _b = conn(&mut t, 2);
+        conn(&mut t, 1);
+        conn(&mut t, 2);
         t.announce(1, announce(9, 1, 0), now).unwrap();
         let answer = |offer_id: String| {
             let mut ans = announce(9, 1, 0);

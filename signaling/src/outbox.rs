@@ -1,0 +1,402 @@
+//! A connection's outgoing side, shared by every task that sends to it.
+//!
+//! Why not a queue drained by the connection's own task: on this server nearly every message
+//! (a forwarded offer or answer) is produced by *another* connection's task, and a queue hand-off
+//! costs a push, a wake-up of the receiving task (often on the other worker thread: a futex and a
+//! context switch) and a scheduler pass before the `write` — measured at about three times the
+//! cost of the write itself. So the sender writes the frame straight into the receiver's socket
+//! when nothing is queued ahead of it (the usual case), and only what the socket does not take
+//! at once is kept here, for the receiver's task to flush when the socket drains.
+//!
+//! Bounds: at most `max_queued` messages wait here; beyond that the policy decides (close the
+//! slow reader, or drop the message as aquatic_ws does). Bytes waiting are bounded by that count
+//! times the largest message. A socket that takes nothing for the send timeout is closed by the
+//! connection task.
+
+use std::collections::VecDeque;
+use std::sync::{Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+use tokio::io::AsyncWrite;
+use tokio::sync::Notify;
+
+use crate::metrics::{Kind, Metrics};
+use crate::ws;
+
+/// The write half of a connection's stream.
+pub type Writer = Box<dyn AsyncWrite + Send + Unpin>;
+
+/// Queued bytes above this are released once written, so a connection that had one burst does
+/// not keep its peak buffer.
+const KEEP_CAPACITY: usize = 4096;
+
+/// What happened to a message handed to [`Outbox::send`].
+#[derive(Debug, PartialEq, Eq)]
+pub enum SendOutcome {
+    /// Written to the socket or queued.
+    Queued,
+    /// The queue was full: the connection has been told to close.
+    Overflow,
+    /// The queue was full and the message was discarded (`--on-full-queue drop`).
+    Dropped,
+    /// The connection is gone already.
+    Closed,
+}
+
+/// One message waiting in the buffer.
+struct Mark {
+    /// Offset in `Inner::buf` just past the message's frame.
+    end: usize,
+    /// For relayed messages: when their sender's message was read (relay latency metric).
+    relayed_at: Option<Instant>,
+}
+
+struct Inner {
+    io: Option<Writer>,
+    /// Encoded frames not yet taken by the socket start at `written`.
+    buf: Vec<u8>,
+    written: usize,
+    marks: VecDeque<Mark>,
+    /// The stream holds bytes it has accepted but not sent (TLS records): flush before idle.
+    unflushed: bool,
+    /// Set when the queue overflowed under the close policy.
+    killed: bool,
+    /// Bytes ever taken by the socket: a flush that times out while this moves is a busy
+    /// connection, not a stuck one.
+    progress: u64,
+}
+
+impl Inner {
+    fn queued(&self) -> usize {
+        self.marks.len()
+    }
+
+    fn idle(&self) -> bool {
+        self.written == self.buf.len() && !self.unflushed
+    }
+
+    /// Writes and flushes as much as the socket takes now. `Ready(Ok)` once everything is
+    /// out; `Pending` with `cx`'s waker registered otherwise.
+    fn pump(&mut self, cx: &mut Context<'_>, metrics: &Metrics) -> Poll<std::io::Result<()>> {
+        let Some(io) = self.io.as_mut() else {
+            return Poll::Ready(Err(std::io::ErrorKind::NotConnected.into()));
+        };
+        while self.written < self.buf.len() {
+            match std::pin::Pin::new(&mut *io).poll_write(cx, &self.buf[self.written..]) {
+                Poll::Ready(Ok(0)) => {
+                    return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()));
+                }
+                Poll::Ready(Ok(n)) => {
+                    self.written += n;
+                    self.progress += n as u64;
+                    self.unflushed = true;
+                    let now = Instant::now();
+                    while self.marks.front().is_some_and(|m| m.end <= self.written) {
+                        let m = self.marks.pop_front().expect("checked");
+                        if let Some(t) = m.relayed_at {
+                            metrics.relay_latency(now.saturating_duration_since(t));
+                        }
+                    }
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        // All taken: reset the buffer (and give back a burst's memory).
+        self.written = 0;
+        if self.buf.capacity() > KEEP_CAPACITY {
+            self.buf = Vec::new();
+        } else {
+            self.buf.clear();
+        }
+        if self.unflushed {
+            match std::pin::Pin::new(&mut *io).poll_flush(cx) {
+                Poll::Ready(Ok(())) => self.unflushed = false,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// The sending side of one connection.
+pub struct Outbox {
+    /// Unique per server run.
+    pub id: u64,
+    inner: Mutex<Inner>,
+    /// Wakes the connection's task: bytes wait that the socket did not take, or the
+    /// connection must close.
+    wake: Notify,
+    max_queued: usize,
+    drop_when_full: bool,
+}
+
+impl std::fmt::Debug for Outbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Outbox").field("id", &self.id).finish()
+    }
+}
+
+impl Outbox {
+    /// An outbox writing to `io` that holds at most `max_queued` messages the socket has not
+    /// taken. `io` is `None` for a detached outbox (tests of the tracker).
+    pub fn new(id: u64, io: Option<Writer>, max_queued: usize, drop_when_full: bool) -> Outbox {
+        Outbox {
+            id,
+            inner: Mutex::new(Inner {
+                io,
+                buf: Vec::new(),
+                written: 0,
+                marks: VecDeque::new(),
+                unflushed: false,
+                killed: false,
+                progress: 0,
+            }),
+            wake: Notify::new(),
+            max_queued: max_queued.max(1),
+            drop_when_full,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding the lock leaves consistent state (nothing half-applied that
+        // matters beyond one connection); recover rather than poison every sender.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Under `--on-full-queue drop`, whether a message sent now would be kept; the tracker
+    /// skips encoding (and remembering) offers that would only be discarded. Always true
+    /// under `close`, where a full queue ends the connection instead.
+    pub fn has_room(&self) -> bool {
+        !self.drop_when_full || self.lock().queued() < self.max_queued
+    }
+
+    /// Messages waiting for the socket (for tests).
+    pub fn queued(&self) -> usize {
+        self.lock().queued()
+    }
+
+    /// Sends a text message: straight into the socket if nothing waits ahead of it, else
+    /// queued behind, within the bound.
+    pub fn send(
+        &self,
+        text: &str,
+        kind: Kind,
+        relayed_at: Option<Instant>,
+        metrics: &Metrics,
+    ) -> SendOutcome {
+        self.send_frame(
+            |b| ws::write_text(b, text),
+            kind,
+            relayed_at,
+            metrics,
+            false,
+        )
+    }
+
+    /// Queues a control frame (ping, pong, close); never dropped by the queue bound.
+    pub fn send_control(&self, frame: impl FnOnce(&mut Vec<u8>), metrics: &Metrics) -> SendOutcome {
+        self.send_frame(frame, Kind::Failure, None, metrics, true)
+    }
+
+    fn send_frame(
+        &self,
+        frame: impl FnOnce(&mut Vec<u8>),
+        kind: Kind,
+        relayed_at: Option<Instant>,
+        metrics: &Metrics,
+        control: bool,
+    ) -> SendOutcome {
+        let mut g = self.lock();
+        if g.io.is_none() || g.killed {
+            return SendOutcome::Closed;
+        }
+        if !control && g.queued() >= self.max_queued {
+            if self.drop_when_full {
+                return SendOutcome::Dropped;
+            }
+            g.killed = true;
+            drop(g);
+            self.wake.notify_one();
+            return SendOutcome::Overflow;
+        }
+        let was_idle = g.idle();
+        frame(&mut g.buf);
+        let end = g.buf.len();
+        g.marks.push_back(Mark { end, relayed_at });
+        if !control {
+            metrics.outgoing(kind, 1);
+        }
+        if !was_idle {
+            // The connection's task is already flushing (or has been woken to).
+            return SendOutcome::Queued;
+        }
+        // Nothing ahead of us and nobody waiting on the socket: write now. A no-op waker is
+        // right here: if the socket does not take everything, the connection's task is woken
+        // below and polls again with its own waker.
+        let mut cx = Context::from_waker(Waker::noop());
+        match g.pump(&mut cx, metrics) {
+            Poll::Ready(Ok(())) => SendOutcome::Queued,
+            Poll::Pending => {
+                drop(g);
+                self.wake.notify_one();
+                SendOutcome::Queued
+            }
+            Poll::Ready(Err(_)) => {
+                // The connection's task sees the failure on its next read or flush.
+                g.io = None;
+                drop(g);
+                self.wake.notify_one();
+                SendOutcome::Closed
+            }
+        }
+    }
+
+    /// Resolves when the connection's task has something to do: bytes to flush or a kill.
+    pub async fn wanted(&self) {
+        self.wake.notified().await;
+    }
+
+    /// Whether the queue overflowed under the close policy.
+    pub fn killed(&self) -> bool {
+        self.lock().killed
+    }
+
+    /// Whether bytes or a flush are waiting.
+    pub fn has_backlog(&self) -> bool {
+        !self.lock().idle()
+    }
+
+    /// Flushes everything waiting (the connection task's side); fails when the socket takes
+    /// nothing for `limit`. The timer is armed only if the first attempt cannot finish (nearly
+    /// every flush completes at once; a timer per flush cost a timer-wheel insert and removal).
+    pub async fn flush(&self, metrics: &Metrics, limit: Duration) -> Result<(), FlushError> {
+        let mut before = {
+            let mut cx = Context::from_waker(Waker::noop());
+            let mut g = self.lock();
+            match g.pump(&mut cx, metrics) {
+                Poll::Ready(Ok(())) => return Ok(()),
+                Poll::Ready(Err(_)) => return Err(FlushError::Io),
+                Poll::Pending => g.progress,
+            }
+        };
+        loop {
+            let pumped = std::future::poll_fn(|cx| self.lock().pump(cx, metrics));
+            match tokio::time::timeout(limit, pumped).await {
+                Ok(Ok(())) => return Ok(()),
+                Ok(Err(_)) => return Err(FlushError::Io),
+                Err(_) => {
+                    let now = self.lock().progress;
+                    if now == before {
+                        return Err(FlushError::Timeout);
+                    }
+                    before = now;
+                }
+            }
+        }
+    }
+
+    /// Detaches the writer (no more sends succeed) and returns it for a final close frame.
+    pub fn close(&self) -> Option<Writer> {
+        let mut g = self.lock();
+        g.buf = Vec::new();
+        g.written = 0;
+        g.marks.clear();
+        g.io.take()
+    }
+}
+
+/// Why a flush failed.
+#[derive(Debug, PartialEq, Eq)]
+pub enum FlushError {
+    /// The socket failed or closed.
+    Io,
+    /// The socket took nothing for the limit: a slow reader.
+    Timeout,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncReadExt;
+
+    fn text_of(frames: &[u8]) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut at = 0;
+        while at < frames.len() {
+            let r = ws::payload_range(&frames[at..]).unwrap();
+            out.push(String::from_utf8(frames[at + r.start..at + r.end].to_vec()).unwrap());
+            at += r.end;
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn writes_through_when_idle_and_queues_behind_a_full_socket() {
+        let m = Metrics::default();
+        // A pipe with room for ~1 KiB: the first messages go straight in, the rest wait.
+        let (w, mut r) = tokio::io::duplex(1024);
+        let ob = Outbox::new(1, Some(Box::new(w)), 100, false);
+        let msg = "z".repeat(300);
+        for _ in 0..10 {
+            assert_eq!(ob.send(&msg, Kind::Offer, None, &m), SendOutcome::Queued);
+        }
+        assert!(ob.queued() >= 6, "{} queued", ob.queued());
+        // The connection task flushes while the reader drains.
+        let reader = tokio::spawn(async move {
+            let mut all = Vec::new();
+            let mut chunk = [0u8; 512];
+            while all.len() < 10 * 302 {
+                let n = r.read(&mut chunk).await.unwrap();
+                all.extend_from_slice(&chunk[..n]);
+            }
+            all
+        });
+        ob.flush(&m, Duration::from_secs(5)).await.unwrap();
+        assert_eq!(ob.queued(), 0);
+        let got = text_of(&reader.await.unwrap());
+        assert_eq!(got, vec![msg; 10]);
+    }
+
+    #[tokio::test]
+    async fn full_queue_closes_or_drops_by_policy() {
+        let m = Metrics::default();
+        let (w, _r) = tokio::io::duplex(64);
+        let ob = Outbox::new(1, Some(Box::new(w)), 3, false);
+        let outcomes: Vec<_> = (0..6)
+            .map(|_| ob.send(&"q".repeat(100), Kind::Offer, None, &m))
+            .collect();
+        assert!(outcomes.contains(&SendOutcome::Overflow), "{outcomes:?}");
+        assert!(ob.killed());
+        assert_eq!(ob.send("late", Kind::Offer, None, &m), SendOutcome::Closed);
+
+        let (w, _r) = tokio::io::duplex(64);
+        let ob = Outbox::new(2, Some(Box::new(w)), 3, true);
+        let outcomes: Vec<_> = (0..6)
+            .map(|_| ob.send(&"q".repeat(100), Kind::Offer, None, &m))
+            .collect();
+        assert_eq!(
+            outcomes
+                .iter()
+                .filter(|o| **o == SendOutcome::Dropped)
+                .count(),
+            3
+        );
+        assert!(!ob.killed());
+        assert!(!ob.has_room());
+    }
+
+    #[tokio::test]
+    async fn a_reader_that_takes_nothing_times_out() {
+        let m = Metrics::default();
+        let (w, _r) = tokio::io::duplex(16);
+        let ob = Outbox::new(1, Some(Box::new(w)), 10, false);
+        ob.send(&"x".repeat(100), Kind::Offer, None, &m);
+        assert_eq!(
+            ob.flush(&m, Duration::from_millis(50)).await,
+            Err(FlushError::Timeout)
+        );
+    }
+}
