@@ -201,17 +201,24 @@ impl Driver {
     }
 
     /// Announces to tracker `i`, with as many fresh offers as the core wants neighbours.
-    /// `lost`: neighbours were just lost; offers still out do not count against new ones (in a
-    /// small swarm they went to peers we are connected to already, which ignore them until they
-    /// expire, and the announce that should replace the lost neighbours would carry none).
+    /// `lost`: neighbours were just lost; the last announce's offers still out do not count
+    /// against new ones (in a small swarm they went to peers we are connected to already, which
+    /// ignore them until they expire, and the announce that should replace the lost neighbours
+    /// would carry none).
     fn announce(&mut self, i: usize, event: AnnounceEvent, lost: bool) {
         let t = &mut self.trackers[i];
         if t.announcing {
             return;
         }
         t.announcing = true;
-        // Offers still out (ours, unanswered) count towards what is wanted.
-        let pending = if lost { 0 } else { self.rtc.by_offer.len() };
+        // Offers still out (ours, unanswered) count towards what is wanted; after a loss only
+        // beyond one announce's worth (so that a flapping neighbour count cannot pile up
+        // connections: at most twice `MAX_OFFERS` wait for answers).
+        let pending = if lost {
+            self.rtc.by_offer.len().saturating_sub(MAX_OFFERS)
+        } else {
+            self.rtc.by_offer.len()
+        };
         let wanted = if self.is_source {
             // The source accepts viewers' offers; its own offers reach those that came first.
             self.swarm
