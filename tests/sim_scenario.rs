@@ -47,10 +47,11 @@ fn a_200_peer_swarm_with_churn_and_forgers_plays_only_true_bytes() {
         r.security.cuts.forged_honest, 0,
         "an honest peer was cut as a forger"
     );
-    // The core caps the source at 3x the bitrate; control messages and one second's burst
-    // get a generous margin on top.
+    // The core caps the source at 3x the bitrate in every second, control messages included
+    // (a token bucket sized so that rate + burst + one message fit the cap); the margin is
+    // for rounding only.
     assert!(
-        r.source.upload_multiple_peak_1s <= cfg.source_cap as f64 * 1.5,
+        r.source.upload_multiple_peak_1s <= cfg.source_cap as f64 * 1.01,
         "source upload peaked at {:.2}x",
         r.source.upload_multiple_peak_1s
     );

@@ -843,6 +843,11 @@ impl Report {
                 self.source.upload_multiple <= 3.0,
             ),
             g(
+                "source upload in its busiest second <= 3x bitrate",
+                format!("{:.2}x", self.source.upload_multiple_peak_1s),
+                self.source.upload_multiple_peak_1s <= 3.0,
+            ),
+            g(
                 "offload >= 99.7%",
                 format!("{:.2}%", self.source.offload * 100.0),
                 self.source.offload >= 0.997,
