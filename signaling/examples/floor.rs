@@ -1,8 +1,8 @@
 //! The cost floor of a relaying WebSocket server on this machine, for BENCHMARKS.md: the same
 //! socket layer as swarmcast-signaling (its `ws` framing and write-through `Outbox`, tokio, one
 //! task per connection) with no tracker behind it. Every message read gets a fixed announce
-//! reply, and if it carries the load generator's `lg-t=` stamp, a fixed offer with that stamp
-//! goes to a random other connection: the syscalls and wake-ups of a relay, none of its JSON,
+//! reply, and for each load generator's `lg-t=` stamp in it (one per offer), a fixed offer with
+//! that stamp goes to a random other connection: the syscalls and wake-ups of a relay, none of its JSON,
 //! hashing or swarm bookkeeping. What `loadgen` measures against this is the most relays per
 //! CPU-second any server with one `read` and two `write`s per relayed offer can reach here.
 //!
@@ -111,7 +111,8 @@ async fn connection(mut tcp: TcpStream, id: u64, shared: Arc<Shared>) {
                     match reader.next_message() {
                         Ok(Some(Incoming::Text(t))) => {
                             me.send(REPLY, Kind::Announce, None, m);
-                            if let Some(pos) = t.find("lg-t=") {
+                            // One offer out per offer in: each carries the stamp.
+                            for (pos, _) in t.match_indices("lg-t=") {
                                 let stamp: String = t[pos..].chars().take_while(|c| *c != ' ').collect();
                                 let offer = format!(
                                     r#"{{"action":"announce","offer":{{"type":"offer","sdp":"v=0 {stamp} {}"}},"offer_id":"o","peer_id":"p","info_hash":"i"}}"#,

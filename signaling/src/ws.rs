@@ -268,7 +268,7 @@ impl Reader {
 
 fn data(op: u8, payload: &[u8]) -> Result<Incoming<'_>, WsError> {
     if op == OP_TEXT {
-        std::str::from_utf8(payload)
+        simdutf8::basic::from_utf8(payload)
             .map(Incoming::Text)
             .map_err(|_| WsError::NotUtf8)
     } else {
