@@ -59,7 +59,7 @@ for t in "${@:-aquatic ours}"; do
           ${SIG_ARGS:-} > sig.log 2>&1 &
         pid=$!
         measure swarmcast-signaling "$pid" "$CONFIG"
-        curl -sk https://127.0.0.1:3100/metrics | grep -E "^swarmcast_(rejected|relay_latency_seconds_(count|sum))|connections " | grep -v " 0$" || true
+        curl -sk https://127.0.0.1:3100/metrics | grep -E "^swarmcast_signaling_(rejected_total|relay_latency_seconds_(bucket|count)|messages_out_total)" | grep -v " 0$" || true
         kill "$pid"; wait "$pid" 2>/dev/null || true
         ;;
     esac

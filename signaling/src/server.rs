@@ -585,14 +585,17 @@ fn handle_message(
             }
             let info_hash = a.info_hash;
             let is_answer = a.answer.is_some();
-            let result = state.tracker().announce(handle.id, a, now);
+            // The lock covers the swarm update and the picks; encoding happens after it.
+            let result = state.tracker().announce(handle.id, &a, now);
             match result {
                 Ok(outcome) => {
-                    if let Some(text) = outcome.reply {
-                        reply(state, handle, text, Kind::Announce);
+                    if let Some(r) = outcome.reply {
+                        reply(state, handle, r.encode(&a.info_hash), Kind::Announce);
                     }
-                    for d in outcome.deliveries {
-                        deliver(state, &d.to, d.out);
+                    for d in &outcome.deliveries {
+                        if let Some(out) = d.encode(&a, now) {
+                            deliver(state, &d.to, out);
+                        }
                     }
                     for _ in 0..outcome.dropped {
                         m.reject("queue_full");

@@ -96,19 +96,73 @@ impl Refusal {
     }
 }
 
+/// What to send another connection; encoded by [`Delivery::encode`] after the tracker's lock
+/// is released (encoding copies the SDP, the bulk of the work, and the lock is shared by every
+/// connection).
+pub enum Relay {
+    /// The announce's offer at this index.
+    Offer(usize),
+    /// The announce's answer.
+    Answer,
+}
+
 /// A message for another connection.
 pub struct Delivery {
     /// The receiver.
     pub to: Arc<ConnHandle>,
-    /// The message.
-    pub out: Out,
+    /// What it gets.
+    pub relay: Relay,
+}
+
+impl Delivery {
+    /// The message, from the announce that produced it, read at `now`.
+    pub fn encode(&self, a: &Announce, now: Instant) -> Option<Out> {
+        let (text, kind) = match self.relay {
+            Relay::Offer(i) => (
+                protocol::encode_offer(a.offers.get(i)?, &a.peer_id, &a.info_hash),
+                Kind::Offer,
+            ),
+            Relay::Answer => (
+                protocol::encode_answer(a.answer.as_ref()?, &a.peer_id, &a.info_hash),
+                Kind::Answer,
+            ),
+        };
+        Some(Out {
+            text,
+            kind,
+            relayed_at: Some(now),
+        })
+    }
+}
+
+/// The announce reply's figures (encoded by [`Reply::encode`] outside the lock).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reply {
+    /// Announce interval, seconds.
+    pub interval_secs: u64,
+    /// Seeders.
+    pub complete: usize,
+    /// Leechers.
+    pub incomplete: usize,
+}
+
+impl Reply {
+    /// The JSON reply for swarm `info_hash`.
+    pub fn encode(&self, info_hash: &Id20) -> String {
+        protocol::encode_announce_reply(
+            info_hash,
+            self.interval_secs,
+            self.complete,
+            self.incomplete,
+        )
+    }
 }
 
 /// The result of an accepted announce.
 #[derive(Default)]
 pub struct Outcome {
     /// The reply to the announcing connection (none for answers).
-    pub reply: Option<String>,
+    pub reply: Option<Reply>,
     /// Forwarded offers or the routed answer.
     pub deliveries: Vec<Delivery>,
     /// Offers or answers not sent because the receiver's queue was full (drop policy).
@@ -268,9 +322,9 @@ impl Tracker {
     }
 
     /// Handles an announce from connection `conn` read at `now`.
-    pub fn announce(&mut self, conn: u64, a: Announce, now: Instant) -> Result<Outcome, Refusal> {
+    pub fn announce(&mut self, conn: u64, a: &Announce, now: Instant) -> Result<Outcome, Refusal> {
         if let Some(answer) = &a.answer {
-            return self.route_answer(conn, &a, answer, now);
+            return self.route_answer(conn, a, answer, now);
         }
         if a.offers.len() > self.limits.max_offers {
             return Err(Refusal::TooManyOffers(self.limits.max_offers));
@@ -284,32 +338,20 @@ impl Tracker {
                     st.regs.retain(|r| *r != (a.info_hash, a.peer_id));
                 }
             }
-            let (complete, incomplete) = self.counts(&a.info_hash);
             return Ok(Outcome {
-                reply: Some(protocol::encode_announce_reply(
-                    &a.info_hash,
-                    self.limits.interval_secs,
-                    complete,
-                    incomplete,
-                )),
+                reply: Some(self.reply(&a.info_hash)),
                 deliveries: Vec::new(),
                 dropped: 0,
             });
         }
-        self.upsert(&handle, &a, now)?;
-        let (complete, incomplete) = self.counts(&a.info_hash);
-        let reply = Some(protocol::encode_announce_reply(
-            &a.info_hash,
-            self.limits.interval_secs,
-            complete,
-            incomplete,
-        ));
+        self.upsert(&handle, a, now)?;
+        let reply = Some(self.reply(&a.info_hash));
         let mut deliveries = Vec::with_capacity(a.offers.len());
         let mut dropped = 0;
         if !a.offers.is_empty() {
             let picks = self.pick(&a.info_hash, a.offers.len(), &a.peer_id);
             let at_secs = self.secs(now);
-            for (offer, to) in a.offers.iter().zip(picks) {
+            for (i, (offer, to)) in a.offers.iter().zip(picks).enumerate() {
                 if !to.has_room() {
                     dropped += 1;
                     continue;
@@ -326,11 +368,7 @@ impl Tracker {
                 }
                 deliveries.push(Delivery {
                     to,
-                    out: Out {
-                        text: protocol::encode_offer(offer, &a.peer_id, &a.info_hash),
-                        kind: Kind::Offer,
-                        relayed_at: Some(now),
-                    },
+                    relay: Relay::Offer(i),
                 });
             }
         }
@@ -339,6 +377,15 @@ impl Tracker {
             deliveries,
             dropped,
         })
+    }
+
+    fn reply(&self, ih: &Id20) -> Reply {
+        let (complete, incomplete) = self.counts(ih);
+        Reply {
+            interval_secs: self.limits.interval_secs,
+            complete,
+            incomplete,
+        }
     }
 
     fn counts(&self, ih: &Id20) -> (usize, usize) {
@@ -497,11 +544,7 @@ impl Tracker {
             dropped: 0,
             deliveries: vec![Delivery {
                 to,
-                out: Out {
-                    text: protocol::encode_answer(answer, &a.peer_id, &a.info_hash),
-                    kind: Kind::Answer,
-                    relayed_at: Some(now),
-                },
+                relay: Relay::Answer,
             }],
         })
     }
@@ -593,9 +636,10 @@ mod tests {
         let now = Instant::now();
         (1..=5).for_each(|i| conn(&mut t, i));
         for i in 1..=4u8 {
-            t.announce(u64::from(i), announce(9, i, 0), now).unwrap();
+            t.announce(u64::from(i), &announce(9, i, 0), now).unwrap();
         }
-        let out = t.announce(5, announce(9, 5, 10), now).unwrap();
+        let a5 = announce(9, 5, 10);
+        let out = t.announce(5, &a5, now).unwrap();
         let mut to: Vec<u64> = out.deliveries.iter().map(|d| d.to.id).collect();
         to.sort_unstable();
         assert_eq!(
@@ -605,7 +649,8 @@ mod tests {
         );
         // Peer on conn 1 answers the offer it got.
         let offer_to_1 = out.deliveries.iter().find(|d| d.to.id == 1).unwrap();
-        let v: serde_json::Value = serde_json::from_str(&offer_to_1.out.text).unwrap();
+        let v: serde_json::Value =
+            serde_json::from_str(&offer_to_1.encode(&a5, now).unwrap().text).unwrap();
         let mut ans = announce(9, 1, 0);
         ans.answer = Some(protocol::Answer {
             to_peer_id: Id20([5; 20]),
@@ -613,7 +658,7 @@ mod tests {
             answer: serde_json::value::RawValue::from_string("{\"type\":\"answer\"}".into())
                 .unwrap(),
         });
-        let out = t.announce(1, ans, now).unwrap();
+        let out = t.announce(1, &ans, now).unwrap();
         assert!(out.reply.is_none());
         assert_eq!(out.deliveries.len(), 1);
         assert_eq!(out.deliveries[0].to.id, 5);
@@ -625,7 +670,7 @@ mod tests {
             answer: serde_json::value::RawValue::from_string("{}".into()).unwrap(),
         });
         assert_eq!(
-            t.announce(2, again, now).err(),
+            t.announce(2, &again, now).err(),
             Some(Refusal::AnswerUnmatched)
         );
     }
@@ -636,21 +681,21 @@ mod tests {
         let now = Instant::now();
         conn(&mut t, 1);
         for ih in 0..4 {
-            t.announce(1, announce(ih, 1, 0), now).unwrap();
+            t.announce(1, &announce(ih, 1, 0), now).unwrap();
         }
         assert_eq!(
-            t.announce(1, announce(4, 1, 0), now).err(),
+            t.announce(1, &announce(4, 1, 0), now).err(),
             Some(Refusal::TooManySwarmsPerConnection)
         );
         assert_eq!(t.swarm_count(), 4);
         assert_eq!(
-            t.announce(1, announce(0, 1, 11), now).err(),
+            t.announce(1, &announce(0, 1, 11), now).err(),
             Some(Refusal::TooManyOffers(10))
         );
         t.remove_conn(1);
         assert_eq!((t.swarm_count(), t.peer_count()), (0, 0));
         conn(&mut t, 2);
-        t.announce(2, announce(0, 2, 0), now).unwrap();
+        t.announce(2, &announce(0, 2, 0), now).unwrap();
         assert_eq!(
             t.expire(now + Duration::from_secs(10), Duration::from_secs(5)),
             1
@@ -666,7 +711,7 @@ mod tests {
         let now = Instant::now();
         conn(&mut t, 1);
         conn(&mut t, 2);
-        t.announce(1, announce(9, 1, 0), now).unwrap();
+        t.announce(1, &announce(9, 1, 0), now).unwrap();
         let answer = |offer_id: String| {
             let mut ans = announce(9, 1, 0);
             ans.answer = Some(protocol::Answer {
@@ -682,22 +727,22 @@ mod tests {
         for i in 0..n {
             let mut a = announce(9, 2, 1);
             a.offers[0].offer_id = format!("x{i}");
-            assert_eq!(t.announce(2, a, now).unwrap().deliveries.len(), 1);
+            assert_eq!(t.announce(2, &a, now).unwrap().deliveries.len(), 1);
         }
         // The oldest ten are forgotten; the 11th oldest and the newest still match.
         assert_eq!(
-            t.announce(1, answer("x9".into()), now).err(),
+            t.announce(1, &answer("x9".into()), now).err(),
             Some(Refusal::AnswerUnmatched)
         );
         assert_eq!(
-            t.announce(1, answer("x10".into()), now)
+            t.announce(1, &answer("x10".into()), now)
                 .unwrap()
                 .deliveries
                 .len(),
             1
         );
         assert_eq!(
-            t.announce(1, answer(format!("x{}", n - 1)), now)
+            t.announce(1, &answer(format!("x{}", n - 1)), now)
                 .unwrap()
                 .deliveries
                 .len(),
@@ -706,7 +751,7 @@ mod tests {
         // Past the offer TTL nothing matches.
         let late = now + Duration::from_secs(u64::from(OFFER_TTL_SECS) + 2);
         assert_eq!(
-            t.announce(1, answer("x11".into()), late).err(),
+            t.announce(1, &answer("x11".into()), late).err(),
             Some(Refusal::AnswerUnmatched)
         );
     }
