@@ -864,7 +864,10 @@ impl Swarm {
                 }
                 self.on_handshake(now, peer, version, stream, claimed, role, upload_kbps);
             }
-            _ if !established => self.cut(
+            // Disconnected, not banned: two connections racing between the same pair (a relayed
+            // and a tracker offer crossing) can deliver a message on the one whose handshake the
+            // other end never sent; a ban then kept a viewer from its source for the session.
+            _ if !established => self.drop_neighbour(
                 now,
                 peer,
                 DisconnectReason::Protocol("message before handshake"),

@@ -33,6 +33,13 @@ const LOW_WATER: u32 = 8 * 1024;
 /// A connection that never opened is given up after this long.
 const SETUP_TIMEOUT_MS: f64 = 20_000.0;
 
+/// A connection attempt older than this that has not opened gives way to a fresh offer between
+/// the same two peers. Attempts open in well under a second on a LAN; a relayed offer between
+/// two browsers sometimes never connects, and while it waited out [`SETUP_TIMEOUT_MS`] it kept
+/// the pair from connecting any other way: viewers whose bridge to the source died stalled
+/// 10-11 s with the source answering nobody (departure-bridge e2e in CI).
+const STUCK_SETUP_MS: f64 = 3_000.0;
+
 /// A connection ICE calls "disconnected" for this long is closed: a neighbour whose tab was
 /// killed never closes its channels, and waiting for ICE to declare "failed" takes far longer
 /// than a live stream's buffer.
@@ -459,7 +466,8 @@ impl Driver {
         let (Some(new), Some(old)) = (self.rtc.conns.get(&id), self.rtc.conns.get(&other)) else {
             return false;
         };
-        if keep_newer_duplicate(self.local, peer, new.offerer, old.offerer) {
+        let old_stuck = !old.open && util::now_ms() - old.created_ms > STUCK_SETUP_MS;
+        if old_stuck || keep_newer_duplicate(self.local, peer, new.offerer, old.offerer) {
             self.close_conn(other, true);
             if let Some(c) = self.rtc.conns.get_mut(&id) {
                 c.peer = Some(peer);
@@ -470,6 +478,25 @@ impl Driver {
         } else {
             self.close_conn(id, false);
             false
+        }
+    }
+
+    /// Closes an attempt to reach `peer` that has not opened in [`STUCK_SETUP_MS`], so that a
+    /// fresh offer between the two can take its place.
+    fn drop_stuck_attempt(&mut self, peer: &PeerId) {
+        let Some(&id) = self.rtc.by_peer.get(peer) else {
+            return;
+        };
+        let stuck = self
+            .rtc
+            .conns
+            .get(&id)
+            .is_some_and(|c| !c.open && util::now_ms() - c.created_ms > STUCK_SETUP_MS);
+        if stuck {
+            util::debug(&format!(
+                "a fresh offer replaces the stuck attempt to {peer}"
+            ));
+            self.close_conn(id, false);
         }
     }
 
@@ -519,6 +546,7 @@ impl Driver {
         via: Via,
         reply: impl FnOnce(&mut Driver, String) + 'static,
     ) {
+        self.drop_stuck_attempt(&peer);
         if !self.room_for(&peer) {
             return;
         }
