@@ -264,11 +264,6 @@ impl Outbox {
         self.lock().killed
     }
 
-    /// Whether bytes or a flush are waiting.
-    pub fn has_backlog(&self) -> bool {
-        !self.lock().idle()
-    }
-
     /// Flushes everything waiting (the connection task's side); fails when the socket takes
     /// nothing for `limit`. The timer is armed only if the first attempt cannot finish (nearly
     /// every flush completes at once; a timer per flush cost a timer-wheel insert and removal).

@@ -80,6 +80,14 @@ pub(crate) struct Conn {
     closures: Vec<Callback>,
 }
 
+impl Conn {
+    /// An attempt that has not opened in [`STUCK_SETUP_MS`]: a fresh offer between the same
+    /// two peers takes its place.
+    fn stuck(&self, now_ms: f64) -> bool {
+        !self.open && now_ms - self.created_ms > STUCK_SETUP_MS
+    }
+}
+
 /// All connections of one peer.
 #[derive(Default)]
 pub(crate) struct Rtc {
@@ -466,8 +474,9 @@ impl Driver {
         let (Some(new), Some(old)) = (self.rtc.conns.get(&id), self.rtc.conns.get(&other)) else {
             return false;
         };
-        let old_stuck = !old.open && util::now_ms() - old.created_ms > STUCK_SETUP_MS;
-        if old_stuck || keep_newer_duplicate(self.local, peer, new.offerer, old.offerer) {
+        if old.stuck(util::now_ms())
+            || keep_newer_duplicate(self.local, peer, new.offerer, old.offerer)
+        {
             self.close_conn(other, true);
             if let Some(c) = self.rtc.conns.get_mut(&id) {
                 c.peer = Some(peer);
@@ -491,7 +500,7 @@ impl Driver {
             .rtc
             .conns
             .get(&id)
-            .is_some_and(|c| !c.open && util::now_ms() - c.created_ms > STUCK_SETUP_MS);
+            .is_some_and(|c| c.stuck(util::now_ms()));
         if stuck {
             util::debug(&format!(
                 "a fresh offer replaces the stuck attempt to {peer}"
