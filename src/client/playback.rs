@@ -63,8 +63,9 @@ pub enum Decision {
 /// a few ms before a range's first frame.
 const EDGE: f64 = 0.05;
 
-/// Decides rate or seek for playhead `current` over `ranges` (sorted, as `TimeRanges` are).
-pub fn decide(ranges: &[Range], current: f64, cfg: &LatencyConfig) -> Decision {
+/// Decides rate or seek for playhead `current` over `ranges` (sorted, as `TimeRanges` are);
+/// `stalled`: the playhead stopped although playback should advance (see [`StallMeter`]).
+pub fn decide(ranges: &[Range], current: f64, stalled: bool, cfg: &LatencyConfig) -> Decision {
     let Some(i) = ranges
         .iter()
         .position(|r| current >= r.start - EDGE && current < r.end)
@@ -81,8 +82,11 @@ pub fn decide(ranges: &[Range], current: f64, cfg: &LatencyConfig) -> Decision {
     let here = ranges[i];
     let last = ranges[ranges.len() - 1];
     let ahead = here.end - current;
-    // A hole ahead that playback is about to hit: the video element would wait there forever.
-    if ahead < 0.1 && i + 1 < ranges.len() {
+    // A hole ahead that playback is about to hit, or has stopped short of: the video element
+    // would wait there forever. Chromium stops up to half a second before a hole (the decoder
+    // holds back frames until more input follows), so a stall with data after the hole jumps
+    // too, however much of the current range is left.
+    if (ahead < 0.1 || stalled) && i + 1 < ranges.len() {
         return Decision::Seek {
             to: seek_target(&ranges[i + 1], cfg),
         };
@@ -239,21 +243,21 @@ mod tests {
     fn holds_rate_one_near_the_target_and_corrects_gently() {
         let cfg = LatencyConfig::default();
         assert_eq!(
-            decide(&[r(0.0, 11.0)], 10.0, &cfg),
+            decide(&[r(0.0, 11.0)], 10.0, false, &cfg),
             Decision::Play { rate: 1.0 }
         );
         // 1.5 s ahead: a bit fast; 0.2 s ahead: a bit slow; both within the clamp.
-        match decide(&[r(0.0, 11.5)], 10.0, &cfg) {
+        match decide(&[r(0.0, 11.5)], 10.0, false, &cfg) {
             Decision::Play { rate } => assert!(rate > 1.0 && rate <= 1.1, "{rate}"),
             d => panic!("{d:?}"),
         }
-        match decide(&[r(0.0, 10.2)], 10.0, &cfg) {
+        match decide(&[r(0.0, 10.2)], 10.0, false, &cfg) {
             Decision::Play { rate } => assert!((0.95..1.0).contains(&rate), "{rate}"),
             d => panic!("{d:?}"),
         }
         // 2.4 s ahead: still catch-up, clamped at 1.1.
         assert_eq!(
-            decide(&[r(0.0, 12.4)], 10.0, &cfg),
+            decide(&[r(0.0, 12.4)], 10.0, false, &cfg),
             Decision::Play { rate: 1.1 }
         );
     }
@@ -262,7 +266,7 @@ mod tests {
     fn far_behind_the_edge_seeks_to_target_latency() {
         let cfg = LatencyConfig::default();
         assert_eq!(
-            decide(&[r(0.0, 30.0)], 10.0, &cfg),
+            decide(&[r(0.0, 30.0)], 10.0, false, &cfg),
             Decision::Seek { to: 29.0 }
         );
     }
@@ -272,22 +276,37 @@ mod tests {
         let cfg = LatencyConfig::default();
         // Playhead in a hole.
         assert_eq!(
-            decide(&[r(0.0, 5.0), r(6.0, 9.0)], 5.5, &cfg),
+            decide(&[r(0.0, 5.0), r(6.0, 9.0)], 5.5, false, &cfg),
             Decision::Seek { to: 8.0 }
         );
         // Playhead at the end of a range with a later range.
         assert_eq!(
-            decide(&[r(0.0, 5.0), r(5.5, 7.0)], 4.95, &cfg),
+            decide(&[r(0.0, 5.0), r(5.5, 7.0)], 4.95, false, &cfg),
             Decision::Seek { to: 6.0 }
         );
         // Before the first range (fresh start).
         assert_eq!(
-            decide(&[r(3.0, 4.5)], 0.0, &cfg),
+            decide(&[r(3.0, 4.5)], 0.0, false, &cfg),
             Decision::Seek { to: 3.5 }
         );
+        // Stopped short of a hole with half a second left (Chromium does): jump once stalled.
+        let ranges = [r(1.0, 6.19), r(6.29, 7.5)];
+        assert_eq!(
+            decide(&ranges, 5.68, false, &cfg),
+            Decision::Play { rate: 0.95 }
+        );
+        assert_eq!(
+            decide(&ranges, 5.68, true, &cfg),
+            Decision::Seek { to: 6.5 }
+        );
+        // Stalled with nothing after the range: only more data helps.
+        assert_eq!(
+            decide(&[r(1.0, 6.19)], 5.68, true, &cfg),
+            Decision::Play { rate: 0.95 }
+        );
         // Past everything buffered: wait.
-        assert_eq!(decide(&[r(0.0, 5.0)], 5.0, &cfg), Decision::Wait);
-        assert_eq!(decide(&[], 0.0, &cfg), Decision::Wait);
+        assert_eq!(decide(&[r(0.0, 5.0)], 5.0, false, &cfg), Decision::Wait);
+        assert_eq!(decide(&[], 0.0, false, &cfg), Decision::Wait);
     }
 
     #[test]

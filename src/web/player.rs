@@ -513,7 +513,7 @@ impl Player {
         }
         self.maybe_start();
         let buffered = ranges(Some(self.video.buffered()));
-        match decide(&buffered, current, &self.cfg) {
+        match decide(&buffered, current, self.stalls.is_stalled(), &self.cfg) {
             Decision::Seek { to } => {
                 // Whole milliseconds: float formatting would add kilobytes to the bundle.
                 util::debug(&format!(
