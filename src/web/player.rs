@@ -11,8 +11,8 @@
 use super::peer::{with, WeakDriver};
 use super::util::{self, callback, func, Callback};
 use crate::client::playback::{
-    decide, is_discontinuity, ready_to_start, trim, Decision, LatencyConfig, Range, StallMeter,
-    WallMap,
+    decide, is_discontinuity, ready_to_start, start_seek, trim, Decision, LatencyConfig, Range,
+    StallMeter, WallMap,
 };
 use crate::core::{InitSegment, PlayableSegment};
 use std::collections::VecDeque;
@@ -439,7 +439,11 @@ impl Player {
             return;
         }
         let buffered = ranges(Some(self.video.buffered()));
-        if ready_to_start(&buffered, self.current_time(), &self.cfg) {
+        let current = self.current_time();
+        if ready_to_start(&buffered, current, &self.cfg) {
+            if let Some(to) = start_seek(&buffered, current, &self.cfg) {
+                self.video.set_current_time(to);
+            }
             self.play_requested = true;
             self.play();
         }
