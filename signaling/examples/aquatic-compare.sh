@@ -5,7 +5,13 @@
 # TLS". Needs `cargo install --root /tmp/aquatic aquatic_ws_load_test aquatic_ws` and
 # `cargo build --release -p swarmcast-signaling`. Usage: aquatic-compare.sh [targets...]
 # with targets among `aquatic` and `ours` (default both). Env: AQUATIC (install root),
-# SIG (our binary), SIG_ARGS (extra flags for ours), CONFIG (tester config, port 3100).
+# SIG (our binary), SIG_ARGS (extra flags for ours), CONFIG (tester config, port 3100),
+# RAMP (seconds, e.g. 1): hold the server stopped (SIGSTOP) for that long after the tester
+# starts, and measure only once all its connections are up. The tester opens one connection
+# per `connection_creation_interval_ms` from a timer that its busy connections starve, so
+# without this it holds 1,000 connections against one server and 60 against another
+# (BENCHMARKS.md); stopped, the server answers nobody, the tester queues ~1,000 attempts in
+# that second, and both servers then face the same ~1,000 connections.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/../.." && pwd)"
 AQUATIC="${AQUATIC:-/tmp/aquatic}"
@@ -24,8 +30,16 @@ measure() { # name pid config
   local name=$1 pid=$2 cfg=$3 peak=0 c0 c1
   sleep 1
   c0=$(cpu "$pid")
+  if [[ -n "${RAMP:-}" ]]; then
+    sed -i 's/^measure_after_max_connections_reached = .*/measure_after_max_connections_reached = true/' "$cfg"
+    kill -STOP "$pid"
+  fi
   "$AQUATIC/bin/aquatic_ws_load_test" -c "$cfg" > tester.out 2>&1 &
   local tester=$!
+  if [[ -n "${RAMP:-}" ]]; then
+    sleep "$RAMP"
+    kill -CONT "$pid"
+  fi
   local tcpu=0
   while kill -0 "$tester" 2>/dev/null; do
     tcpu=$(cpu "$tester" 2>/dev/null || echo "$tcpu")
@@ -58,7 +72,8 @@ for t in "${@:-aquatic ours}"; do
           --max-swarms-per-connection 100000 --send-queue 16 --on-full-queue drop \
           ${SIG_ARGS:-} > sig.log 2>&1 &
         pid=$!
-        measure swarmcast-signaling "$pid" "$CONFIG"
+        cp "$CONFIG" lt.toml
+        measure swarmcast-signaling "$pid" lt.toml
         curl -sk https://127.0.0.1:3100/metrics | grep -E "^swarmcast_signaling_(rejected_total|relay_latency_seconds_(bucket|count)|messages_out_total)" | grep -v " 0$" || true
         kill "$pid"; wait "$pid" 2>/dev/null || true
         ;;
