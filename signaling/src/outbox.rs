@@ -14,6 +14,7 @@
 //! connection task.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::{Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
@@ -78,7 +79,12 @@ impl Inner {
 
     /// Writes and flushes as much as the socket takes now. `Ready(Ok)` once everything is
     /// out; `Pending` with `cx`'s waker registered otherwise.
-    fn pump(&mut self, cx: &mut Context<'_>, metrics: &Metrics) -> Poll<std::io::Result<()>> {
+    fn pump(
+        &mut self,
+        cx: &mut Context<'_>,
+        metrics: &Metrics,
+        queued: &AtomicUsize,
+    ) -> Poll<std::io::Result<()>> {
         let Some(io) = self.io.as_mut() else {
             return Poll::Ready(Err(std::io::ErrorKind::NotConnected.into()));
         };
@@ -98,6 +104,7 @@ impl Inner {
                             metrics.relay_latency(now.saturating_duration_since(t));
                         }
                     }
+                    queued.store(self.marks.len(), Relaxed);
                 }
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                 Poll::Pending => return Poll::Pending,
@@ -126,6 +133,9 @@ pub struct Outbox {
     /// Unique per server run.
     pub id: u64,
     inner: Mutex<Inner>,
+    /// `inner`'s message count, stored under its lock: [`Outbox::has_room`] is asked for
+    /// every offer picked, by other connections' tasks, and reads it without the lock.
+    queued: AtomicUsize,
     /// Wakes the connection's task: bytes wait that the socket did not take, or the
     /// connection must close.
     wake: Notify,
@@ -155,6 +165,7 @@ impl Outbox {
                 progress: 0,
             }),
             wake: Notify::new(),
+            queued: AtomicUsize::new(0),
             max_queued: max_queued.max(1),
             drop_when_full,
         }
@@ -170,7 +181,7 @@ impl Outbox {
     /// skips encoding (and remembering) offers that would only be discarded. Always true
     /// under `close`, where a full queue ends the connection instead.
     pub fn has_room(&self) -> bool {
-        !self.drop_when_full || self.lock().queued() < self.max_queued
+        !self.drop_when_full || self.queued.load(Relaxed) < self.max_queued
     }
 
     /// Messages waiting for the socket (for tests).
@@ -226,6 +237,7 @@ impl Outbox {
         frame(&mut g.buf);
         let end = g.buf.len();
         g.marks.push_back(Mark { end, relayed_at });
+        self.queued.store(g.marks.len(), Relaxed);
         if !control {
             metrics.outgoing(kind, 1);
         }
@@ -237,7 +249,7 @@ impl Outbox {
         // right here: if the socket does not take everything, the connection's task is woken
         // below and polls again with its own waker.
         let mut cx = Context::from_waker(Waker::noop());
-        match g.pump(&mut cx, metrics) {
+        match g.pump(&mut cx, metrics, &self.queued) {
             Poll::Ready(Ok(())) => SendOutcome::Queued,
             Poll::Pending => {
                 drop(g);
@@ -271,14 +283,14 @@ impl Outbox {
         let mut before = {
             let mut cx = Context::from_waker(Waker::noop());
             let mut g = self.lock();
-            match g.pump(&mut cx, metrics) {
+            match g.pump(&mut cx, metrics, &self.queued) {
                 Poll::Ready(Ok(())) => return Ok(()),
                 Poll::Ready(Err(_)) => return Err(FlushError::Io),
                 Poll::Pending => g.progress,
             }
         };
         loop {
-            let pumped = std::future::poll_fn(|cx| self.lock().pump(cx, metrics));
+            let pumped = std::future::poll_fn(|cx| self.lock().pump(cx, metrics, &self.queued));
             match tokio::time::timeout(limit, pumped).await {
                 Ok(Ok(())) => return Ok(()),
                 Ok(Err(_)) => return Err(FlushError::Io),
@@ -299,6 +311,7 @@ impl Outbox {
         g.buf = Vec::new();
         g.written = 0;
         g.marks.clear();
+        self.queued.store(0, Relaxed);
         g.io.take()
     }
 }

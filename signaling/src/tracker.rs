@@ -364,9 +364,9 @@ impl Tracker {
         if a.offers.len() > self.limits.max_offers {
             return Err(Refusal::TooManyOffers(self.limits.max_offers));
         }
-        let Some(handle) = self.conns.get(&conn).map(|c| c.handle.clone()) else {
+        if !self.conns.contains_key(&conn) {
             return Ok(Outcome::default());
-        };
+        }
         if a.event == Event::Stopped {
             if self.remove_peer(&a.info_hash, &a.peer_id, Some(conn)) {
                 if let Some(st) = self.conns.get_mut(&conn) {
@@ -379,7 +379,7 @@ impl Tracker {
                 dropped: 0,
             });
         }
-        self.upsert(&handle, a, now)?;
+        self.upsert(conn, a, now)?;
         let reply = Some(self.reply(&a.info_hash));
         let mut deliveries = Vec::with_capacity(a.offers.len());
         let mut dropped = 0;
@@ -432,13 +432,7 @@ impl Tracker {
             .map_or((0, 0), |s| (s.complete, s.peers.len() - s.complete))
     }
 
-    fn upsert(
-        &mut self,
-        handle: &Arc<ConnHandle>,
-        a: &Announce,
-        now: Instant,
-    ) -> Result<(), Refusal> {
-        let conn = handle.id;
+    fn upsert(&mut self, conn: u64, a: &Announce, now: Instant) -> Result<(), Refusal> {
         let becomes_seeder = a.seeder || a.event == Event::Completed;
         let swarm_count = self.swarms.len();
         let regs_len = self.conns.get(&conn).map_or(0, |c| c.regs.len());
@@ -458,7 +452,9 @@ impl Tracker {
             let p = &mut swarm.peers[i];
             let taken_over = p.conn.id != conn;
             if taken_over {
-                p.conn = handle.clone();
+                if let Some(c) = self.conns.get(&conn) {
+                    p.conn = c.handle.clone();
+                }
             }
             p.last_seen = now;
             if becomes_seeder && !p.seeder {
@@ -484,10 +480,18 @@ impl Tracker {
             }
             return Err(Refusal::TooManySwarmsPerConnection);
         }
+        // The caller checked the connection is known; cloned only here, for a new peer (an
+        // announce from a known peer, the usual case, touches no reference count).
+        let Some(handle) = self.conns.get(&conn).map(|c| c.handle.clone()) else {
+            if swarm.peers.is_empty() {
+                self.swarms.remove(&a.info_hash);
+            }
+            return Ok(());
+        };
         swarm.index.insert(a.peer_id, swarm.peers.len());
         swarm.peers.push(Peer {
             peer_id: a.peer_id,
-            conn: handle.clone(),
+            conn: handle,
             seeder: becomes_seeder,
             last_seen: now,
         });
