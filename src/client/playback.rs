@@ -83,9 +83,9 @@ pub fn decide(ranges: &[Range], current: f64, stalled: bool, cfg: &LatencyConfig
     let last = ranges[ranges.len() - 1];
     let ahead = here.end - current;
     // A hole ahead that playback is about to hit, or has stopped short of: the video element
-    // would wait there forever. Chromium stops up to half a second before a hole (the decoder
-    // holds back frames until more input follows), so a stall with data after the hole jumps
-    // too, however much of the current range is left.
+    // would wait there forever. Chromium was seen stopping half a second short of a hole
+    // (a CI run's log, BENCHMARKS.md; likely frames its decoder holds until more input
+    // follows), so a stall with data after the hole jumps too, however much is left before it.
     if (ahead < 0.1 || stalled) && i + 1 < ranges.len() {
         return Decision::Seek {
             to: seek_target(&ranges[i + 1], cfg),
