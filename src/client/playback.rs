@@ -63,13 +63,17 @@ pub enum Decision {
 /// a few ms before a range's first frame.
 const EDGE: f64 = 0.05;
 
+/// Index of the range holding playhead `current`, if any.
+fn at_playhead(ranges: &[Range], current: f64) -> Option<usize> {
+    ranges
+        .iter()
+        .position(|r| current >= r.start - EDGE && current < r.end)
+}
+
 /// Decides rate or seek for playhead `current` over `ranges` (sorted, as `TimeRanges` are);
 /// `stalled`: the playhead stopped although playback should advance (see [`StallMeter`]).
 pub fn decide(ranges: &[Range], current: f64, stalled: bool, cfg: &LatencyConfig) -> Decision {
-    let Some(i) = ranges
-        .iter()
-        .position(|r| current >= r.start - EDGE && current < r.end)
-    else {
+    let Some(i) = at_playhead(ranges, current) else {
         // Not inside buffered data: jump to the next range if there is one (a gap the core
         // skipped or a segment that never came), else wait.
         return match ranges.iter().find(|r| r.start > current) {
@@ -111,10 +115,7 @@ pub fn decide(ranges: &[Range], current: f64, stalled: bool, cfg: &LatencyConfig
 /// waiting for the whole target would add its length to the start-up time.
 pub fn ready_to_start(ranges: &[Range], current: f64, cfg: &LatencyConfig) -> bool {
     let need = (cfg.target * 0.5).min(0.5);
-    ranges
-        .iter()
-        .find(|r| current >= r.start - EDGE && current < r.end)
-        .is_some_and(|r| r.end - current >= need)
+    at_playhead(ranges, current).is_some_and(|i| ranges[i].end - current >= need)
 }
 
 /// Where to move the playhead before the first `play()`, if anywhere: segments that queued up
@@ -122,9 +123,7 @@ pub fn ready_to_start(ranges: &[Range], current: f64, cfg: &LatencyConfig) -> bo
 /// target buffered, and starting there would play the whole session that much behind live
 /// (catching up at `max_rate` takes ten times the excess).
 pub fn start_seek(ranges: &[Range], current: f64, cfg: &LatencyConfig) -> Option<f64> {
-    let r = ranges
-        .iter()
-        .find(|r| current >= r.start - EDGE && current < r.end)?;
+    let r = &ranges[at_playhead(ranges, current)?];
     (r.end - current > cfg.target + cfg.deadband).then(|| seek_target(r, cfg))
 }
 
