@@ -450,10 +450,11 @@ impl Tracker {
         };
         if let Some(&i) = swarm.index.get(&a.peer_id) {
             let p = &mut swarm.peers[i];
-            let taken_over = p.conn.id != conn;
-            if taken_over {
-                if let Some(c) = self.conns.get(&conn) {
-                    p.conn = c.handle.clone();
+            if p.conn.id != conn {
+                // Taken over by this connection (a reconnecting client).
+                if let Some(st) = self.conns.get_mut(&conn) {
+                    p.conn = st.handle.clone();
+                    st.regs.push((a.info_hash, a.peer_id));
                 }
             }
             p.last_seen = now;
@@ -462,11 +463,6 @@ impl Tracker {
                 swarm.complete += 1;
                 if a.event == Event::Completed {
                     swarm.downloaded += 1;
-                }
-            }
-            if taken_over {
-                if let Some(st) = self.conns.get_mut(&conn) {
-                    st.regs.push((a.info_hash, a.peer_id));
                 }
             }
             return Ok(());
@@ -480,14 +476,16 @@ impl Tracker {
             }
             return Err(Refusal::TooManySwarmsPerConnection);
         }
-        // The caller checked the connection is known; cloned only here, for a new peer (an
-        // announce from a known peer, the usual case, touches no reference count).
-        let Some(handle) = self.conns.get(&conn).map(|c| c.handle.clone()) else {
+        // The caller checked the connection is known; its handle is cloned only here, for a
+        // new peer (an announce from a known peer, the usual case, touches no reference count).
+        let Some(st) = self.conns.get_mut(&conn) else {
             if swarm.peers.is_empty() {
                 self.swarms.remove(&a.info_hash);
             }
             return Ok(());
         };
+        st.regs.push((a.info_hash, a.peer_id));
+        let handle = st.handle.clone();
         swarm.index.insert(a.peer_id, swarm.peers.len());
         swarm.peers.push(Peer {
             peer_id: a.peer_id,
@@ -502,9 +500,6 @@ impl Tracker {
             }
         }
         self.peers += 1;
-        if let Some(st) = self.conns.get_mut(&conn) {
-            st.regs.push((a.info_hash, a.peer_id));
-        }
         Ok(())
     }
 
