@@ -199,6 +199,7 @@ class Player extends EventTarget {
       `from source ${((s.bytesFromSource || 0) / 1e6).toFixed(1)} MB`,
       `latency     ${fmt.ms(s.latencyMs)}`,
       `buffer      ${fmt.ms(s.bufferMs)}`,
+      `delivery    ${fmt.ms(s.deliveryMs)}`,
       `down / up   ${fmt.kbps(s.downKbps)} / ${fmt.kbps(s.upKbps)}`,
       `stalls      ${s.stalls} (${fmt.ms(s.stallMs)})`,
       ...(s.capacityShort ? ['swarm       short of upload capacity'] : []),

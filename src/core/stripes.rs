@@ -18,9 +18,13 @@ const REFUSED_BACKOFF: Duration = Duration::from_secs(3);
 const STALLED_BACKOFF: Duration = Duration::from_secs(15);
 /// Share of its upload a viewer commits to stripe-children (the rest serves repairs).
 const VIEWER_PUSH_SHARE: f64 = 0.85;
-/// Share of its cap the source commits to stripe-children (the rest covers headers, control and
-/// repairs, so pushes never queue behind the cap).
-const SOURCE_PUSH_SHARE: f64 = 0.9;
+/// Share of its cap the source commits to stripe-children (the rest covers headers, control,
+/// repairs and bursts, so pushes never queue behind the cap). At 0.9 (10 stripe-children at 3x,
+/// 91% of the paced rate) eight browsers joining left a second of pushes queued at the source,
+/// which its 9% spare took 10 s to drain: every viewer played a second later than it could. At
+/// 0.7 (8, two copies) the same start-up queued under 0.4 s, gone in 4 s; the simulator's
+/// latency and continuity did not move (BENCHMARKS.md, "source headroom").
+const SOURCE_PUSH_SHARE: f64 = 0.7;
 /// Assumed delay per tree hop (propagation plus forwarding), ms, for comparing parents.
 const HOP_MS: u64 = 60;
 /// Milliseconds a full piece takes on a 1 Mbit/s uplink.

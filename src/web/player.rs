@@ -438,6 +438,14 @@ impl Player {
         if !self.started || self.play_requested {
             return;
         }
+        // Segments still waiting for the SourceBuffer: start once they are in, so that
+        // `start_seek` sees the real edge. At start-up the core hands over a keyframe's whole
+        // group at once while the first appends are slow (decoder set-up on a busy machine);
+        // starting on the first one played 3.4 s behind live until the excess rule seeked
+        // (a swarm e2e run, BENCHMARKS.md).
+        if self.queue.iter().any(|c| c.pts_us.is_some()) {
+            return;
+        }
         let buffered = ranges(Some(self.video.buffered()));
         let current = self.current_time();
         if ready_to_start(&buffered, current, &self.cfg) {
@@ -571,6 +579,11 @@ impl Player {
             .wall_at(t)
             .or_else(|| self.wall_offset.map(|off| t + off))?;
         Some(util::wall_ms() - wall * 1000.0)
+    }
+
+    /// Segments waiting for the SourceBuffer.
+    pub(crate) fn queued(&self) -> usize {
+        self.queue.len()
     }
 
     /// Media buffered ahead of the playhead.

@@ -25,6 +25,16 @@ const STARTUP_MS = 45_000;
 
 test('broadcaster + 8 viewers play live over WebRTC, through churn', { timeout: 240_000 }, async () => {
   const { out, browser, source, url, monitor } = await startBroadcast('swarm');
+  // The broadcaster's own figures once a second, for reading a failure (source.json).
+  const sourceSamples = [];
+  let sampling = true;
+  const sampler = (async () => {
+    while (sampling) {
+      const st = await source.stats().catch(() => null);
+      if (st) sourceSamples.push({ wall: Date.now(), encoder: st.encoder, swarm: st.swarm });
+      await sleep(1000);
+    }
+  })();
 
   const first = await openViewers(browser, out, url, [...Array(VIEWERS)].map((_, i) => `viewer${i}`));
   first.forEach((v) => monitor.add(v));
@@ -58,6 +68,8 @@ test('broadcaster + 8 viewers play live over WebRTC, through churn', { timeout: 
   const src2 = await source.stats();
   await joined[0].page.screenshot({ path: `${out}/joined0.png` });
   await monitor.stop();
+  sampling = false;
+  await sampler;
 
   for (const v of [...first, ...joined]) {
     const figures = {};
@@ -68,7 +80,7 @@ test('broadcaster + 8 viewers play live over WebRTC, through churn', { timeout: 
     monitor.writeJson(v.name, figures);
   }
   const published = await source.published().catch(() => null);
-  fs.writeFileSync(`${out}/source.json`, JSON.stringify({ phase1: src1, churn: src2, published }, null, 1));
+  fs.writeFileSync(`${out}/source.json`, JSON.stringify({ phase1: src1, churn: src2, published, samples: sourceSamples }, null, 1));
 
   // How steadily the source published: a long gap means the broadcaster itself paused (its page
   // starved of CPU), not the swarm.
