@@ -1232,3 +1232,95 @@ fn mixed_uplinks_play_everything_with_low_lag() {
     assert_eq!(lags.len(), viewers, "every viewer reports its lag");
     assert!(p95 < 2_000, "lag p95 {p95} ms");
 }
+
+/// Signed header of segment `seq` at `pts_ms` over `data` (stream key `[9; 32]`), and its pieces.
+fn test_segment(seq: u64, pts_ms: u64, len: usize) -> (SignedHeader, Vec<Vec<u8>>) {
+    let key = StreamKey::from_secret([9; 32]);
+    let data = vec![seq as u8; len];
+    let meta = SegmentMeta {
+        pts_us: pts_ms * 1000,
+        duration_us: 200_000,
+        keyframe: true,
+    };
+    let header = key.sign_header(SegmentHeader::describe(seq, 0, meta, pts_ms * 1000, &data));
+    let pieces = data
+        .chunks(swarmcast::core::PIECE_SIZE)
+        .map(<[u8]>::to_vec)
+        .collect();
+    (header, pieces)
+}
+
+/// What `v` played and skipped after `input` at `t_ms`.
+fn plays_after(v: &mut Swarm, t_ms: u64, input: Input<'_>) -> (Vec<u64>, Vec<u64>) {
+    v.handle_input(Instant::from_millis(t_ms), input);
+    let (mut played, mut skipped) = (Vec::new(), Vec::new());
+    while let Some(o) = v.poll_output() {
+        match o {
+            Output::Play(p) => played.push(p.seq),
+            Output::Skip { seq } => skipped.push(seq),
+            Output::Disconnect { peer, reason } => panic!("cut {peer:?}: {reason:?}"),
+            _ => {}
+        }
+    }
+    (played, skipped)
+}
+
+#[test]
+fn a_hole_is_skipped_at_once_up_to_the_next_complete_segment_but_not_what_is_in_flight() {
+    use swarmcast::core::Role;
+    let key = StreamKey::from_secret([9; 32]);
+    let mut v = Swarm::viewer(Config::default(), key.stream_id(), PeerId([1; 20]));
+    let them = PeerId([2; 20]);
+    add_neighbour(&mut v, 10, them, Role::Viewer);
+    feed_msg(
+        &mut v,
+        20,
+        them,
+        &Message::Init(key.sign_init(0, "video/mp4".into(), vec![1; 100])),
+    );
+    // Header and the given pieces of segment `seq`; what played and skipped meanwhile.
+    let deliver = |v: &mut Swarm, t: u64, seq: u64, pieces: &[usize], len: usize| {
+        let (h, data) = test_segment(seq, 1_000_000 + seq * 200, len);
+        let mut msgs = vec![Message::Header(h)];
+        msgs.extend(pieces.iter().map(|&i| Message::Piece {
+            seq,
+            index: i as u16,
+            data: data[i].clone(),
+        }));
+        let (mut played, mut skipped) = (Vec::new(), Vec::new());
+        for m in msgs {
+            let data = m.encode();
+            let (p, s) = plays_after(
+                v,
+                t,
+                Input::Receive {
+                    peer: them,
+                    data: &data,
+                },
+            );
+            played.extend(p);
+            skipped.extend(s);
+        }
+        (played, skipped)
+    };
+    // Segment 0 plays at 100 ms: segment k's deadline is 100 + 200 k + 1,000 ms.
+    assert_eq!(deliver(&mut v, 100, 0, &[0], 100), (vec![0], vec![]));
+    assert_eq!(deliver(&mut v, 150, 1, &[0], 100), (vec![1], vec![]));
+    assert_eq!(deliver(&mut v, 150, 2, &[0], 100), (vec![2], vec![]));
+    deliver(&mut v, 150, 3, &[], 100); // header only: never arrives
+                                       // 4: nothing at all. 5: one piece of two (in flight). 6: nothing. 7: complete.
+    let big = swarmcast::core::PIECE_SIZE + 100;
+    assert_eq!(deliver(&mut v, 150, 5, &[0], big), (vec![], vec![]));
+    assert_eq!(deliver(&mut v, 150, 7, &[0], 100), (vec![], vec![]));
+    // 3 misses its deadline; 4, of which nothing came, goes with it; 5 keeps its own deadline.
+    assert_eq!(plays_after(&mut v, 1_699, Input::Timeout), (vec![], vec![]));
+    assert_eq!(
+        plays_after(&mut v, 1_700, Input::Timeout),
+        (vec![], vec![3, 4])
+    );
+    assert_eq!(plays_after(&mut v, 2_099, Input::Timeout), (vec![], vec![]));
+    assert_eq!(
+        plays_after(&mut v, 2_100, Input::Timeout),
+        (vec![7], vec![5, 6])
+    );
+}
