@@ -3,7 +3,8 @@
 //
 // Optional attributes on the div: data-trackers="wss://a/announce wss://b/announce",
 // data-ice-servers='[{"urls":"stun:stun.example.org"}]' (JSON), data-muted="false",
-// data-stats (show the stats overlay), data-latency-ms="1000", data-upload-kbps="2000" (most
+// data-stats (show the stats overlay), data-latency-ms="1000" (fixes the buffer; by default it
+// follows how evenly segments arrive), data-upload-kbps="2000" (most
 // this viewer uploads to the swarm; default 8000; 0 = shares nothing).
 //
 // JS API: `Swarmcast.createPlayer(el, { stream, trackers, iceServers, muted, stats,

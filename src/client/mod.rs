@@ -5,6 +5,7 @@
 //! WebSocket, WebRTC and MSE; keeping the logic here lets `cargo test` check it natively.
 
 pub mod binstr;
+pub mod jitter;
 pub mod links;
 pub mod playback;
 pub mod status;

@@ -410,6 +410,7 @@ impl Driver {
         util::set(&o, "latencyMs", opt(p.and_then(|p| p.latency_ms())));
         util::set(&o, "bufferMs", opt(p.map(|p| p.buffer_ms())));
         util::set(&o, "deliveryMs", opt(self.delivery_ms));
+        util::set(&o, "targetBufferMs", opt(p.map(|p| p.target_ms())));
         util::set(&o, "appendQueue", p.map_or(0.0, |p| p.queued() as f64));
         util::set(&o, "stalls", p.map_or(0.0, |p| p.stalls.stalls as f64));
         util::set(&o, "stallMs", p.map_or(0.0, |p| p.stalls.stall_ms));
@@ -559,7 +560,8 @@ impl SwarmPeer {
         }
         config.seed = u64::from_le_bytes(util::random_bytes());
         let mut latency = LatencyConfig::default();
-        if let Some(ms) = opt_f64(&opts, "targetLatencyMs") {
+        let fixed_target = opt_f64(&opts, "targetLatencyMs");
+        if let Some(ms) = fixed_target {
             latency.target = (ms / 1000.0).clamp(0.2, 30.0);
         }
         let local = PeerId(util::random_bytes());
@@ -582,7 +584,7 @@ impl SwarmPeer {
                 ice_servers,
                 rtc: Rtc::default(),
                 trackers: trackers.into_iter().map(Tracker::new).collect(),
-                player: video.map(|v| Player::new(v, me.clone(), latency)),
+                player: video.map(|v| Player::new(v, me.clone(), latency, fixed_target.is_none())),
                 on_event,
                 events: Vec::new(),
                 core_timer: None,

@@ -10,6 +10,7 @@
 
 use super::peer::{with, WeakDriver};
 use super::util::{self, callback, func, Callback};
+use crate::client::jitter::JitterTarget;
 use crate::client::playback::{
     decide, is_discontinuity, ready_to_start, start_seek, trim, Decision, LatencyConfig, Range,
     StallMeter, WallMap,
@@ -46,6 +47,8 @@ pub(crate) struct Player {
     video: HtmlVideoElement,
     me: WeakDriver,
     cfg: LatencyConfig,
+    /// Sets `cfg.target` from how unevenly segments arrive; `None` when the page fixed it.
+    jitter: Option<JitterTarget>,
     init: Option<Arc<InitSegment>>,
     ms: Option<MediaSource>,
     url: Option<String>,
@@ -93,11 +96,18 @@ fn ranges(tr: Option<TimeRanges>) -> Vec<Range> {
 }
 
 impl Player {
-    pub(crate) fn new(video: HtmlVideoElement, me: WeakDriver, cfg: LatencyConfig) -> Self {
+    /// `adaptive`: the buffer target follows the arrivals, starting from `cfg.target`.
+    pub(crate) fn new(
+        video: HtmlVideoElement,
+        me: WeakDriver,
+        cfg: LatencyConfig,
+        adaptive: bool,
+    ) -> Self {
         Player {
             video,
             me,
             cfg,
+            jitter: adaptive.then(JitterTarget::default),
             init: None,
             ms: None,
             url: None,
@@ -294,6 +304,12 @@ impl Player {
         }
         if seg.init_version != init.version {
             return; // decodes with another init, which will arrive before it matters
+        }
+        if let (Some(j), true) = (self.jitter.as_mut(), self.play_requested) {
+            // Only once playing: the start-up burst is old by design (fast start).
+            let end_s = (seg.pts_us + u64::from(seg.duration_us)) as f64 / 1e6;
+            let now_s = util::wall_ms() / 1000.0;
+            j.record(now_s, now_s - end_s, f64::from(seg.duration_us) / 1e6);
         }
         let prev = self.last_segment.replace((
             seg.seq,
@@ -524,6 +540,13 @@ impl Player {
             return Ok(());
         }
         self.maybe_start();
+        if let Some(t) = self
+            .jitter
+            .as_ref()
+            .and_then(|j| j.target(self.cfg.deadband))
+        {
+            self.cfg.target = t;
+        }
         let buffered = ranges(Some(self.video.buffered()));
         match decide(&buffered, current, self.stalls.is_stalled(), &self.cfg) {
             Decision::Seek { to } => {
@@ -579,6 +602,11 @@ impl Player {
             .wall_at(t)
             .or_else(|| self.wall_offset.map(|off| t + off))?;
         Some(util::wall_ms() - wall * 1000.0)
+    }
+
+    /// Buffer the player currently aims to hold ahead of the playhead, ms.
+    pub(crate) fn target_ms(&self) -> f64 {
+        self.cfg.target * 1000.0
     }
 
     /// Segments waiting for the SourceBuffer.
