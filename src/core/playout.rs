@@ -77,8 +77,6 @@ impl Swarm {
         if self.playout.t0.is_none() && self.playout.next < self.window_start {
             self.playout.next = self.window_start;
         }
-        // Set once a segment is skipped at its deadline: playback is starving from then on.
-        let mut starving = false;
         loop {
             let seq = self.playout.next;
             if let Some(seg) = self.segments.get(&seq) {
@@ -115,20 +113,6 @@ impl Swarm {
             if self.playout.t0.is_some()
                 && self.newer_exists(seq)
                 && self.deadline_of(seq).is_some_and(|d| now >= d)
-            {
-                self.skip();
-                starving = true;
-                continue;
-            }
-            // A hole: after a segment that missed its deadline, the ones of which not a piece
-            // has arrived go at once, up to the next complete one. The player has nothing to
-            // play until the core hands it something, so waiting for each on its own deadline
-            // adds its whole length to the stall (a hole of segments pushed only to viewers
-            // that were then killed stalled the survivors for the hole + 1 s, BENCHMARKS.md).
-            // A segment partly here is likely in flight: it keeps its deadline.
-            if starving
-                && self.segments.get(&seq).is_none_or(|s| s.have == 0)
-                && self.complete.max().is_some_and(|m| m > seq)
             {
                 self.skip();
                 continue;

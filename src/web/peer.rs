@@ -73,9 +73,6 @@ pub(crate) struct Driver {
     state: (&'static str, String),
     fatal: Option<(&'static str, String)>,
     last_media_ms: Option<f64>,
-    /// Wall-clock age of the newest segment's last frame when the core handed it over: the
-    /// delivery delay (capture, encode, every hop, verification), without the player's buffer.
-    delivery_ms: Option<f64>,
     ever_media: bool,
     /// Segments were played since the last (re)join.
     had_play: bool,
@@ -188,8 +185,6 @@ impl Driver {
             }
             Output::Play(seg) => {
                 self.last_media_ms = Some(util::now_ms());
-                let end_ms = (seg.pts_us + seg.duration_us as u64) as f64 / 1000.0;
-                self.delivery_ms = Some(util::wall_ms() - end_ms);
                 self.ever_media = true;
                 self.had_play = true;
                 if let Some(p) = self.player.as_mut() {
@@ -409,7 +404,7 @@ impl Driver {
         let opt = |v: Option<f64>| v.map(JsValue::from_f64).unwrap_or(JsValue::NULL);
         util::set(&o, "latencyMs", opt(p.and_then(|p| p.latency_ms())));
         util::set(&o, "bufferMs", opt(p.map(|p| p.buffer_ms())));
-        util::set(&o, "deliveryMs", opt(self.delivery_ms));
+        util::set(&o, "deliveryMs", opt(p.and_then(|p| p.delivery_ms)));
         util::set(&o, "targetBufferMs", opt(p.map(|p| p.target_ms())));
         util::set(&o, "appendQueue", p.map_or(0.0, |p| p.queued() as f64));
         util::set(&o, "stalls", p.map_or(0.0, |p| p.stalls.stalls as f64));
@@ -603,7 +598,6 @@ impl SwarmPeer {
                 state: ("idle", String::new()),
                 fatal: None,
                 last_media_ms: None,
-                delivery_ms: None,
                 ever_media: false,
                 had_play: false,
                 rejoin_pending: false,

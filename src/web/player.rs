@@ -49,6 +49,9 @@ pub(crate) struct Player {
     cfg: LatencyConfig,
     /// Sets `cfg.target` from how unevenly segments arrive; `None` when the page fixed it.
     jitter: Option<JitterTarget>,
+    /// Wall-clock age of the newest segment's last frame when the core handed it over, ms: the
+    /// delivery delay (capture, encode, every hop, verification), without the player's buffer.
+    pub(crate) delivery_ms: Option<f64>,
     init: Option<Arc<InitSegment>>,
     ms: Option<MediaSource>,
     url: Option<String>,
@@ -108,6 +111,7 @@ impl Player {
             me,
             cfg,
             jitter: adaptive.then(JitterTarget::default),
+            delivery_ms: None,
             init: None,
             ms: None,
             url: None,
@@ -290,6 +294,9 @@ impl Player {
 
     /// The next verified segment.
     pub(crate) fn on_segment(&mut self, seg: PlayableSegment) {
+        let end_s = (seg.pts_us + u64::from(seg.duration_us)) as f64 / 1e6;
+        let now_s = util::wall_ms() / 1000.0;
+        self.delivery_ms = Some((now_s - end_s) * 1000.0);
         let Some(init) = self.init.as_ref() else {
             return;
         };
@@ -307,8 +314,6 @@ impl Player {
         }
         if let (Some(j), true) = (self.jitter.as_mut(), self.play_requested) {
             // Only once playing: the start-up burst is old by design (fast start).
-            let end_s = (seg.pts_us + u64::from(seg.duration_us)) as f64 / 1e6;
-            let now_s = util::wall_ms() / 1000.0;
             j.record(now_s, now_s - end_s, f64::from(seg.duration_us) / 1e6);
         }
         let prev = self.last_segment.replace((
