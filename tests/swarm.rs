@@ -1232,3 +1232,96 @@ fn mixed_uplinks_play_everything_with_low_lag() {
     assert_eq!(lags.len(), viewers, "every viewer reports its lag");
     assert!(p95 < 2_000, "lag p95 {p95} ms");
 }
+
+/// What `v` played and skipped after `input` at `t_ms`.
+fn plays_after(v: &mut Swarm, t_ms: u64, input: Input<'_>) -> (Vec<u64>, Vec<u64>) {
+    v.handle_input(Instant::from_millis(t_ms), input);
+    let (mut played, mut skipped) = (Vec::new(), Vec::new());
+    while let Some(o) = v.poll_output() {
+        match o {
+            Output::Play(p) => played.push(p.seq),
+            Output::Skip { seq } => skipped.push(seq),
+            Output::Disconnect { peer, reason } => panic!("cut {peer:?}: {reason:?}"),
+            _ => {}
+        }
+    }
+    (played, skipped)
+}
+
+/// A viewer that played one-piece segments 0..=2 from 100 ms on (segment `k`, captured at
+/// 1,000,000 + 200 k ms, is due at 100 + 200 k + 1,000 ms on the first-play schedule), knows the
+/// header of 3 but none of its data, and holds 4 complete.
+fn viewer_missing_segment_3() -> Swarm {
+    use swarmcast::core::Role;
+    let key = StreamKey::from_secret([9; 32]);
+    let mut v = Swarm::viewer(Config::default(), key.stream_id(), PeerId([1; 20]));
+    let them = PeerId([2; 20]);
+    add_neighbour(&mut v, 10, them, Role::Viewer);
+    feed_msg(
+        &mut v,
+        20,
+        them,
+        &Message::Init(key.sign_init(0, "video/mp4".into(), vec![1; 100])),
+    );
+    for seq in 0..=4 {
+        let h = test_header(seq, 1_000_000 + seq * 200);
+        let mut msgs = vec![Message::Header(h)];
+        if seq != 3 {
+            msgs.push(Message::Piece {
+                seq,
+                index: 0,
+                data: vec![seq as u8; 100],
+            });
+        }
+        for m in msgs {
+            let data = m.encode();
+            plays_after(
+                &mut v,
+                100,
+                Input::Receive {
+                    peer: them,
+                    data: &data,
+                },
+            );
+        }
+    }
+    v
+}
+
+#[test]
+fn a_segment_the_players_playhead_reached_is_given_up_after_a_grace_not_on_the_first_schedule() {
+    // The player caught up with the live edge: at 500 ms it shows the first frame of segment 3.
+    let mut v = viewer_missing_segment_3();
+    let pts_3 = (1_000_000 + 3 * 200) * 1000;
+    assert_eq!(
+        plays_after(&mut v, 500, Input::Playhead { pts_us: pts_3 }),
+        (vec![], vec![])
+    );
+    assert_eq!(plays_after(&mut v, 799, Input::Timeout), (vec![], vec![]));
+    assert_eq!(plays_after(&mut v, 800, Input::Timeout), (vec![4], vec![3]));
+
+    // A player behind the schedule changes nothing: 3 goes at 1,700 ms as before.
+    let mut v = viewer_missing_segment_3();
+    let behind = (1_000_000 + 200) * 1000;
+    plays_after(&mut v, 1_000, Input::Playhead { pts_us: behind });
+    assert_eq!(plays_after(&mut v, 1_699, Input::Timeout), (vec![], vec![]));
+    assert_eq!(
+        plays_after(&mut v, 1_700, Input::Timeout),
+        (vec![4], vec![3])
+    );
+
+    // A report over a second old is ignored (a throttled tab).
+    let mut v = viewer_missing_segment_3();
+    plays_after(
+        &mut v,
+        200,
+        Input::Playhead {
+            pts_us: pts_3 - 100_000,
+        },
+    );
+    assert_eq!(plays_after(&mut v, 1_300, Input::Timeout), (vec![], vec![]));
+    assert_eq!(
+        plays_after(&mut v, 1_700, Input::Timeout),
+        (vec![4], vec![3])
+    );
+}

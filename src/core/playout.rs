@@ -6,6 +6,12 @@ use super::swarm::{Output, PlayableSegment, Swarm};
 use super::time::Instant;
 use std::time::Duration;
 
+/// How long a segment the player has reached may still arrive before it is given up: the player
+/// stalls meanwhile, so this is short; a segment that is that late is usually not on its way.
+pub(crate) const PLAYHEAD_GRACE: Duration = Duration::from_millis(300);
+/// A playhead report older than this is ignored (a throttled tab reports rarely).
+const PLAYHEAD_FRESH: Duration = Duration::from_millis(1_000);
+
 impl Swarm {
     /// Chooses where playback starts: the newest verified keyframe segment among the last few
     /// a neighbour holds complete or newer (their headers are probed newest first).
@@ -42,7 +48,15 @@ impl Swarm {
                     .saturating_add((seq - s).saturating_mul(h.duration_us as u64))
             }
         };
-        Some(t0 + Duration::from_micros(pts.saturating_sub(pts0)) + self.config.playout_delay)
+        let scheduled =
+            t0 + Duration::from_micros(pts.saturating_sub(pts0)) + self.config.playout_delay;
+        // The player's own position, when it reported one recently: it never makes a segment
+        // wait longer than the schedule does, only less.
+        let reached = self.playout.playhead.and_then(|(at, ph)| {
+            (self.now.saturating_duration_since(at) <= PLAYHEAD_FRESH)
+                .then(|| at + Duration::from_micros(pts.saturating_sub(ph)) + PLAYHEAD_GRACE)
+        });
+        Some(reached.map_or(scheduled, |r| r.min(scheduled)))
     }
 
     /// Whether anything newer than `seq` is known to exist (only then is `seq` ever skipped: a

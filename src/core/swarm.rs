@@ -126,6 +126,17 @@ pub enum Input<'a> {
         /// Opaque payload.
         payload: Vec<u8>,
     },
+    /// Where playback is: the frame at the player's playhead was captured at `pts_us` (the
+    /// segments' pts timeline). Report it while playing (stalls included), not while paused.
+    /// Segments the player reaches without having them are then given up
+    /// 0.3 s later, and pulled urgently before, even when the schedule fixed at
+    /// the first play (first play + pts offset + playout delay) says later: a player that
+    /// started late and caught up with the live edge would otherwise stall at every missing
+    /// segment until that schedule reached it.
+    Playhead {
+        /// Capture time of the frame at the playhead, µs.
+        pts_us: u64,
+    },
     /// Time passed; nothing else happened.
     Timeout,
 }
@@ -331,6 +342,8 @@ pub(crate) struct Playout {
     pub next: u64,
     /// Local time of the first Play and the pts it played.
     pub t0: Option<(Instant, u64)>,
+    /// The player's last [`Input::Playhead`]: when, and the pts it was at.
+    pub playhead: Option<(Instant, u64)>,
     /// Init version last handed to the player.
     pub init_emitted: Option<u32>,
     /// The segment asked for to learn a start point, and when.
@@ -540,6 +553,7 @@ impl Swarm {
                 }
             }
             Input::SendSignal { to, payload } => self.on_send_signal(to, payload),
+            Input::Playhead { pts_us } => self.playout.playhead = Some((now, pts_us)),
             Input::Timeout => {}
         }
         if now >= self.next_tick {

@@ -284,6 +284,9 @@ impl Driver {
                 self.fail("decode", msg);
             }
         }
+        if let Some(pts_us) = self.player.as_ref().and_then(|p| p.playhead_pts_us()) {
+            self.input(Input::Playhead { pts_us });
+        }
         if !self.is_source
             && self.had_play
             && self

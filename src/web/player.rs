@@ -596,6 +596,20 @@ impl Player {
         self.video.current_time()
     }
 
+    /// Capture time of the frame at `currentTime`, µs, while playback runs (stalled or not);
+    /// `None` before the start and while paused.
+    pub(crate) fn playhead_pts_us(&self) -> Option<u64> {
+        if !self.started || !self.play_requested || self.video.paused() {
+            return None;
+        }
+        let t = self.current_time();
+        let wall = self
+            .wall_map
+            .wall_at(t)
+            .or_else(|| self.wall_offset.map(|off| t + off))?;
+        (wall > 0.0).then_some((wall * 1e6) as u64)
+    }
+
     /// Wall-clock now minus the capture time of the frame at `currentTime`.
     pub(crate) fn latency_ms(&self) -> Option<f64> {
         if !self.started {
