@@ -596,31 +596,30 @@ impl Player {
         self.video.current_time()
     }
 
-    /// Capture time of the frame at `currentTime`, µs, while playback runs (stalled or not);
-    /// `None` before the start and while paused.
-    pub(crate) fn playhead_pts_us(&self) -> Option<u64> {
-        if !self.started || !self.play_requested || self.video.paused() {
+    /// Capture time (s since the epoch) of the frame at `currentTime`, once started.
+    fn playhead_wall_s(&self) -> Option<f64> {
+        if !self.started {
             return None;
         }
         let t = self.current_time();
-        let wall = self
-            .wall_map
+        self.wall_map
             .wall_at(t)
-            .or_else(|| self.wall_offset.map(|off| t + off))?;
+            .or_else(|| self.wall_offset.map(|off| t + off))
+    }
+
+    /// Capture time of the frame at `currentTime`, µs, while playback runs (stalled or not);
+    /// `None` before the start and while paused.
+    pub(crate) fn playhead_pts_us(&self) -> Option<u64> {
+        if !self.play_requested || self.video.paused() {
+            return None;
+        }
+        let wall = self.playhead_wall_s()?;
         (wall > 0.0).then_some((wall * 1e6) as u64)
     }
 
     /// Wall-clock now minus the capture time of the frame at `currentTime`.
     pub(crate) fn latency_ms(&self) -> Option<f64> {
-        if !self.started {
-            return None;
-        }
-        let t = self.current_time();
-        let wall = self
-            .wall_map
-            .wall_at(t)
-            .or_else(|| self.wall_offset.map(|off| t + off))?;
-        Some(util::wall_ms() - wall * 1000.0)
+        Some(util::wall_ms() - self.playhead_wall_s()? * 1000.0)
     }
 
     /// Buffer the player currently aims to hold ahead of the playhead, ms.
