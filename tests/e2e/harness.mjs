@@ -410,8 +410,8 @@ export function neighbourCount(stats) {
 
 /**
  * Polls a set of viewer pages and turns the samples into per-viewer figures. A viewer "starts"
- * when its currentTime first advances; stalls are spans of wall time after that in which
- * currentTime did not move.
+ * when its currentTime first advances while it plays (not paused); stalls are spans of wall time
+ * after that in which currentTime did not move.
  */
 export class Monitor {
   constructor(out, { intervalMs = 250 } = {}) {
@@ -447,7 +447,11 @@ export class Monitor {
                 v.samples.push(s);
                 if (v.startedAt === null && v.samples.length >= 2) {
                   const prev = v.samples[v.samples.length - 2];
-                  if (s.video && prev.video && s.video.currentTime > prev.video.currentTime) {
+                  // Playing, not just moved: the player's fast start sets currentTime while the
+                  // video is still paused waiting for data, and a CI run counted a viewer as
+                  // started there, measuring its still first frame aging to 3.4 s as latency.
+                  const playing = (x) => x.video && !x.video.paused;
+                  if (playing(s) && playing(prev) && s.video.currentTime > prev.video.currentTime) {
                     v.startedAt = prev.wall;
                   }
                 }
