@@ -8,7 +8,7 @@ use std::time::Duration;
 
 /// How long a segment the player has reached may still arrive before it is given up: the player
 /// stalls meanwhile, so this is short; a segment that is that late is usually not on its way.
-pub(crate) const PLAYHEAD_GRACE: Duration = Duration::from_millis(300);
+const PLAYHEAD_GRACE: Duration = Duration::from_millis(300);
 /// A playhead report older than this is ignored (a throttled tab reports rarely).
 const PLAYHEAD_FRESH: Duration = Duration::from_millis(1_000);
 

@@ -128,11 +128,11 @@ pub enum Input<'a> {
     },
     /// Where playback is: the frame at the player's playhead was captured at `pts_us` (the
     /// segments' pts timeline). Report it while playing (stalls included), not while paused.
-    /// Segments the player reaches without having them are then given up
-    /// 0.3 s later, and pulled urgently before, even when the schedule fixed at
-    /// the first play (first play + pts offset + playout delay) says later: a player that
-    /// started late and caught up with the live edge would otherwise stall at every missing
-    /// segment until that schedule reached it.
+    /// Segments the player reaches without having them are then given up 0.3 s later, and
+    /// pulled urgently before, even when the schedule fixed at the first play (first play +
+    /// pts offset + playout delay) says later: a player that started late and caught up with
+    /// the live edge would otherwise stall at every missing segment until that schedule
+    /// reached it.
     Playhead {
         /// Capture time of the frame at the playhead, µs.
         pts_us: u64,
