@@ -9,6 +9,7 @@
 
 pub mod config;
 pub mod metrics;
+pub mod offers;
 pub mod outbox;
 pub mod protocol;
 pub mod server;

@@ -94,8 +94,13 @@ impl Metrics {
 
     /// Counts a rejection; `reason` should be one of [`REASONS`] (others are ignored).
     pub fn reject(&self, reason: &str) {
+        self.reject_n(reason, 1);
+    }
+
+    /// Counts `n` rejections at once (the offers of one announce dropped at full queues).
+    pub fn reject_n(&self, reason: &str, n: u64) {
         if let Some(i) = REASONS.iter().position(|r| *r == reason) {
-            self.rejected[i].fetch_add(1, Relaxed);
+            self.rejected[i].fetch_add(n, Relaxed);
         }
     }
 

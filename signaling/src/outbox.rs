@@ -23,6 +23,7 @@ use tokio::io::AsyncWrite;
 use tokio::sync::Notify;
 
 use crate::metrics::{Kind, Metrics};
+use crate::offers::OfferBook;
 use crate::ws;
 
 /// The write half of a connection's stream.
@@ -129,18 +130,27 @@ impl Inner {
 }
 
 /// The sending side of one connection.
+///
+/// `repr(C)`, fields in this order: what an offering task reads of a peer it picks (the
+/// `Arc`'s count, `queued`, `max_queued`, `drop_when_full`) sits at the start, in the cache
+/// line the count already brings in. Those reads were a fifth of `Tracker::announce`'s
+/// samples, nearly all of them cache misses.
+#[repr(C)]
 pub struct Outbox {
-    /// Unique per server run.
-    pub id: u64,
-    inner: Mutex<Inner>,
     /// `inner`'s message count, stored under its lock: [`Outbox::has_room`] is asked for
     /// every offer picked, by other connections' tasks, and reads it without the lock.
     queued: AtomicUsize,
+    max_queued: usize,
+    drop_when_full: bool,
+    /// Unique per server run.
+    pub id: u64,
+    inner: Mutex<Inner>,
     /// Wakes the connection's task: bytes wait that the socket did not take, or the
     /// connection must close.
     wake: Notify,
-    max_queued: usize,
-    drop_when_full: bool,
+    /// Offers sent to this connection that it may answer; a lock of its own, taken by the
+    /// offering connections' tasks and by this connection's own when it answers.
+    offers: Mutex<OfferBook>,
 }
 
 impl std::fmt::Debug for Outbox {
@@ -168,7 +178,13 @@ impl Outbox {
             queued: AtomicUsize::new(0),
             max_queued: max_queued.max(1),
             drop_when_full,
+            offers: Mutex::new(OfferBook::default()),
         }
+    }
+
+    /// The offers this connection may answer.
+    pub fn offers(&self) -> MutexGuard<'_, OfferBook> {
+        self.offers.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {

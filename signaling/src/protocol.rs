@@ -156,29 +156,31 @@ pub enum Event {
     Update,
 }
 
-/// One offer of an announce, to be forwarded to one other peer.
+/// One offer of an announce, to be forwarded to one other peer. Borrowed from the frame (the
+/// server handles a message before reading the next), so a 5-offer announce costs no copies of
+/// its SDPs until they are encoded for their receivers.
 #[derive(Debug)]
-pub struct Offer {
+pub struct Offer<'a> {
     /// The offerer's id for this offer; the answer carries it back.
-    pub offer_id: String,
+    pub offer_id: Cow<'a, str>,
     /// The SDP offer object (`{type, sdp}`), forwarded verbatim.
-    pub offer: Box<RawValue>,
+    pub offer: Cow<'a, RawValue>,
 }
 
 /// An answer to an offer, routed to `to_peer_id`.
 #[derive(Debug)]
-pub struct Answer {
+pub struct Answer<'a> {
     /// The peer that made the offer.
     pub to_peer_id: Id20,
     /// The offer being answered.
-    pub offer_id: String,
+    pub offer_id: Cow<'a, str>,
     /// The SDP answer object, forwarded verbatim.
-    pub answer: Box<RawValue>,
+    pub answer: Cow<'a, RawValue>,
 }
 
 /// A parsed `action: "announce"` message.
 #[derive(Debug)]
-pub struct Announce {
+pub struct Announce<'a> {
     /// The swarm.
     pub info_hash: Id20,
     /// The announcing peer.
@@ -188,9 +190,35 @@ pub struct Announce {
     /// `left == 0`: the peer is a seeder (counts as `complete`).
     pub seeder: bool,
     /// Offers to forward, one per distinct random other peer.
-    pub offers: Vec<Offer>,
+    pub offers: Vec<Offer<'a>>,
     /// If present, the message is an answer and is only routed (no reply, no swarm update).
-    pub answer: Option<Answer>,
+    pub answer: Option<Answer<'a>>,
+}
+
+impl Announce<'_> {
+    /// The same announce, owning its strings (for callers that keep it past the frame).
+    pub fn into_owned(self) -> Announce<'static> {
+        let own_raw = |r: Cow<'_, RawValue>| Cow::Owned(r.into_owned());
+        Announce {
+            info_hash: self.info_hash,
+            peer_id: self.peer_id,
+            event: self.event,
+            seeder: self.seeder,
+            offers: self
+                .offers
+                .into_iter()
+                .map(|o| Offer {
+                    offer_id: Cow::Owned(o.offer_id.into_owned()),
+                    offer: own_raw(o.offer),
+                })
+                .collect(),
+            answer: self.answer.map(|a| Answer {
+                to_peer_id: a.to_peer_id,
+                offer_id: Cow::Owned(a.offer_id.into_owned()),
+                answer: own_raw(a.answer),
+            }),
+        }
+    }
 }
 
 /// A parsed `action: "scrape"` message.
@@ -202,9 +230,9 @@ pub struct Scrape {
 
 /// Any message a client may send.
 #[derive(Debug)]
-pub enum Request {
+pub enum Request<'a> {
     /// `action: "announce"`.
-    Announce(Announce),
+    Announce(Announce<'a>),
     /// `action: "scrape"`.
     Scrape(Scrape),
 }
@@ -258,40 +286,179 @@ impl ParseError {
     }
 }
 
-/// A field the reference server checks with `typeof x === 'string'`: any other JSON type must
-/// give that field's own error, not a JSON type error.
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum Loose<'a> {
-    #[serde(borrow)]
+/// One JSON field value as the reference server sees it (`typeof x === 'string'`, JS
+/// truthiness, `Number(left)`), read in the parse's single pass: strings are borrowed from the
+/// frame unless they hold escapes, arrays keep only their string elements (a scrape's
+/// `info_hash` list), objects are skipped. Hand-written rather than a `#[serde(untagged)]` enum:
+/// serde buffers an untagged field into an owned copy before trying each variant, and those
+/// copies were a tenth of the server's CPU under aquatic_ws_load_test.
+enum Js<'a> {
+    Null,
+    Bool(bool),
+    Num(f64),
     Str(Cow<'a, str>),
-    Other(serde::de::IgnoredAny),
+    /// An array: `Some` for each string element, `None` for any other.
+    List(Vec<Option<Cow<'a, str>>>),
+    Object,
 }
 
-impl<'a> Loose<'a> {
-    fn str<'b>(x: &'b Option<Loose<'a>>) -> Option<&'b str> {
+impl<'a> Js<'a> {
+    fn str<'b>(x: &'b Option<Js<'a>>) -> Option<&'b str> {
         match x {
-            Some(Loose::Str(s)) => Some(s),
+            Some(Js::Str(s)) => Some(s),
             _ => None,
+        }
+    }
+
+    /// JS truthiness (`if (params.answer)`, `if (!params.event)`).
+    fn truthy(&self) -> bool {
+        match self {
+            Js::Null => false,
+            Js::Bool(b) => *b,
+            Js::Num(f) => *f != 0.0 && !f.is_nan(),
+            Js::Str(s) => !s.is_empty(),
+            Js::List(_) | Js::Object => true,
         }
     }
 }
 
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum OneOrMany<'a> {
-    #[serde(borrow)]
-    One(Cow<'a, str>),
-    Many(Vec<Loose<'a>>),
-    Other(serde::de::IgnoredAny),
+/// A string, or `None` for any other JSON value (skipped): the elements of [`Js::List`].
+struct MaybeStr<'a>(Option<Cow<'a, str>>);
+
+macro_rules! other_scalars {
+    ($value:expr) => {
+        fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+            Ok($value)
+        }
+        fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+            Ok($value)
+        }
+        fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+            Ok($value)
+        }
+        fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+            Ok($value)
+        }
+        fn visit_unit<E>(self) -> Result<Self::Value, E> {
+            Ok($value)
+        }
+        fn visit_none<E>(self) -> Result<Self::Value, E> {
+            Ok($value)
+        }
+    };
+}
+
+fn skip_seq<'de, A: serde::de::SeqAccess<'de>>(mut seq: A) -> Result<(), A::Error> {
+    while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+    Ok(())
+}
+
+fn skip_map<'de, A: serde::de::MapAccess<'de>>(mut map: A) -> Result<(), A::Error> {
+    while map
+        .next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?
+        .is_some()
+    {}
+    Ok(())
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for MaybeStr<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> serde::de::Visitor<'de> for V<'a> {
+            type Value = MaybeStr<'a>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_borrowed_str<E>(self, s: &'de str) -> Result<Self::Value, E> {
+                Ok(MaybeStr(Some(Cow::Borrowed(s))))
+            }
+            fn visit_str<E>(self, s: &str) -> Result<Self::Value, E> {
+                Ok(MaybeStr(Some(Cow::Owned(s.to_owned()))))
+            }
+            fn visit_string<E>(self, s: String) -> Result<Self::Value, E> {
+                Ok(MaybeStr(Some(Cow::Owned(s))))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                seq: A,
+            ) -> Result<Self::Value, A::Error> {
+                skip_seq(seq).map(|()| MaybeStr(None))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<Self::Value, A::Error> {
+                skip_map(map).map(|()| MaybeStr(None))
+            }
+            other_scalars!(MaybeStr(None));
+        }
+        d.deserialize_any(V(std::marker::PhantomData))
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Js<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> serde::de::Visitor<'de> for V<'a> {
+            type Value = Js<'a>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_borrowed_str<E>(self, s: &'de str) -> Result<Self::Value, E> {
+                Ok(Js::Str(Cow::Borrowed(s)))
+            }
+            fn visit_str<E>(self, s: &str) -> Result<Self::Value, E> {
+                Ok(Js::Str(Cow::Owned(s.to_owned())))
+            }
+            fn visit_string<E>(self, s: String) -> Result<Self::Value, E> {
+                Ok(Js::Str(Cow::Owned(s)))
+            }
+            fn visit_bool<E>(self, b: bool) -> Result<Self::Value, E> {
+                Ok(Js::Bool(b))
+            }
+            fn visit_i64<E>(self, n: i64) -> Result<Self::Value, E> {
+                Ok(Js::Num(n as f64))
+            }
+            fn visit_u64<E>(self, n: u64) -> Result<Self::Value, E> {
+                Ok(Js::Num(n as f64))
+            }
+            fn visit_f64<E>(self, n: f64) -> Result<Self::Value, E> {
+                Ok(Js::Num(n))
+            }
+            fn visit_unit<E>(self) -> Result<Self::Value, E> {
+                Ok(Js::Null)
+            }
+            fn visit_none<E>(self) -> Result<Self::Value, E> {
+                Ok(Js::Null)
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Self::Value, A::Error> {
+                // Bounded by the frame size: every element is at least one byte of input.
+                let mut v = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(16));
+                while let Some(MaybeStr(s)) = seq.next_element::<MaybeStr<'a>>()? {
+                    v.push(s);
+                }
+                Ok(Js::List(v))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<Self::Value, A::Error> {
+                skip_map(map).map(|()| Js::Object)
+            }
+        }
+        d.deserialize_any(V(std::marker::PhantomData))
+    }
 }
 
 #[derive(Deserialize)]
 struct WireOffer<'a> {
     #[serde(borrow, default)]
-    offer_id: Option<Loose<'a>>,
-    #[serde(default)]
-    offer: Option<Box<RawValue>>,
+    offer_id: Option<Js<'a>>,
+    #[serde(borrow, default)]
+    offer: Option<&'a RawValue>,
 }
 
 /// One entry of `offers`: an object is read as an offer, anything else marks the list bad
@@ -318,32 +485,14 @@ impl<'de: 'a, 'a> Deserialize<'de> for MaybeOffer<'a> {
             }
             fn visit_seq<A: serde::de::SeqAccess<'de>>(
                 self,
-                mut seq: A,
+                seq: A,
             ) -> Result<Self::Value, A::Error> {
-                while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
-                Ok(MaybeOffer::Bad)
-            }
-            fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
-                Ok(MaybeOffer::Bad)
-            }
-            fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
-                Ok(MaybeOffer::Bad)
-            }
-            fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
-                Ok(MaybeOffer::Bad)
-            }
-            fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
-                Ok(MaybeOffer::Bad)
+                skip_seq(seq).map(|()| MaybeOffer::Bad)
             }
             fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
                 Ok(MaybeOffer::Bad)
             }
-            fn visit_unit<E>(self) -> Result<Self::Value, E> {
-                Ok(MaybeOffer::Bad)
-            }
-            fn visit_none<E>(self) -> Result<Self::Value, E> {
-                Ok(MaybeOffer::Bad)
-            }
+            other_scalars!(MaybeOffer::Bad);
         }
         d.deserialize_any(V(std::marker::PhantomData))
     }
@@ -374,35 +523,14 @@ impl<'de: 'a, 'a> Deserialize<'de> for OfferList<'a> {
             }
             fn visit_map<A: serde::de::MapAccess<'de>>(
                 self,
-                mut map: A,
+                map: A,
             ) -> Result<Self::Value, A::Error> {
-                while map
-                    .next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?
-                    .is_some()
-                {}
-                Ok(OfferList(None))
-            }
-            fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
-                Ok(OfferList(None))
-            }
-            fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
-                Ok(OfferList(None))
-            }
-            fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
-                Ok(OfferList(None))
-            }
-            fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
-                Ok(OfferList(None))
+                skip_map(map).map(|()| OfferList(None))
             }
             fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
                 Ok(OfferList(None))
             }
-            fn visit_unit<E>(self) -> Result<Self::Value, E> {
-                Ok(OfferList(None))
-            }
-            fn visit_none<E>(self) -> Result<Self::Value, E> {
-                Ok(OfferList(None))
-            }
+            other_scalars!(OfferList(None));
         }
         d.deserialize_any(V(std::marker::PhantomData))
     }
@@ -413,21 +541,21 @@ impl<'de: 'a, 'a> Deserialize<'de> for OfferList<'a> {
 #[derive(Deserialize)]
 struct Wire<'a> {
     #[serde(borrow, default)]
-    action: Option<Loose<'a>>,
+    action: Option<Js<'a>>,
     #[serde(borrow, default)]
-    info_hash: Option<OneOrMany<'a>>,
+    info_hash: Option<Js<'a>>,
     #[serde(borrow, default)]
-    peer_id: Option<Loose<'a>>,
+    peer_id: Option<Js<'a>>,
     #[serde(borrow, default)]
-    to_peer_id: Option<Loose<'a>>,
+    to_peer_id: Option<Js<'a>>,
     #[serde(borrow, default)]
-    offer_id: Option<Loose<'a>>,
-    #[serde(default)]
-    event: Option<serde_json::Value>,
-    #[serde(default)]
-    left: Option<serde_json::Value>,
-    #[serde(default)]
-    answer: Option<Box<RawValue>>,
+    offer_id: Option<Js<'a>>,
+    #[serde(borrow, default)]
+    event: Option<Js<'a>>,
+    #[serde(borrow, default)]
+    left: Option<Js<'a>>,
+    #[serde(borrow, default)]
+    answer: Option<&'a RawValue>,
     /// The reference ignores a non-array `offers`.
     #[serde(borrow, default)]
     offers: Option<OfferList<'a>>,
@@ -437,35 +565,24 @@ fn is_object(v: &RawValue) -> bool {
     v.get().trim_start().starts_with('{')
 }
 
-fn offer_id(s: &Option<Loose<'_>>) -> Result<String, ParseError> {
-    match Loose::str(s) {
-        Some(s) if !s.is_empty() && s.chars().count() <= MAX_OFFER_ID_CHARS => Ok(s.to_owned()),
+fn offer_id<'a>(s: Option<Js<'a>>) -> Result<Cow<'a, str>, ParseError> {
+    match s {
+        Some(Js::Str(s)) if !s.is_empty() && s.chars().count() <= MAX_OFFER_ID_CHARS => Ok(s),
         _ => Err(ParseError::OfferId),
     }
 }
 
-/// JS truthiness of a JSON value (`if (params.answer)`, `if (!params.event)`).
-fn truthy(v: &serde_json::Value) -> bool {
-    match v {
-        serde_json::Value::Null => false,
-        serde_json::Value::Bool(b) => *b,
-        serde_json::Value::Number(n) => n.as_f64().is_some_and(|f| f != 0.0),
-        serde_json::Value::String(s) => !s.is_empty(),
-        _ => true,
-    }
-}
-
 /// `Number(left) === 0` in the reference server: numbers and numeric strings.
-fn is_zero_left(v: &serde_json::Value) -> bool {
+fn is_zero_left(v: &Js<'_>) -> bool {
     match v {
-        serde_json::Value::Number(n) => n.as_f64() == Some(0.0),
-        serde_json::Value::String(s) => s.trim().parse::<f64>() == Ok(0.0),
+        Js::Num(n) => *n == 0.0,
+        Js::Str(s) => s.trim().parse::<f64>() == Ok(0.0),
         _ => false,
     }
 }
 
 /// Parses one frame's payload (text or binary: the reference server `JSON.parse`s both).
-pub fn parse(frame: &[u8]) -> Result<Request, ParseError> {
+pub fn parse(frame: &[u8]) -> Result<Request<'_>, ParseError> {
     match std::str::from_utf8(frame) {
         Ok(text) => parse_str(text),
         // What serde_json says about the bytes (invalid UTF-8 or worse).
@@ -478,7 +595,7 @@ pub fn parse(frame: &[u8]) -> Result<Request, ParseError> {
 
 /// [`parse`] for a text frame, whose UTF-8 the WebSocket layer has already checked: parsing
 /// from `&str` saves serde_json validating every string (SDPs are most of the bytes) again.
-pub fn parse_str(frame: &str) -> Result<Request, ParseError> {
+pub fn parse_str(frame: &str) -> Result<Request<'_>, ParseError> {
     // serde would read a struct from an array too; JSON that is not an object has no `action`,
     // which is what the reference server reports.
     if frame.bytes().find(|b| !b.is_ascii_whitespace()) != Some(b'{') {
@@ -490,43 +607,43 @@ pub fn parse_str(frame: &str) -> Result<Request, ParseError> {
     let wire: Wire<'_> =
         serde_json::from_str(frame).map_err(|e| ParseError::Json(e.to_string()))?;
     match &wire.action {
-        Some(Loose::Str(a)) if a == "announce" => parse_announce(wire).map(Request::Announce),
-        Some(Loose::Str(a)) if a == "scrape" => parse_scrape(wire).map(Request::Scrape),
-        Some(Loose::Str(other)) => Err(ParseError::Action(other.chars().take(32).collect())),
-        Some(Loose::Other(_)) => Err(ParseError::Action("[not a string]".into())),
+        Some(Js::Str(a)) if a == "announce" => parse_announce(wire).map(Request::Announce),
+        Some(Js::Str(a)) if a == "scrape" => parse_scrape(wire).map(Request::Scrape),
+        Some(Js::Str(other)) => Err(ParseError::Action(other.chars().take(32).collect())),
+        Some(_) => Err(ParseError::Action("[not a string]".into())),
         None => Err(ParseError::Action("undefined".into())),
     }
 }
 
-fn parse_announce(wire: Wire<'_>) -> Result<Announce, ParseError> {
+fn parse_announce(wire: Wire<'_>) -> Result<Announce<'_>, ParseError> {
     let info_hash = match &wire.info_hash {
-        Some(OneOrMany::One(s)) => Id20::from_binary_str(s).ok_or(ParseError::InfoHash)?,
+        Some(Js::Str(s)) => Id20::from_binary_str(s).ok_or(ParseError::InfoHash)?,
         _ => return Err(ParseError::InfoHash),
     };
-    let peer_id = Loose::str(&wire.peer_id)
+    let peer_id = Js::str(&wire.peer_id)
         .and_then(Id20::from_binary_str)
         .ok_or(ParseError::PeerId)?;
     let answer = match wire.answer {
         // JS truthiness: `answer: null`, `false`, `0`, `""` are no answer.
         Some(raw) if !matches!(raw.get().trim(), "null" | "false" | "0" | "\"\"") => {
-            let to_peer_id = Loose::str(&wire.to_peer_id)
+            let to_peer_id = Js::str(&wire.to_peer_id)
                 .and_then(Id20::from_binary_str)
                 .ok_or(ParseError::ToPeerId)?;
-            if !is_object(&raw) {
+            if !is_object(raw) {
                 return Err(ParseError::Answer);
             }
             Some(Answer {
                 to_peer_id,
-                offer_id: offer_id(&wire.offer_id)?,
-                answer: raw,
+                offer_id: offer_id(wire.offer_id)?,
+                answer: Cow::Borrowed(raw),
             })
         }
         _ => None,
     };
     let event = match &wire.event {
         None => Event::Update,
-        Some(v) if !truthy(v) => Event::Update,
-        Some(serde_json::Value::String(s)) => match s.as_str() {
+        Some(v) if !v.truthy() => Event::Update,
+        Some(Js::Str(s)) => match s.as_ref() {
             "update" | "empty" | "paused" => Event::Update,
             "started" => Event::Started,
             "stopped" => Event::Stopped,
@@ -546,8 +663,8 @@ fn parse_announce(wire: Wire<'_>) -> Result<Announce, ParseError> {
                 };
                 let offer = o.offer.filter(|r| is_object(r)).ok_or(ParseError::Offer)?;
                 offers.push(Offer {
-                    offer_id: offer_id(&o.offer_id)?,
-                    offer,
+                    offer_id: offer_id(o.offer_id)?,
+                    offer: Cow::Borrowed(offer),
                 });
             }
         }
@@ -565,16 +682,14 @@ fn parse_announce(wire: Wire<'_>) -> Result<Announce, ParseError> {
 fn parse_scrape(wire: Wire<'_>) -> Result<Scrape, ParseError> {
     let info_hashes = match wire.info_hash {
         // The reference treats a non-string, non-array info_hash like an absent one ("all").
-        None | Some(OneOrMany::Other(_)) => Vec::new(),
-        Some(OneOrMany::One(s)) => vec![Id20::from_binary_str(&s).ok_or(ParseError::InfoHash)?],
-        Some(OneOrMany::Many(v)) => v
+        None | Some(Js::Null | Js::Bool(_) | Js::Num(_) | Js::Object) => Vec::new(),
+        Some(Js::Str(s)) => vec![Id20::from_binary_str(&s).ok_or(ParseError::InfoHash)?],
+        Some(Js::List(v)) => v
             .iter()
             .map(|s| {
-                match s {
-                    Loose::Str(c) => Id20::from_binary_str(c),
-                    Loose::Other(_) => None,
-                }
-                .ok_or(ParseError::InfoHash)
+                s.as_deref()
+                    .and_then(Id20::from_binary_str)
+                    .ok_or(ParseError::InfoHash)
             })
             .collect::<Result<_, _>>()?,
     };
@@ -709,7 +824,8 @@ mod tests {
             "event": "started", "left": 0, "uploaded": 0,
             "offers": [{"offer": {"type": "offer", "sdp": "v=0"}, "offer_id": bin(7)}]
         });
-        let Request::Announce(a) = parse(msg.to_string().as_bytes()).unwrap() else {
+        let text = msg.to_string();
+        let Request::Announce(a) = parse(text.as_bytes()).unwrap() else {
             panic!("not an announce")
         };
         assert_eq!(a.info_hash, Id20([0xff; 20]));
@@ -753,6 +869,84 @@ mod tests {
         );
         assert!(matches!(parse(b"{\"action\":"), Err(ParseError::Json(_))));
         assert!(matches!(parse(b"\xff\xfe"), Err(ParseError::Json(_))));
+    }
+
+    /// Fields of any JSON type read as the reference server reads them (`typeof`, truthiness,
+    /// `Number(left)`), escaped strings included: the hand-written field reader, not serde's
+    /// untagged enums, decides these now.
+    #[test]
+    fn field_types_follow_the_reference() {
+        let ids = r#""info_hash":"a\u0001aaaaaaaaaaaaaaaaaa","peer_id":"bbbbbbbbbbbbbbbbbbbb""#;
+        let announce = |extra: &str| {
+            let text = format!(r#"{{"action":"announce",{ids}{extra}}}"#);
+            match parse(text.as_bytes()) {
+                Ok(Request::Announce(a)) => Ok((a.event, a.seeder, a.info_hash.0[1])),
+                Ok(other) => panic!("{other:?}"),
+                Err(e) => Err(e),
+            }
+        };
+        let update = Ok((Event::Update, false, 1));
+        assert_eq!(announce(""), update);
+        for falsy in ["null", "0", "false", r#""""#] {
+            assert_eq!(announce(&format!(r#","event":{falsy}"#)), update, "{falsy}");
+        }
+        for bad in ["5", "true", "[]", "{}", r#""bogus""#] {
+            assert_eq!(
+                announce(&format!(r#","event":{bad}"#)),
+                Err(ParseError::Event),
+                "{bad}"
+            );
+        }
+        assert_eq!(
+            announce(r#","event":"complete\u0064""#),
+            Ok((Event::Completed, false, 1))
+        );
+        for zero in ["0", "0.0", r#"" 0 ""#, r#""0e3""#] {
+            assert_eq!(
+                announce(&format!(r#","left":{zero}"#)),
+                Ok((Event::Update, true, 1)),
+                "{zero}"
+            );
+        }
+        for not_zero in ["1", "null", "[]", r#""""#, r#""x""#] {
+            assert_eq!(
+                announce(&format!(r#","left":{not_zero}"#)),
+                update,
+                "{not_zero}"
+            );
+        }
+        for bad_id in ["5", "[]", "{}", "null"] {
+            let text = format!(
+                r#"{{"action":"announce","info_hash":"aaaaaaaaaaaaaaaaaaaa","peer_id":{bad_id}}}"#
+            );
+            assert_eq!(
+                parse(text.as_bytes()).unwrap_err(),
+                ParseError::PeerId,
+                "{bad_id}"
+            );
+        }
+        assert_eq!(
+            parse(br#"{"action":["announce"]}"#).unwrap_err(),
+            ParseError::Action("[not a string]".into())
+        );
+        // A scrape list with anything but 20-char strings is refused; a non-list is "all".
+        let scrape =
+            |ih: &str| match parse(format!(r#"{{"action":"scrape","info_hash":{ih}}}"#).as_bytes())
+            {
+                Ok(Request::Scrape(s)) => Ok(s.info_hashes.len()),
+                Ok(other) => panic!("{other:?}"),
+                Err(e) => Err(e),
+            };
+        assert_eq!(
+            scrape(r#"["aaaaaaaaaaaaaaaaaaaa","b\u0062bbbbbbbbbbbbbbbbbb"]"#),
+            Ok(2)
+        );
+        assert_eq!(
+            scrape(r#"["aaaaaaaaaaaaaaaaaaaa",7]"#),
+            Err(ParseError::InfoHash)
+        );
+        assert_eq!(scrape("{}"), Ok(0));
+        assert_eq!(scrape("7"), Ok(0));
     }
 
     /// The hand-written encoders escape exactly as serde_json (and `JSON.stringify`) do.

@@ -12,7 +12,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::extract::{Request, State};
@@ -35,7 +35,7 @@ use crate::metrics::{Kind, Metrics};
 use crate::outbox::{FlushError, Outbox, SendOutcome};
 use crate::protocol::{self, Request as Msg};
 use crate::tls::{TlsListener, TlsReloader};
-use crate::tracker::{Out, Tracker};
+use crate::tracker::{Member, Out, Tracker};
 use crate::ws::{self, Incoming};
 
 /// Read buffer per connection (allocated at the first message). Tracker messages are a few
@@ -49,23 +49,16 @@ pub struct AppState {
     pub config: Config,
     /// Counters served on `/metrics`.
     pub metrics: Metrics,
-    tracker: Mutex<Tracker>,
+    tracker: Tracker,
     static_dir: PathBuf,
     next_conn: AtomicU64,
     shutdown: watch::Receiver<bool>,
 }
 
 impl AppState {
-    /// The tracker; a poisoned lock is recovered (the state is still consistent: no operation
-    /// panics halfway by design, and a panic elsewhere must not take the server down).
-    fn tracker(&self) -> MutexGuard<'_, Tracker> {
-        self.tracker.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
     /// `(swarms, peers)` right now.
     pub fn sizes(&self) -> (usize, usize) {
-        let t = self.tracker();
-        (t.swarm_count(), t.peer_count())
+        (self.tracker.swarm_count(), self.tracker.peer_count())
     }
 }
 
@@ -135,7 +128,7 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
     let ttl = config.idle();
     let state = Arc::new(AppState {
         static_dir: config.static_dir(),
-        tracker: Mutex::new(Tracker::new(config.limits())),
+        tracker: Tracker::new(config.limits()),
         config,
         metrics: Metrics::default(),
         next_conn: AtomicU64::new(1),
@@ -217,7 +210,7 @@ async fn sweep(state: Arc<AppState>, ttl: Duration) {
     let mut tick = tokio::time::interval((ttl / 4).max(Duration::from_millis(50)));
     loop {
         tick.tick().await;
-        let n = state.tracker().expire(Instant::now(), ttl);
+        let n = state.tracker.expire(Instant::now(), ttl);
         if n > 0 {
             tracing::debug!(expired = n, "peers expired");
         }
@@ -414,13 +407,13 @@ async fn connection(io: Io, state: Arc<AppState>) {
         state.config.send_queue,
         state.config.on_full_queue == FullQueue::Drop,
     ));
-    state.tracker().add_conn(handle.clone());
+    let mut member = state.tracker.join(handle.clone());
     state.metrics.connections.fetch_add(1, Relaxed);
     state.metrics.connections_total.fetch_add(1, Relaxed);
     // Boxed so the spawned task's inline future stays small; the loop's state lives on the heap
     // once, sized by what it holds.
-    let end = Box::pin(drive(rd, &state, &handle)).await;
-    state.tracker().remove_conn(id);
+    let end = Box::pin(drive(rd, &state, &handle, &mut member)).await;
+    state.tracker.leave(member);
     if let End::Close(code, reason) = end {
         handle.send_control(|b| ws::write_close(b, code, reason), &state.metrics);
         let _ = handle.flush(&state.metrics, Duration::from_secs(1)).await;
@@ -431,7 +424,12 @@ async fn connection(io: Io, state: Arc<AppState>) {
     state.metrics.connections.fetch_sub(1, Relaxed);
 }
 
-async fn drive(mut rd: ReadHalf<Io>, state: &Arc<AppState>, handle: &Arc<Outbox>) -> End {
+async fn drive(
+    mut rd: ReadHalf<Io>,
+    state: &Arc<AppState>,
+    handle: &Arc<Outbox>,
+    member: &mut Member,
+) -> End {
     let cfg = &state.config;
     let m = &state.metrics;
     let mut shutdown = state.shutdown.clone();
@@ -515,7 +513,7 @@ async fn drive(mut rd: ReadHalf<Io>, state: &Arc<AppState>, handle: &Arc<Outbox>
                         reply(state, handle, protocol::encode_failure("rate limit exceeded"), Kind::Failure);
                         continue;
                     }
-                    handle_message(state, handle, parsed, last_msg);
+                    handle_message(state, handle, member, parsed, last_msg);
                 }
             }
             _ = tick.tick() => {
@@ -552,6 +550,7 @@ fn deliver(state: &AppState, to: &Outbox, out: Out) {
 fn handle_message(
     state: &Arc<AppState>,
     handle: &Arc<Outbox>,
+    member: &mut Member,
     parsed: Result<Msg, protocol::ParseError>,
     now: Instant,
 ) {
@@ -573,7 +572,7 @@ fn handle_message(
     match req {
         Msg::Scrape(s) => {
             m.incoming(Kind::Scrape, 1);
-            let text = state.tracker().scrape(&s);
+            let text = state.tracker.scrape(&s);
             reply(state, handle, text, Kind::Scrape);
         }
         Msg::Announce(a) => {
@@ -585,8 +584,8 @@ fn handle_message(
             }
             let info_hash = a.info_hash;
             let is_answer = a.answer.is_some();
-            // The lock covers the swarm update and the picks; encoding happens after it.
-            let result = state.tracker().announce(handle.id, &a, now);
+            // The shard's lock covers the swarm update and the picks; encoding happens after it.
+            let result = state.tracker.announce(member, &a, now);
             match result {
                 Ok(outcome) => {
                     if let Some(r) = outcome.reply {
@@ -597,8 +596,8 @@ fn handle_message(
                             deliver(state, &d.to, out);
                         }
                     }
-                    for _ in 0..outcome.dropped {
-                        m.reject("queue_full");
+                    if outcome.dropped > 0 {
+                        m.reject_n("queue_full", outcome.dropped as u64);
                     }
                 }
                 Err(refusal) => {

@@ -1,6 +1,12 @@
 //! Swarm state: who is in which swarm, on which connection, and which offers are awaiting an
 //! answer. No I/O: operations return the messages to deliver, and the connection tasks deliver
-//! them (after the lock is released). Time comes in as an argument.
+//! them (after the locks are released). Time comes in as an argument.
+//!
+//! Concurrency: swarms are sharded by info_hash, each shard behind its own lock; what a
+//! connection registered is kept by its own task (a [`Member`]); the offers a connection may
+//! answer are kept in its outbox ([`crate::offers`]). One lock over everything made the two
+//! worker threads wait on each other under aquatic_ws_load_test (10,000 swarms): futex waits and
+//! wake-ups on it were ~7 % of the server's CPU.
 //!
 //! Invariants:
 //! - a `(info_hash, peer_id)` is registered at most once, owned by exactly one connection; a
@@ -8,29 +14,23 @@
 //! - offers go to distinct peers, never back to the offering peer;
 //! - an answer is delivered only if the answering connection was sent the offer it answers
 //!   (same swarm, same `offer_id`, from the same peer on the same connection);
-//! - an empty swarm is removed at once, so `swarms.len()` counts live swarms only.
+//! - an empty swarm is removed at once, so the swarm count counts live swarms only.
 
 use std::collections::hash_map::{Entry, RandomState};
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::hash::BuildHasher;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use crate::metrics::Kind;
 use crate::protocol::{self, Announce, Event, Id20, Scrape, ScrapeStats};
 
-/// Offers remembered per receiving connection for answer validation; older ones are forgotten
-/// first. A connection answers an offer only after reading it, and everything queued ahead of
-/// it (our send queue, then both kernels' socket buffers, easily a few hundred messages on a
-/// busy connection) is read first: 128, the earlier bound, made aquatic_ws_load_test's answers
-/// fail, since it answers offers read hundreds of messages after we queued them. 1,024 covers
-/// that; an entry is 16 bytes and the list grows only with offers actually sent, so an idle
-/// connection pays nothing and a flooded one at most 16 KiB.
-pub const MAX_PENDING_OFFERS: usize = 1024;
+pub use crate::offers::{MAX_PENDING_OFFERS, OFFER_TTL_SECS};
 
-/// How long an offer can be answered, seconds (aquatic_ws's `max_offer_age`; the reference
-/// client gives up on an offer after 50 s).
-pub const OFFER_TTL_SECS: u32 = 120;
+/// Swarm shards. With two worker threads and thousands of swarms, 64 makes two announces
+/// meeting on one lock rare; each shard is a cache line of its own.
+const SHARDS: usize = 64;
 
 /// One message queued for a connection.
 #[derive(Debug)]
@@ -171,6 +171,8 @@ pub struct Outcome {
 
 struct Peer {
     peer_id: Id20,
+    /// `conn.id`, kept inline: checking the owner must not touch the connection's cache line.
+    conn_id: u64,
     conn: Arc<ConnHandle>,
     seeder: bool,
     last_seen: Instant,
@@ -197,57 +199,37 @@ impl Swarm {
         }
         p
     }
+
+    fn stats(&self) -> ScrapeStats {
+        ScrapeStats {
+            complete: self.complete,
+            incomplete: self.peers.len() - self.complete,
+            downloaded: self.downloaded,
+        }
+    }
 }
 
-/// An offer forwarded to a connection, awaiting its answer: a keyed hash of
-/// `(info_hash, offer_id, offerer peer_id, offerer connection)` (with a per-process SipHash key
-/// a client cannot aim for collisions) and when it was sent (seconds since the tracker's
-/// epoch): 16 bytes per entry.
-struct Pending {
-    key: u64,
-    at_secs: u32,
-}
-
-struct ConnState {
+/// One connection's part in the tracker, owned by the connection's task and handed to every
+/// call that acts for it.
+pub struct Member {
     handle: Arc<ConnHandle>,
-    /// `(info_hash, peer_id)` this connection registered (possibly taken over since).
+    /// `(info_hash, peer_id)` this connection registered. Entries taken over by another
+    /// connection or expired since stay until [`Tracker::prune`] (for the per-connection
+    /// limit) or the connection leaves (where removal checks the owner).
     regs: Vec<(Id20, Id20)>,
-    /// Offers sent, oldest first: the eviction order. Entries answered since stay until
-    /// evicted (their key is gone from `answerable`).
-    pending: VecDeque<Pending>,
-    /// Key to send time of the offers still answerable. A map, not a scan of `pending`: a
-    /// reader that lags hundreds of messages behind answers offers near the ring's far end,
-    /// and scanning 1,024 entries per answer was a visible share of the tracker's time under
-    /// aquatic_ws_load_test.
-    answerable: HashMap<u64, u32, KeyHash>,
+    /// [`Tracker::sweeps`] when `regs` was last pruned.
+    pruned_at: u64,
+}
+
+impl Member {
+    /// The connection's id.
+    pub fn id(&self) -> u64 {
+        self.handle.id
+    }
 }
 
 /// The maps' hasher: foldhash, seeded per process (see Cargo.toml).
 type Fast = foldhash::fast::RandomState;
-
-/// The pending-offer keys are keyed SipHash outputs already: hashing them again buys nothing.
-type KeyHash = std::hash::BuildHasherDefault<IdentityHasher>;
-
-/// Passes a `u64` through (see [`KeyHash`]).
-#[derive(Default)]
-struct IdentityHasher(u64);
-
-impl std::hash::Hasher for IdentityHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        // Only `write_u64` is used; fold anything else in rather than panic.
-        for &b in bytes {
-            self.0 = self.0.rotate_left(8) ^ u64::from(b);
-        }
-    }
-
-    fn write_u64(&mut self, n: u64) {
-        self.0 = n;
-    }
-}
 
 /// Small fast PRNG (wyrand); peer picks need spread, not cryptographic strength.
 struct Rng(u64);
@@ -264,16 +246,31 @@ impl Rng {
     }
 }
 
+/// The swarms of one shard, and the shard's own random picks.
+struct ShardInner {
+    swarms: HashMap<Id20, Swarm, Fast>,
+    rng: Rng,
+}
+
+#[repr(align(64))]
+struct Shard(Mutex<ShardInner>);
+
 /// All swarms of one server.
 pub struct Tracker {
     limits: Limits,
-    swarms: HashMap<Id20, Swarm, Fast>,
-    conns: HashMap<u64, ConnState, Fast>,
-    peers: usize,
-    rng: Rng,
+    shards: Box<[Shard]>,
+    /// Which shard an info_hash is in (seeded: clients choose info_hashes).
+    shard_of: Fast,
+    /// Live swarms and peers over all shards. The swarm limit is checked against this
+    /// without a global lock, so concurrent announces can pass it by at most one each.
+    swarms: AtomicUsize,
+    peers: AtomicUsize,
+    /// Calls to [`Tracker::expire`] so far: a member prunes its registrations at most once
+    /// between two, so a client at its limit cannot make every announce a scan.
+    sweeps: AtomicU64,
     hasher: RandomState,
-    /// Origin of [`Pending::at_secs`]: the first time the tracker was handed.
-    epoch: Option<Instant>,
+    /// Origin of the offers' send times.
+    epoch: Instant,
 }
 
 impl Tracker {
@@ -281,68 +278,91 @@ impl Tracker {
     pub fn new(limits: Limits) -> Tracker {
         let hasher = RandomState::new();
         let seed = hasher.hash_one(0x5eed_u64);
+        let shards = (0..SHARDS as u64)
+            .map(|i| {
+                Shard(Mutex::new(ShardInner {
+                    swarms: HashMap::default(),
+                    rng: Rng(seed ^ i.wrapping_mul(0x9e37_79b9_7f4a_7c15)),
+                }))
+            })
+            .collect();
         Tracker {
             limits,
-            swarms: HashMap::default(),
-            conns: HashMap::default(),
-            peers: 0,
-            rng: Rng(seed),
+            shards,
+            shard_of: Fast::default(),
+            swarms: AtomicUsize::new(0),
+            peers: AtomicUsize::new(0),
+            sweeps: AtomicU64::new(0),
             hasher,
-            epoch: None,
+            epoch: Instant::now(),
         }
     }
 
     /// Live swarms.
     pub fn swarm_count(&self) -> usize {
-        self.swarms.len()
+        self.swarms.load(Relaxed)
     }
 
     /// Peers over all swarms.
     pub fn peer_count(&self) -> usize {
-        self.peers
+        self.peers.load(Relaxed)
     }
 
-    /// Adds a connection (before its first message).
-    pub fn add_conn(&mut self, handle: Arc<ConnHandle>) {
-        self.conns.insert(
-            handle.id,
-            ConnState {
-                handle,
-                regs: Vec::new(),
-                pending: VecDeque::new(),
-                answerable: HashMap::default(),
-            },
-        );
-    }
-
-    /// Removes a connection and every peer it still owns.
-    pub fn remove_conn(&mut self, id: u64) {
-        let Some(st) = self.conns.remove(&id) else {
-            return;
-        };
-        for (ih, pid) in st.regs {
-            self.remove_peer(&ih, &pid, Some(id));
+    /// A connection joins (before its first message).
+    pub fn join(&self, handle: Arc<ConnHandle>) -> Member {
+        Member {
+            handle,
+            regs: Vec::new(),
+            pruned_at: self.sweeps.load(Relaxed),
         }
     }
 
-    /// Removes `pid` from swarm `ih` if present and (when `owner` is given) owned by that
-    /// connection. Returns whether a peer was removed.
-    fn remove_peer(&mut self, ih: &Id20, pid: &Id20, owner: Option<u64>) -> bool {
-        let Some(swarm) = self.swarms.get_mut(ih) else {
+    /// A connection leaves: every peer it still owns is removed.
+    pub fn leave(&self, m: Member) {
+        for (ih, pid) in m.regs {
+            self.remove_peer(&mut self.shard(&ih), &ih, &pid, Some(m.handle.id));
+        }
+    }
+
+    fn shard(&self, ih: &Id20) -> MutexGuard<'_, ShardInner> {
+        let i = (self.shard_of.hash_one(ih) % SHARDS as u64) as usize;
+        // A panic while holding the lock leaves consistent state (no operation panics
+        // halfway by design); recover rather than poison every later announce.
+        self.shards[i].0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Removes `pid` from swarm `ih` (in shard `sh`) if present and (when `owner` is given)
+    /// owned by that connection. Returns whether a peer was removed.
+    fn remove_peer(&self, sh: &mut ShardInner, ih: &Id20, pid: &Id20, owner: Option<u64>) -> bool {
+        let Some(swarm) = sh.swarms.get_mut(ih) else {
             return false;
         };
         let Some(&i) = swarm.index.get(pid) else {
             return false;
         };
-        if owner.is_some_and(|o| swarm.peers[i].conn.id != o) {
+        if owner.is_some_and(|o| swarm.peers[i].conn_id != o) {
             return false;
         }
         swarm.remove_at(i);
-        self.peers -= 1;
+        self.peers.fetch_sub(1, Relaxed);
         if swarm.peers.is_empty() {
-            self.swarms.remove(ih);
+            sh.swarms.remove(ih);
+            self.swarms.fetch_sub(1, Relaxed);
         }
         true
+    }
+
+    /// Drops the registrations `m` no longer owns (taken over or expired).
+    fn prune(&self, m: &mut Member) {
+        let id = m.handle.id;
+        m.regs.retain(|(ih, pid)| {
+            let sh = self.shard(ih);
+            sh.swarms
+                .get(ih)
+                .and_then(|sw| sw.index.get(pid).map(|&i| sw.peers[i].conn_id == id))
+                .unwrap_or(false)
+        });
+        m.pruned_at = self.sweeps.load(Relaxed);
     }
 
     fn offer_key(&self, info_hash: &Id20, offer_id: &str, from_peer: &Id20, from_conn: u64) -> u64 {
@@ -350,75 +370,74 @@ impl Tracker {
             .hash_one((info_hash, offer_id, from_peer, from_conn))
     }
 
-    /// `now` in whole seconds since the tracker's epoch (set by the first call).
-    fn secs(&mut self, now: Instant) -> u32 {
-        let epoch = *self.epoch.get_or_insert(now);
-        u32::try_from(now.saturating_duration_since(epoch).as_secs()).unwrap_or(u32::MAX)
+    /// `now` in whole seconds since the tracker's epoch.
+    fn secs(&self, now: Instant) -> u32 {
+        u32::try_from(now.saturating_duration_since(self.epoch).as_secs()).unwrap_or(u32::MAX)
     }
 
-    /// Handles an announce from connection `conn` read at `now`.
-    pub fn announce(&mut self, conn: u64, a: &Announce, now: Instant) -> Result<Outcome, Refusal> {
+    /// Handles an announce from member `m` read at `now`.
+    pub fn announce(&self, m: &mut Member, a: &Announce, now: Instant) -> Result<Outcome, Refusal> {
         if let Some(answer) = &a.answer {
-            return self.route_answer(conn, a, answer, now);
+            return self.route_answer(m, a, answer, now);
         }
         if a.offers.len() > self.limits.max_offers {
             return Err(Refusal::TooManyOffers(self.limits.max_offers));
         }
-        if !self.conns.contains_key(&conn) {
-            return Ok(Outcome::default());
-        }
+        let conn = m.handle.id;
         if a.event == Event::Stopped {
-            if self.remove_peer(&a.info_hash, &a.peer_id, Some(conn)) {
-                if let Some(st) = self.conns.get_mut(&conn) {
-                    st.regs.retain(|r| *r != (a.info_hash, a.peer_id));
-                }
+            let mut sh = self.shard(&a.info_hash);
+            if self.remove_peer(&mut sh, &a.info_hash, &a.peer_id, Some(conn)) {
+                m.regs.retain(|r| *r != (a.info_hash, a.peer_id));
             }
+            let reply = self.reply(sh.swarms.get(&a.info_hash));
             return Ok(Outcome {
-                reply: Some(self.reply(&a.info_hash)),
-                deliveries: Vec::new(),
-                dropped: 0,
+                reply: Some(reply),
+                ..Outcome::default()
             });
         }
-        self.upsert(conn, a, now)?;
-        let reply = Some(self.reply(&a.info_hash));
-        let mut deliveries = Vec::with_capacity(a.offers.len());
-        let mut dropped = 0;
-        if !a.offers.is_empty() {
-            let (picks, full) = self.pick(&a.info_hash, a.offers.len(), &a.peer_id);
-            dropped = full;
-            let at_secs = self.secs(now);
-            for (i, (offer, to)) in a.offers.iter().zip(picks).enumerate() {
+        if m.regs.len() >= self.limits.max_swarms_per_connection
+            && m.pruned_at != self.sweeps.load(Relaxed)
+        {
+            self.prune(m);
+        }
+        let (reply, picks, dropped) = {
+            let mut guard = self.shard(&a.info_hash);
+            let ShardInner { swarms, rng } = &mut *guard;
+            let swarm = self.upsert(swarms, m, a, now)?;
+            let reply = self.reply(Some(swarm));
+            let (picks, full) = if a.offers.is_empty() {
+                (Vec::new(), 0)
+            } else {
+                pick(swarm, rng, a.offers.len(), &a.peer_id)
+            };
+            (reply, picks, full)
+        };
+        // The receivers' offer books are their own locks: filled after the shard's is released.
+        let at_secs = self.secs(now);
+        let deliveries = a
+            .offers
+            .iter()
+            .zip(picks)
+            .enumerate()
+            .map(|(i, (offer, to))| {
                 let key = self.offer_key(&a.info_hash, &offer.offer_id, &a.peer_id, conn);
-                if let Some(st) = self.conns.get_mut(&to.id) {
-                    while let Some(p) = st.pending.front() {
-                        if st.pending.len() < MAX_PENDING_OFFERS
-                            && at_secs.saturating_sub(p.at_secs) <= OFFER_TTL_SECS
-                        {
-                            break;
-                        }
-                        if st.answerable.get(&p.key) == Some(&p.at_secs) {
-                            st.answerable.remove(&p.key);
-                        }
-                        st.pending.pop_front();
-                    }
-                    st.pending.push_back(Pending { key, at_secs });
-                    st.answerable.insert(key, at_secs);
-                }
-                deliveries.push(Delivery {
+                to.offers().remember(key, at_secs);
+                Delivery {
                     to,
                     relay: Relay::Offer(i),
-                });
-            }
-        }
+                }
+            })
+            .collect();
         Ok(Outcome {
-            reply,
+            reply: Some(reply),
             deliveries,
             dropped,
         })
     }
 
-    fn reply(&self, ih: &Id20) -> Reply {
-        let (complete, incomplete) = self.counts(ih);
+    fn reply(&self, swarm: Option<&Swarm>) -> Reply {
+        let (complete, incomplete) =
+            swarm.map_or((0, 0), |s| (s.complete, s.peers.len() - s.complete));
         Reply {
             interval_secs: self.limits.interval_secs,
             complete,
@@ -426,36 +445,37 @@ impl Tracker {
         }
     }
 
-    fn counts(&self, ih: &Id20) -> (usize, usize) {
-        self.swarms
-            .get(ih)
-            .map_or((0, 0), |s| (s.complete, s.peers.len() - s.complete))
-    }
-
-    fn upsert(&mut self, conn: u64, a: &Announce, now: Instant) -> Result<(), Refusal> {
+    /// Registers or refreshes `a`'s peer in its swarm; returns the swarm.
+    fn upsert<'s>(
+        &self,
+        swarms: &'s mut HashMap<Id20, Swarm, Fast>,
+        m: &mut Member,
+        a: &Announce,
+        now: Instant,
+    ) -> Result<&'s mut Swarm, Refusal> {
+        let conn = m.handle.id;
         let becomes_seeder = a.seeder || a.event == Event::Completed;
-        let swarm_count = self.swarms.len();
-        let regs_len = self.conns.get(&conn).map_or(0, |c| c.regs.len());
-        let swarm = match self.swarms.entry(a.info_hash) {
+        let at_limit = m.regs.len() >= self.limits.max_swarms_per_connection;
+        let swarm = match swarms.entry(a.info_hash) {
             Entry::Occupied(e) => e.into_mut(),
             Entry::Vacant(e) => {
-                if swarm_count >= self.limits.max_swarms {
+                if self.swarms.load(Relaxed) >= self.limits.max_swarms {
                     return Err(Refusal::TooManySwarms);
                 }
-                if regs_len >= self.limits.max_swarms_per_connection {
+                if at_limit {
                     return Err(Refusal::TooManySwarmsPerConnection);
                 }
+                self.swarms.fetch_add(1, Relaxed);
                 e.insert(Swarm::default())
             }
         };
         if let Some(&i) = swarm.index.get(&a.peer_id) {
             let p = &mut swarm.peers[i];
-            if p.conn.id != conn {
+            if p.conn_id != conn {
                 // Taken over by this connection (a reconnecting client).
-                if let Some(st) = self.conns.get_mut(&conn) {
-                    p.conn = st.handle.clone();
-                    st.regs.push((a.info_hash, a.peer_id));
-                }
+                p.conn = m.handle.clone();
+                p.conn_id = conn;
+                m.regs.push((a.info_hash, a.peer_id));
             }
             p.last_seen = now;
             if becomes_seeder && !p.seeder {
@@ -465,31 +485,21 @@ impl Tracker {
                     swarm.downloaded += 1;
                 }
             }
-            return Ok(());
+            return Ok(swarm);
         }
+        // A swarm created above has no peers yet, so neither check can leave it empty.
         if swarm.peers.len() >= self.limits.max_peers_per_swarm {
             return Err(Refusal::SwarmFull);
         }
-        if regs_len >= self.limits.max_swarms_per_connection {
-            if swarm.peers.is_empty() {
-                self.swarms.remove(&a.info_hash);
-            }
+        if at_limit {
             return Err(Refusal::TooManySwarmsPerConnection);
         }
-        // The caller checked the connection is known; its handle is cloned only here, for a
-        // new peer (an announce from a known peer, the usual case, touches no reference count).
-        let Some(st) = self.conns.get_mut(&conn) else {
-            if swarm.peers.is_empty() {
-                self.swarms.remove(&a.info_hash);
-            }
-            return Ok(());
-        };
-        st.regs.push((a.info_hash, a.peer_id));
-        let handle = st.handle.clone();
+        m.regs.push((a.info_hash, a.peer_id));
         swarm.index.insert(a.peer_id, swarm.peers.len());
         swarm.peers.push(Peer {
             peer_id: a.peer_id,
-            conn: handle,
+            conn_id: conn,
+            conn: m.handle.clone(),
             seeder: becomes_seeder,
             last_seen: now,
         });
@@ -499,78 +509,30 @@ impl Tracker {
                 swarm.downloaded += 1;
             }
         }
-        self.peers += 1;
-        Ok(())
-    }
-
-    /// Up to `k` distinct peers of swarm `ih` other than `exclude`, at random: the
-    /// connections of those with room for an offer, and how many had none (their offer is
-    /// dropped; checked here so a full receiver costs no reference count traffic).
-    ///
-    /// Only the sending peer is excluded, not its connection: WebTorrent clients share one
-    /// socket per tracker URL among all their torrents (and peer ids), exactly as the reference
-    /// server assumes.
-    fn pick(&mut self, ih: &Id20, k: usize, exclude: &Id20) -> (Vec<Arc<ConnHandle>>, usize) {
-        let Some(swarm) = self.swarms.get(ih) else {
-            return (Vec::new(), 0);
-        };
-        let mut full = 0;
-        let mut take = |out: &mut Vec<Arc<ConnHandle>>, conn: &Arc<ConnHandle>| {
-            if conn.has_room() {
-                out.push(conn.clone());
-            } else {
-                full += 1;
-            }
-        };
-        let n = swarm.peers.len();
-        let mut out: Vec<Arc<ConnHandle>> = Vec::with_capacity(k);
-        let mut chosen: Vec<usize> = Vec::with_capacity(k);
-        if n <= 4 * k + 16 {
-            // Small swarm: partial Fisher-Yates over the eligible indices.
-            let mut idx: Vec<usize> = (0..n)
-                .filter(|&i| swarm.peers[i].peer_id != *exclude)
-                .collect();
-            for j in 0..k.min(idx.len()) {
-                let r = j + self.rng.below(idx.len() - j);
-                idx.swap(j, r);
-                take(&mut out, &swarm.peers[idx[j]].conn);
-            }
-        } else {
-            // Large swarm: rejection sampling; with n > 4k the expected tries are < 2k.
-            let mut tries = 0;
-            while chosen.len() < k && tries < 16 * k {
-                tries += 1;
-                let i = self.rng.below(n);
-                if swarm.peers[i].peer_id == *exclude || chosen.contains(&i) {
-                    continue;
-                }
-                chosen.push(i);
-                take(&mut out, &swarm.peers[i].conn);
-            }
-        }
-        (out, full)
+        self.peers.fetch_add(1, Relaxed);
+        Ok(swarm)
     }
 
     fn route_answer(
-        &mut self,
-        conn: u64,
+        &self,
+        m: &mut Member,
         a: &Announce,
         answer: &protocol::Answer,
         now: Instant,
     ) -> Result<Outcome, Refusal> {
         // The offerer must still be in the swarm; the connection it is on now is part of the
         // key, so an offer made on a connection since replaced cannot be answered.
-        let to = self
-            .swarms
-            .get(&a.info_hash)
-            .and_then(|s| s.index.get(&answer.to_peer_id).map(|&i| &s.peers[i]))
-            .map(|p| p.conn.clone())
-            .ok_or(Refusal::AnswerUnmatched)?;
+        let to = {
+            let sh = self.shard(&a.info_hash);
+            sh.swarms.get(&a.info_hash).and_then(|s| {
+                s.index
+                    .get(&answer.to_peer_id)
+                    .map(|&i| s.peers[i].conn.clone())
+            })
+        }
+        .ok_or(Refusal::AnswerUnmatched)?;
         let key = self.offer_key(&a.info_hash, &answer.offer_id, &answer.to_peer_id, to.id);
-        let now_secs = self.secs(now);
-        let st = self.conns.get_mut(&conn).ok_or(Refusal::AnswerUnmatched)?;
-        let at_secs = st.answerable.remove(&key).ok_or(Refusal::AnswerUnmatched)?;
-        if now_secs.saturating_sub(at_secs) > OFFER_TTL_SECS {
+        if !m.handle.offers().take(key, self.secs(now)) {
             return Err(Refusal::AnswerUnmatched);
         }
         if !to.has_room() {
@@ -591,47 +553,107 @@ impl Tracker {
 
     /// The scrape reply; an empty list means all swarms, capped at [`Limits::max_scrape`].
     pub fn scrape(&self, s: &Scrape) -> String {
-        let stats = |sw: Option<&Swarm>| {
-            sw.map_or_else(ScrapeStats::default, |sw| ScrapeStats {
-                complete: sw.complete,
-                incomplete: sw.peers.len() - sw.complete,
-                downloaded: sw.downloaded,
-            })
-        };
-        let files: Vec<(Id20, ScrapeStats)> = if s.info_hashes.is_empty() {
-            self.swarms
-                .iter()
-                .take(self.limits.max_scrape)
-                .map(|(ih, sw)| (*ih, stats(Some(sw))))
-                .collect()
+        let max = self.limits.max_scrape;
+        let mut files: Vec<(Id20, ScrapeStats)> = Vec::new();
+        if s.info_hashes.is_empty() {
+            for shard in self.shards.iter() {
+                let sh = shard.0.lock().unwrap_or_else(|e| e.into_inner());
+                let room = max.saturating_sub(files.len());
+                files.extend(
+                    sh.swarms
+                        .iter()
+                        .take(room)
+                        .map(|(ih, sw)| (*ih, sw.stats())),
+                );
+                if files.len() >= max {
+                    break;
+                }
+            }
         } else {
-            s.info_hashes
-                .iter()
-                .take(self.limits.max_scrape)
-                .map(|ih| (*ih, stats(self.swarms.get(ih))))
-                .collect()
-        };
+            for ih in s.info_hashes.iter().take(max) {
+                let stats = self
+                    .shard(ih)
+                    .swarms
+                    .get(ih)
+                    .map_or_else(ScrapeStats::default, Swarm::stats);
+                files.push((*ih, stats));
+            }
+        }
         protocol::encode_scrape(&files, self.limits.interval_secs)
     }
 
     /// Removes peers not re-announced within `ttl` of `now`. Returns how many.
-    pub fn expire(&mut self, now: Instant, ttl: Duration) -> usize {
-        let mut gone: Vec<(Id20, Id20, u64)> = Vec::new();
-        for (ih, sw) in &self.swarms {
-            for p in &sw.peers {
-                if now.saturating_duration_since(p.last_seen) > ttl {
-                    gone.push((*ih, p.peer_id, p.conn.id));
+    pub fn expire(&self, now: Instant, ttl: Duration) -> usize {
+        let mut gone = 0;
+        for shard in self.shards.iter() {
+            let mut sh = shard.0.lock().unwrap_or_else(|e| e.into_inner());
+            let mut emptied = 0;
+            sh.swarms.retain(|_, sw| {
+                let mut i = 0;
+                while i < sw.peers.len() {
+                    if now.saturating_duration_since(sw.peers[i].last_seen) > ttl {
+                        sw.remove_at(i);
+                        gone += 1;
+                    } else {
+                        i += 1;
+                    }
                 }
-            }
+                if sw.peers.is_empty() {
+                    emptied += 1;
+                }
+                !sw.peers.is_empty()
+            });
+            self.swarms.fetch_sub(emptied, Relaxed);
         }
-        for (ih, pid, conn) in &gone {
-            self.remove_peer(ih, pid, Some(*conn));
-            if let Some(st) = self.conns.get_mut(conn) {
-                st.regs.retain(|r| *r != (*ih, *pid));
-            }
-        }
-        gone.len()
+        self.peers.fetch_sub(gone, Relaxed);
+        self.sweeps.fetch_add(1, Relaxed);
+        gone
     }
+}
+
+/// Up to `k` distinct peers of `swarm` other than `exclude`, at random: the connections of
+/// those with room for an offer, and how many had none (their offer is dropped; checked here so
+/// a full receiver costs no reference count traffic).
+///
+/// Only the sending peer is excluded, not its connection: WebTorrent clients share one socket
+/// per tracker URL among all their torrents (and peer ids), exactly as the reference server
+/// assumes.
+fn pick(swarm: &Swarm, rng: &mut Rng, k: usize, exclude: &Id20) -> (Vec<Arc<ConnHandle>>, usize) {
+    let mut full = 0;
+    let mut take = |out: &mut Vec<Arc<ConnHandle>>, conn: &Arc<ConnHandle>| {
+        if conn.has_room() {
+            out.push(conn.clone());
+        } else {
+            full += 1;
+        }
+    };
+    let n = swarm.peers.len();
+    let mut out: Vec<Arc<ConnHandle>> = Vec::with_capacity(k);
+    if n <= 4 * k + 16 {
+        // Small swarm: partial Fisher-Yates over the eligible indices.
+        let mut idx: Vec<usize> = (0..n)
+            .filter(|&i| swarm.peers[i].peer_id != *exclude)
+            .collect();
+        for j in 0..k.min(idx.len()) {
+            let r = j + rng.below(idx.len() - j);
+            idx.swap(j, r);
+            take(&mut out, &swarm.peers[idx[j]].conn);
+        }
+    } else {
+        // Large swarm: rejection sampling; with n > 4k the expected tries are < 2k.
+        let mut chosen: Vec<usize> = Vec::with_capacity(k);
+        let mut tries = 0;
+        while chosen.len() < k && tries < 16 * k {
+            tries += 1;
+            let i = rng.below(n);
+            if swarm.peers[i].peer_id == *exclude || chosen.contains(&i) {
+                continue;
+            }
+            chosen.push(i);
+            take(&mut out, &swarm.peers[i].conn);
+        }
+    }
+    (out, full)
 }
 
 #[cfg(test)]
@@ -650,11 +672,11 @@ mod tests {
         }
     }
 
-    fn conn(t: &mut Tracker, id: u64) {
-        t.add_conn(Arc::new(ConnHandle::new(id, None, 8, false)));
+    fn conn(t: &Tracker, id: u64) -> Member {
+        t.join(Arc::new(ConnHandle::new(id, None, 8, false)))
     }
 
-    fn announce(ih: u8, pid: u8, offers: usize) -> Announce {
+    fn announce(ih: u8, pid: u8, offers: usize) -> Announce<'static> {
         let msg = serde_json::json!({
             "action": "announce",
             "info_hash": Id20([ih; 20]).to_binary_string(),
@@ -665,21 +687,22 @@ mod tests {
             })).collect::<Vec<_>>(),
         });
         match crate::protocol::parse(msg.to_string().as_bytes()) {
-            Ok(Request::Announce(a)) => a,
+            Ok(Request::Announce(a)) => a.into_owned(),
             other => panic!("{other:?}"),
         }
     }
 
     #[test]
     fn offers_go_to_distinct_others_and_answers_back() {
-        let mut t = Tracker::new(limits());
+        let t = Tracker::new(limits());
         let now = Instant::now();
-        (1..=5).for_each(|i| conn(&mut t, i));
+        let mut m: Vec<Member> = (0..=5).map(|i| conn(&t, i)).collect();
         for i in 1..=4u8 {
-            t.announce(u64::from(i), &announce(9, i, 0), now).unwrap();
+            t.announce(&mut m[usize::from(i)], &announce(9, i, 0), now)
+                .unwrap();
         }
         let a5 = announce(9, 5, 10);
-        let out = t.announce(5, &a5, now).unwrap();
+        let out = t.announce(&mut m[5], &a5, now).unwrap();
         let mut to: Vec<u64> = out.deliveries.iter().map(|d| d.to.id).collect();
         to.sort_unstable();
         assert_eq!(
@@ -694,11 +717,12 @@ mod tests {
         let mut ans = announce(9, 1, 0);
         ans.answer = Some(protocol::Answer {
             to_peer_id: Id20([5; 20]),
-            offer_id: v["offer_id"].as_str().unwrap().to_owned(),
-            answer: serde_json::value::RawValue::from_string("{\"type\":\"answer\"}".into())
-                .unwrap(),
+            offer_id: v["offer_id"].as_str().unwrap().to_owned().into(),
+            answer: std::borrow::Cow::Owned(
+                serde_json::value::RawValue::from_string("{\"type\":\"answer\"}".into()).unwrap(),
+            ),
         });
-        let out = t.announce(1, &ans, now).unwrap();
+        let out = t.announce(&mut m[1], &ans, now).unwrap();
         assert!(out.reply.is_none());
         assert_eq!(out.deliveries.len(), 1);
         assert_eq!(out.deliveries[0].to.id, 5);
@@ -706,58 +730,97 @@ mod tests {
         let mut again = announce(9, 2, 0);
         again.answer = Some(protocol::Answer {
             to_peer_id: Id20([5; 20]),
-            offer_id: v["offer_id"].as_str().unwrap().to_owned(),
-            answer: serde_json::value::RawValue::from_string("{}".into()).unwrap(),
+            offer_id: v["offer_id"].as_str().unwrap().to_owned().into(),
+            answer: std::borrow::Cow::Owned(
+                serde_json::value::RawValue::from_string("{}".into()).unwrap(),
+            ),
         });
         assert_eq!(
-            t.announce(2, &again, now).err(),
+            t.announce(&mut m[2], &again, now).err(),
             Some(Refusal::AnswerUnmatched)
         );
     }
 
     #[test]
     fn limits_and_cleanup() {
-        let mut t = Tracker::new(limits());
+        let t = Tracker::new(limits());
         let now = Instant::now();
-        conn(&mut t, 1);
+        let mut m1 = conn(&t, 1);
         for ih in 0..4 {
-            t.announce(1, &announce(ih, 1, 0), now).unwrap();
+            t.announce(&mut m1, &announce(ih, 1, 0), now).unwrap();
         }
         assert_eq!(
-            t.announce(1, &announce(4, 1, 0), now).err(),
+            t.announce(&mut m1, &announce(4, 1, 0), now).err(),
             Some(Refusal::TooManySwarmsPerConnection)
         );
         assert_eq!(t.swarm_count(), 4);
         assert_eq!(
-            t.announce(1, &announce(0, 1, 11), now).err(),
+            t.announce(&mut m1, &announce(0, 1, 11), now).err(),
             Some(Refusal::TooManyOffers(10))
         );
-        t.remove_conn(1);
+        t.leave(m1);
         assert_eq!((t.swarm_count(), t.peer_count()), (0, 0));
-        conn(&mut t, 2);
-        t.announce(2, &announce(0, 2, 0), now).unwrap();
+        let mut m2 = conn(&t, 2);
+        t.announce(&mut m2, &announce(0, 2, 0), now).unwrap();
         assert_eq!(
             t.expire(now + Duration::from_secs(10), Duration::from_secs(5)),
             1
         );
-        assert_eq!(t.peer_count(), 0);
+        assert_eq!((t.swarm_count(), t.peer_count()), (0, 0));
+    }
+
+    /// Registrations a connection lost (taken over, expired) stop counting against its limit
+    /// after the next sweep, and its leaving never removes a peer another connection owns.
+    #[test]
+    fn lost_registrations_are_pruned_and_never_removed_for_the_new_owner() {
+        let t = Tracker::new(limits());
+        let now = Instant::now();
+        let (mut m1, mut m2) = (conn(&t, 1), conn(&t, 2));
+        for ih in 0..4 {
+            t.announce(&mut m1, &announce(ih, 1, 0), now).unwrap();
+        }
+        // Conn 2 takes peer 1 of swarm 0 over (a reconnecting client).
+        t.announce(&mut m2, &announce(0, 1, 0), now).unwrap();
+        assert_eq!(t.peer_count(), 4);
+        // Conn 1 still counts it until a sweep has run; then the slot is free again.
+        assert_eq!(
+            t.announce(&mut m1, &announce(7, 1, 0), now).err(),
+            Some(Refusal::TooManySwarmsPerConnection)
+        );
+        assert_eq!(t.expire(now, Duration::from_secs(60)), 0);
+        t.announce(&mut m1, &announce(7, 1, 0), now).unwrap();
+        assert_eq!((t.swarm_count(), t.peer_count()), (5, 5));
+        // Conn 1 leaves: its four peers go, the one conn 2 took over stays.
+        t.leave(m1);
+        assert_eq!((t.swarm_count(), t.peer_count()), (1, 1));
+        let out = t.announce(&mut m2, &announce(0, 1, 0), now).unwrap();
+        assert_eq!(
+            out.reply,
+            Some(Reply {
+                interval_secs: 120,
+                complete: 0,
+                incomplete: 1
+            })
+        );
     }
 
     /// The answer to the newest offer sent to a connection is matched however many offers
     /// it was sent since, up to [`MAX_PENDING_OFFERS`]; older and expired ones are not.
     #[test]
     fn pending_offers_are_bounded_by_count_and_age() {
-        let mut t = Tracker::new(limits());
+        let t = Tracker::new(limits());
         let now = Instant::now();
-        conn(&mut t, 1);
-        conn(&mut t, 2);
-        t.announce(1, &announce(9, 1, 0), now).unwrap();
+        let mut m1 = conn(&t, 1);
+        let mut m2 = conn(&t, 2);
+        t.announce(&mut m1, &announce(9, 1, 0), now).unwrap();
         let answer = |offer_id: String| {
             let mut ans = announce(9, 1, 0);
             ans.answer = Some(protocol::Answer {
                 to_peer_id: Id20([2; 20]),
-                offer_id,
-                answer: serde_json::value::RawValue::from_string("{}".into()).unwrap(),
+                offer_id: offer_id.into(),
+                answer: std::borrow::Cow::Owned(
+                    serde_json::value::RawValue::from_string("{}".into()).unwrap(),
+                ),
             });
             ans
         };
@@ -766,23 +829,23 @@ mod tests {
         let n = MAX_PENDING_OFFERS + 10;
         for i in 0..n {
             let mut a = announce(9, 2, 1);
-            a.offers[0].offer_id = format!("x{i}");
-            assert_eq!(t.announce(2, &a, now).unwrap().deliveries.len(), 1);
+            a.offers[0].offer_id = format!("x{i}").into();
+            assert_eq!(t.announce(&mut m2, &a, now).unwrap().deliveries.len(), 1);
         }
         // The oldest ten are forgotten; the 11th oldest and the newest still match.
         assert_eq!(
-            t.announce(1, &answer("x9".into()), now).err(),
+            t.announce(&mut m1, &answer("x9".into()), now).err(),
             Some(Refusal::AnswerUnmatched)
         );
         assert_eq!(
-            t.announce(1, &answer("x10".into()), now)
+            t.announce(&mut m1, &answer("x10".into()), now)
                 .unwrap()
                 .deliveries
                 .len(),
             1
         );
         assert_eq!(
-            t.announce(1, &answer(format!("x{}", n - 1)), now)
+            t.announce(&mut m1, &answer(format!("x{}", n - 1)), now)
                 .unwrap()
                 .deliveries
                 .len(),
@@ -790,13 +853,13 @@ mod tests {
         );
         // An offer is answered once.
         assert_eq!(
-            t.announce(1, &answer("x10".into()), now).err(),
+            t.announce(&mut m1, &answer("x10".into()), now).err(),
             Some(Refusal::AnswerUnmatched)
         );
         // Past the offer TTL nothing matches.
         let late = now + Duration::from_secs(u64::from(OFFER_TTL_SECS) + 2);
         assert_eq!(
-            t.announce(1, &answer("x11".into()), late).err(),
+            t.announce(&mut m1, &answer("x11".into()), late).err(),
             Some(Refusal::AnswerUnmatched)
         );
     }

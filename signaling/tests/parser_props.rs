@@ -47,7 +47,8 @@ proptest! {
             "left": left, "event": "started",
             "offers": [{"offer": {"type": "offer", "sdp": sdp}, "offer_id": oid}],
         });
-        let Ok(Request::Announce(a)) = protocol::parse(msg.to_string().as_bytes()) else {
+        let text = msg.to_string();
+        let Ok(Request::Announce(a)) = protocol::parse(text.as_bytes()) else {
             panic!("valid announce rejected: {msg}");
         };
         prop_assert_eq!(a.info_hash, ih);
@@ -72,7 +73,8 @@ proptest! {
             "action": "announce", "info_hash": ih.to_binary_string(), "peer_id": pid.to_binary_string(),
             "to_peer_id": to.to_binary_string(), "offer_id": oid, "answer": {"type": "answer", "sdp": "x"},
         });
-        let Ok(Request::Announce(a)) = protocol::parse(msg.to_string().as_bytes()) else {
+        let text = msg.to_string();
+        let Ok(Request::Announce(a)) = protocol::parse(text.as_bytes()) else {
             panic!("valid answer rejected: {msg}");
         };
         let ans = a.answer.expect("answer");
