@@ -589,7 +589,12 @@ fn handle_message(
             match result {
                 Ok(outcome) => {
                     if let Some(r) = outcome.reply {
-                        reply(state, handle, r.encode(&a.info_hash), Kind::Announce);
+                        // Under the drop policy a full queue would discard it: not encoded.
+                        if handle.has_room() {
+                            reply(state, handle, r.encode(&a.info_hash), Kind::Announce);
+                        } else {
+                            m.reject("queue_full");
+                        }
                     }
                     for d in &outcome.deliveries {
                         if let Some(out) = d.encode(&a, now) {
