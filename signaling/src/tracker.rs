@@ -352,9 +352,12 @@ impl Tracker {
         true
     }
 
-    /// Drops the registrations `m` no longer owns (taken over or expired).
+    /// Drops the registrations `m` no longer owns (taken over or expired), and repeats (a peer
+    /// that expired and announced again is listed twice).
     fn prune(&self, m: &mut Member) {
         let id = m.handle.id;
+        m.regs.sort_unstable();
+        m.regs.dedup();
         m.regs.retain(|(ih, pid)| {
             let sh = self.shard(ih);
             sh.swarms
