@@ -96,9 +96,9 @@ impl Refusal {
     }
 }
 
-/// What to send another connection; encoded by [`Delivery::encode`] after the tracker's lock
-/// is released (encoding copies the SDP, the bulk of the work, and the lock is shared by every
-/// connection).
+/// What to send another connection; encoded by [`Delivery::encode`] after the shard's lock is
+/// released (encoding copies the SDP, the bulk of the work, and the lock is shared by every
+/// connection of the shard's swarms).
 pub enum Relay {
     /// The announce's offer at this index.
     Offer(usize),
@@ -135,7 +135,7 @@ impl Delivery {
     }
 }
 
-/// The announce reply's figures (encoded by [`Reply::encode`] outside the lock).
+/// The announce reply's figures (encoded by [`Reply::encode`] outside the shard's lock).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Reply {
     /// Announce interval, seconds.
