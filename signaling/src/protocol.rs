@@ -363,36 +363,12 @@ fn skip_map<'de, A: serde::de::MapAccess<'de>>(mut map: A) -> Result<(), A::Erro
 
 impl<'de: 'a, 'a> Deserialize<'de> for MaybeStr<'a> {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V<'a>(std::marker::PhantomData<&'a ()>);
-        impl<'de: 'a, 'a> serde::de::Visitor<'de> for V<'a> {
-            type Value = MaybeStr<'a>;
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("any JSON value")
-            }
-            fn visit_borrowed_str<E>(self, s: &'de str) -> Result<Self::Value, E> {
-                Ok(MaybeStr(Some(Cow::Borrowed(s))))
-            }
-            fn visit_str<E>(self, s: &str) -> Result<Self::Value, E> {
-                Ok(MaybeStr(Some(Cow::Owned(s.to_owned()))))
-            }
-            fn visit_string<E>(self, s: String) -> Result<Self::Value, E> {
-                Ok(MaybeStr(Some(Cow::Owned(s))))
-            }
-            fn visit_seq<A: serde::de::SeqAccess<'de>>(
-                self,
-                seq: A,
-            ) -> Result<Self::Value, A::Error> {
-                skip_seq(seq).map(|()| MaybeStr(None))
-            }
-            fn visit_map<A: serde::de::MapAccess<'de>>(
-                self,
-                map: A,
-            ) -> Result<Self::Value, A::Error> {
-                skip_map(map).map(|()| MaybeStr(None))
-            }
-            other_scalars!(MaybeStr(None));
-        }
-        d.deserialize_any(V(std::marker::PhantomData))
+        Js::deserialize(d).map(|v| {
+            MaybeStr(match v {
+                Js::Str(s) => Some(s),
+                _ => None,
+            })
+        })
     }
 }
 

@@ -221,13 +221,6 @@ pub struct Member {
     pruned_at: u64,
 }
 
-impl Member {
-    /// The connection's id.
-    pub fn id(&self) -> u64 {
-        self.handle.id
-    }
-}
-
 /// The maps' hasher: foldhash, seeded per process (see Cargo.toml).
 type Fast = foldhash::fast::RandomState;
 
@@ -439,12 +432,11 @@ impl Tracker {
     }
 
     fn reply(&self, swarm: Option<&Swarm>) -> Reply {
-        let (complete, incomplete) =
-            swarm.map_or((0, 0), |s| (s.complete, s.peers.len() - s.complete));
+        let stats = swarm.map_or_else(ScrapeStats::default, Swarm::stats);
         Reply {
             interval_secs: self.limits.interval_secs,
-            complete,
-            incomplete,
+            complete: stats.complete,
+            incomplete: stats.incomplete,
         }
     }
 
