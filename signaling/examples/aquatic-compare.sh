@@ -5,7 +5,8 @@
 # TLS". Needs `cargo install --root /tmp/aquatic aquatic_ws_load_test aquatic_ws` and
 # `cargo build --release -p swarmcast-signaling`. Usage: aquatic-compare.sh [targets...]
 # with targets among `aquatic` and `ours` (default both). Env: AQUATIC (install root),
-# SIG (our binary), SIG_ARGS (extra flags for ours), CONFIG (tester config, port 3100),
+# SIG (our binary), SIG_ARGS (extra flags for ours), SEND_QUEUE (our --send-queue, default
+# 16 like aquatic_ws's channels), CONFIG (tester config, port 3100),
 # RAMP (seconds, e.g. 1): hold the server stopped (SIGSTOP) for that long after the tester
 # starts, and measure only once all its connections are up. The tester opens one connection
 # per `connection_creation_interval_ms` from a timer that its busy connections starve, so
@@ -69,7 +70,7 @@ for t in "${@:-aquatic ours}"; do
       ours)
         # shellcheck disable=SC2086
         "$SIG" --listen 127.0.0.1:3100 --tls-cert cert.pem --tls-key key.pem --rate 0 \
-          --max-swarms-per-connection 100000 --send-queue 16 --on-full-queue drop \
+          --max-swarms-per-connection 100000 --send-queue ${SEND_QUEUE:-16} --on-full-queue drop \
           ${SIG_ARGS:-} > sig.log 2>&1 &
         pid=$!
         cp "$CONFIG" lt.toml

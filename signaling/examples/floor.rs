@@ -3,8 +3,8 @@
 //! task per connection) with no tracker behind it. Every message read gets a fixed announce
 //! reply, and for each load generator's `lg-t=` stamp in it (one per offer), a fixed offer with
 //! that stamp goes to a random other connection: the syscalls and wake-ups of a relay, none of its JSON,
-//! hashing or swarm bookkeeping. What `loadgen` measures against this is the most relays per
-//! CPU-second any server with one `read` and two `write`s per relayed offer can reach here.
+//! hashing or swarm bookkeeping. What `loadgen` measures against this is the most our socket
+//! layer can relay here; `floor_epoll.rs` is the same without that layer (the kernel's floor).
 //!
 //! ```sh
 //! cargo build --release -p swarmcast-signaling --example floor --example loadgen
