@@ -64,6 +64,9 @@ struct Inner {
     unflushed: bool,
     /// Set when the queue overflowed under the close policy.
     killed: bool,
+    /// The connection's task is handling a batch of requests it read together: frames wait
+    /// in `buf` and go out in one write (one TLS record, one segment) when it ends.
+    corked: bool,
     /// Bytes ever taken by the socket: a flush that times out while this moves is a busy
     /// connection, not a stuck one.
     progress: u64,
@@ -172,6 +175,7 @@ impl Outbox {
                 marks: VecDeque::new(),
                 unflushed: false,
                 killed: false,
+                corked: false,
                 progress: 0,
             }),
             wake: Notify::new(),
@@ -257,11 +261,18 @@ impl Outbox {
         if !control {
             metrics.outgoing(kind, 1);
         }
-        if !was_idle {
+        if g.corked {
+            if g.queued() < self.max_queued {
+                // Written when the connection's task ends its batch.
+                return SendOutcome::Queued;
+            }
+            // A batch as long as the queue's bound goes out now: the bound (and `has_room`)
+            // counts what the socket refused, not what the cork held back.
+        } else if !was_idle {
             // The connection's task is already flushing (or has been woken to).
             return SendOutcome::Queued;
         }
-        // Nothing ahead of us and nobody waiting on the socket: write now. A no-op waker is
+        // Nothing ahead of us and nobody waiting on the socket (or a full cork): write now. A no-op waker is
         // right here: if the socket does not take everything, the connection's task is woken
         // below and polls again with its own waker.
         let mut cx = Context::from_waker(Waker::noop());
@@ -278,6 +289,36 @@ impl Outbox {
                 drop(g);
                 self.wake.notify_one();
                 SendOutcome::Closed
+            }
+        }
+    }
+
+    /// Holds what is sent to this connection (its replies, and what others relay to it) until
+    /// [`Outbox::uncork`]: the connection's task calls it around the requests of one read, so
+    /// that the replies to a burst of requests leave in one write instead of one each.
+    pub fn cork(&self) {
+        self.lock().corked = true;
+    }
+
+    /// Ends [`Outbox::cork`] and writes what it held, as far as the socket takes it now (the
+    /// rest is the connection task's to flush, as after any write the socket did not take).
+    pub fn uncork(&self, metrics: &Metrics) {
+        let mut g = self.lock();
+        g.corked = false;
+        if g.idle() || g.io.is_none() {
+            return;
+        }
+        let mut cx = Context::from_waker(Waker::noop());
+        match g.pump(&mut cx, metrics, &self.queued) {
+            Poll::Ready(Ok(())) => {}
+            Poll::Pending => {
+                drop(g);
+                self.wake.notify_one();
+            }
+            Poll::Ready(Err(_)) => {
+                g.io = None;
+                drop(g);
+                self.wake.notify_one();
             }
         }
     }
@@ -382,6 +423,76 @@ mod tests {
         assert_eq!(ob.queued(), 0);
         let got = text_of(&reader.await.unwrap());
         assert_eq!(got, vec![msg; 10]);
+    }
+
+    /// A socket that takes everything and records the size of each write it was given.
+    struct Writes(std::sync::Arc<Mutex<Vec<usize>>>);
+
+    impl AsyncWrite for Writes {
+        fn poll_write(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<std::io::Result<usize>> {
+            self.0.lock().unwrap().push(buf.len());
+            Poll::Ready(Ok(buf.len()))
+        }
+        fn poll_flush(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    #[test]
+    fn a_corked_batch_leaves_in_one_write_and_is_never_held_against_the_bound() {
+        let m = Metrics::default();
+        let writes = std::sync::Arc::new(Mutex::new(Vec::new()));
+        // Close policy, 4 messages at most: a batch of 10 replies must neither kill nor drop.
+        let ob = Outbox::new(1, Some(Box::new(Writes(writes.clone()))), 4, false);
+        let frame = 2 + "reply".len();
+        ob.cork();
+        for _ in 0..3 {
+            assert_eq!(
+                ob.send("reply", Kind::Announce, None, &m),
+                SendOutcome::Queued
+            );
+        }
+        assert!(writes.lock().unwrap().is_empty(), "held while corked");
+        ob.uncork(&m);
+        assert_eq!(*writes.lock().unwrap(), vec![3 * frame]);
+        assert_eq!(ob.queued(), 0);
+
+        writes.lock().unwrap().clear();
+        ob.cork();
+        for _ in 0..10 {
+            assert_eq!(
+                ob.send("reply", Kind::Announce, None, &m),
+                SendOutcome::Queued
+            );
+            assert!(ob.has_room());
+        }
+        ob.uncork(&m);
+        assert!(!ob.killed());
+        assert_eq!(
+            *writes.lock().unwrap(),
+            vec![4 * frame, 4 * frame, 2 * frame]
+        );
+
+        // Uncorked, a message is written through at once again.
+        writes.lock().unwrap().clear();
+        assert_eq!(
+            ob.send("reply", Kind::Announce, None, &m),
+            SendOutcome::Queued
+        );
+        assert_eq!(*writes.lock().unwrap(), vec![frame]);
     }
 
     #[tokio::test]

@@ -476,9 +476,11 @@ async fn drive(
                     Ok(0) | Err(_) => return End::Quiet,
                     Ok(n) => reader.filled(n),
                 }
-                loop {
+                // The replies to everything this read brought leave in one write.
+                handle.cork();
+                let ended = loop {
                     let msg = match reader.next_message() {
-                        Ok(None) => break,
+                        Ok(None) => break None,
                         Ok(Some(msg)) => msg,
                         Err(e) => {
                             m.reject(match e {
@@ -486,11 +488,11 @@ async fn drive(
                                 _ => "bad_frame",
                             });
                             tracing::debug!(conn = handle.id, error = %e, "closing");
-                            return End::Close(e.close_code(), match e {
+                            break Some(End::Close(e.close_code(), match e {
                                 ws::WsError::TooBig => "message too big",
                                 ws::WsError::NotUtf8 => "text is not UTF-8",
                                 ws::WsError::Protocol(why) => why,
-                            });
+                            }));
                         }
                     };
                     let parsed = match msg {
@@ -501,19 +503,23 @@ async fn drive(
                             continue;
                         }
                         Incoming::Pong => continue,
-                        Incoming::Close(_) => return End::Close(ws::close::NORMAL, ""),
+                        Incoming::Close(_) => break Some(End::Close(ws::close::NORMAL, "")),
                     };
                     last_msg = Instant::now();
                     if !bucket.take(last_msg, cfg.rate, cfg.rate_burst) {
                         m.reject("rate_limited");
                         violations += 1;
                         if f64::from(violations) > cfg.rate_burst.max(1.0) {
-                            return End::Close(ws::close::POLICY, "rate limit exceeded");
+                            break Some(End::Close(ws::close::POLICY, "rate limit exceeded"));
                         }
                         reply(state, handle, protocol::encode_failure("rate limit exceeded"), Kind::Failure);
                         continue;
                     }
                     handle_message(state, handle, member, parsed, last_msg);
+                };
+                handle.uncork(m);
+                if let Some(end) = ended {
+                    return end;
                 }
             }
             _ = tick.tick() => {

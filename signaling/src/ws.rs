@@ -76,9 +76,11 @@ pub enum Incoming<'a> {
 /// Incremental reader: bytes go in with [`Reader::spare`] / [`Reader::filled`], messages come
 /// out of [`Reader::next_message`].
 ///
-/// Memory: the buffer starts at `initial` bytes and grows only to hold a frame that does not
-/// fit (up to the message limit); once drained it shrinks back, so an idle connection keeps
-/// `initial` bytes whatever it once received.
+/// Memory: the buffer starts at `initial` bytes and grows to hold a frame that does not fit (up
+/// to the message limit), or to [`BURST`] while reads keep filling it (a client whose messages
+/// queue up faster than they are handled: reading more of them at once lets their replies leave
+/// in one write, see `Outbox::cork`); once drained by a read that did not fill it, it shrinks
+/// back, so an idle connection keeps `initial` bytes whatever it once received.
 pub struct Reader {
     buf: Vec<u8>,
     /// Bytes of `buf` holding data.
@@ -91,7 +93,13 @@ pub struct Reader {
     assembled: Vec<u8>,
     max_message: usize,
     initial: usize,
+    /// Room offered by the last [`Reader::spare`], and whether the read filled all of it.
+    offered: usize,
+    filled_all: bool,
 }
+
+/// The most a [`Reader`] reads at once while a client's messages queue up (bytes).
+pub const BURST: usize = 16 * 1024;
 
 /// A parsed frame header.
 struct Header {
@@ -113,6 +121,8 @@ impl Reader {
             assembled: Vec::new(),
             max_message,
             initial: initial.max(16),
+            offered: 0,
+            filled_all: false,
         }
     }
 
@@ -131,8 +141,9 @@ impl Reader {
             self.len -= self.done;
             self.done = 0;
         }
-        if self.len == 0 && self.buf.len() > self.initial {
-            // Drained after a large message: give the memory back.
+        let bursting = self.filled_all && self.buf.len() <= BURST;
+        if self.len == 0 && self.buf.len() > self.initial && !bursting {
+            // Drained after a large message or a burst: give the memory back.
             self.buf = Vec::new();
         }
         if self.buf.is_empty() {
@@ -145,13 +156,19 @@ impl Reader {
                 .min(self.max_message + 14)
                 .max(self.len + 1);
             self.buf.resize(grown, 0);
+        } else if self.filled_all && self.buf.len() < BURST {
+            // The last read took all the room offered: more is waiting in the socket.
+            let grown = (self.buf.len() * 2).min(BURST);
+            self.buf.resize(grown, 0);
         }
+        self.offered = self.buf.len() - self.len;
         &mut self.buf[self.len..]
     }
 
     /// Marks `n` bytes of [`Reader::spare`] as read.
     pub fn filled(&mut self, n: usize) {
         self.len = (self.len + n).min(self.buf.len());
+        self.filled_all = n >= self.offered;
     }
 
     /// Whether a partial frame or message is held (an EOF now is a truncated message).
@@ -532,6 +549,38 @@ mod tests {
         assert!(r.capacity() >= 50_000);
         let _ = r.spare();
         assert!(r.capacity() <= 256, "{}", r.capacity());
+    }
+
+    #[test]
+    fn reads_grow_while_they_fill_the_buffer_and_shrink_once_drained() {
+        let mut r = Reader::new(2048, 1 << 16);
+        let one = client(true, OP_TEXT, "z".repeat(500).as_bytes(), [1, 2, 3, 4]);
+        let backlog: Vec<u8> = (0..100).flat_map(|_| one.iter().copied()).collect();
+        // A socket with a backlog fills every read: each offers more room, up to BURST.
+        let mut at = 0;
+        let mut offered = Vec::new();
+        let mut seen = 0;
+        while at < backlog.len() {
+            let s = r.spare();
+            offered.push(s.len());
+            let n = s.len().min(backlog.len() - at);
+            s[..n].copy_from_slice(&backlog[at..at + n]);
+            r.filled(n);
+            at += n;
+            while let Some(m) = r.next_message().unwrap() {
+                assert!(matches!(m, Incoming::Text(t) if t.len() == 500));
+                seen += 1;
+            }
+        }
+        assert_eq!(seen, 100);
+        assert_eq!(offered[0], 2048);
+        assert!(offered.iter().any(|&o| o > 8 * 1024), "{offered:?}");
+        assert!(r.capacity() <= BURST, "{}", r.capacity());
+        // A read that does not fill the room ends the burst: drained, the buffer shrinks.
+        feed(&mut r, &one);
+        assert!(r.next_message().unwrap().is_some());
+        let _ = r.spare();
+        assert!(r.capacity() <= 2048, "{}", r.capacity());
     }
 
     #[test]
