@@ -6,7 +6,11 @@
 //! context switch) and a scheduler pass before the `write` — measured at about three times the
 //! cost of the write itself. So the sender writes the frame straight into the receiver's socket
 //! when nothing is queued ahead of it (the usual case), and only what the socket does not take
-//! at once is kept here, for the receiver's task to flush when the socket drains.
+//! at once is kept here, for the receiver's task to flush when the socket drains. The one
+//! exception is the connection's own batch: while its task handles the requests of one read
+//! ([`Outbox::cork`]), frames for it collect here and leave in one write when the batch ends
+//! (one TLS record and one loopback delivery instead of one per reply: +13 % responses/s under
+//! aquatic_ws_load_test, BENCHMARKS.md).
 //!
 //! Bounds: at most `max_queued` messages wait here; beyond that the policy decides (close the
 //! slow reader, or drop the message as aquatic_ws does). Bytes waiting are bounded by that count
