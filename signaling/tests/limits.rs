@@ -299,3 +299,37 @@ async fn full_queue_drop_policy_keeps_the_connection() {
     assert_eq!(got["offer"]["sdp"], "fresh");
     server.shutdown().await;
 }
+
+/// Requests that arrive together are answered together (one write per read, `Outbox::cork`)
+/// and in full: the replies to a burst far longer than the send queue neither close the
+/// connection (close policy) nor get dropped, and come back in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_requests_is_answered_in_full_under_a_small_queue() {
+    let mut cfg = config();
+    cfg.send_queue = 4;
+    cfg.rate = 0.0;
+    let server = start(cfg).await;
+    let ih = id(1);
+    let mut c = Client::connect(server.addr).await;
+    c.announce(&ih, &id(2), json!([])).await;
+    // 200 announces in one flush (~26 KB): the server reads them in a few growing reads.
+    for i in 0..200 {
+        let m = json!({"action":"announce","info_hash":ih,"peer_id":id(2),"numwant":0,
+            "uploaded": i});
+        futures_util::SinkExt::feed(&mut c.ws, Message::Text(m.to_string().into()))
+            .await
+            .unwrap();
+    }
+    futures_util::SinkExt::flush(&mut c.ws).await.unwrap();
+    for i in 0..200 {
+        let r = c.recv().await;
+        assert_eq!(r["action"], "announce", "reply {i}: {r}");
+        assert!(r["interval"].is_number(), "reply {i}: {r}");
+    }
+    assert!(c.try_recv(Duration::from_millis(200)).await.is_none());
+    let st = server.state.clone();
+    assert_eq!(st.metrics.rejected("slow_reader"), 0);
+    assert_eq!(st.metrics.rejected("queue_full"), 0);
+    assert_eq!(st.sizes(), (1, 1), "still connected and in its swarm");
+    server.shutdown().await;
+}
