@@ -276,9 +276,9 @@ impl Outbox {
             // The connection's task is already flushing (or has been woken to).
             return SendOutcome::Queued;
         }
-        // Nothing ahead of us and nobody waiting on the socket (or a full cork): write now. A no-op waker is
-        // right here: if the socket does not take everything, the connection's task is woken
-        // below and polls again with its own waker.
+        // Nothing ahead of us and nobody waiting on the socket (or a full cork): write now. A
+        // no-op waker is right here: if the socket does not take everything, the connection's
+        // task is woken below and polls again with its own waker.
         let mut cx = Context::from_waker(Waker::noop());
         match g.pump(&mut cx, metrics, &self.queued) {
             Poll::Ready(Ok(())) => SendOutcome::Queued,

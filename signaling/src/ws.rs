@@ -80,7 +80,8 @@ pub enum Incoming<'a> {
 /// to the message limit), or to [`BURST`] while reads keep filling it (a client whose messages
 /// queue up faster than they are handled: reading more of them at once lets their replies leave
 /// in one write, see `Outbox::cork`); once drained by a read that did not fill it, it shrinks
-/// back, so an idle connection keeps `initial` bytes whatever it once received.
+/// back. An idle connection keeps `initial` bytes whatever it once received (at most [`BURST`]
+/// if its last read happened to fill the buffer exactly).
 pub struct Reader {
     buf: Vec<u8>,
     /// Bytes of `buf` holding data.
