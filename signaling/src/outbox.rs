@@ -276,25 +276,26 @@ impl Outbox {
             // The connection's task is already flushing (or has been woken to).
             return SendOutcome::Queued;
         }
-        // Nothing ahead of us and nobody waiting on the socket (or a full cork): write now. A
-        // no-op waker is right here: if the socket does not take everything, the connection's
-        // task is woken below and polls again with its own waker.
+        // Nothing ahead of us and nobody waiting on the socket (or a full cork): write now.
+        self.write_now(g, metrics)
+    }
+
+    /// Writes what `g` holds as far as the socket takes it now. A no-op waker is right here: if
+    /// the socket does not take everything, the connection's task is woken and polls again with
+    /// its own waker; it also sees a failure on its next read or flush.
+    fn write_now(&self, mut g: MutexGuard<'_, Inner>, metrics: &Metrics) -> SendOutcome {
         let mut cx = Context::from_waker(Waker::noop());
-        match g.pump(&mut cx, metrics, &self.queued) {
-            Poll::Ready(Ok(())) => SendOutcome::Queued,
-            Poll::Pending => {
-                drop(g);
-                self.wake.notify_one();
-                SendOutcome::Queued
-            }
+        let outcome = match g.pump(&mut cx, metrics, &self.queued) {
+            Poll::Ready(Ok(())) => return SendOutcome::Queued,
+            Poll::Pending => SendOutcome::Queued,
             Poll::Ready(Err(_)) => {
-                // The connection's task sees the failure on its next read or flush.
                 g.io = None;
-                drop(g);
-                self.wake.notify_one();
                 SendOutcome::Closed
             }
-        }
+        };
+        drop(g);
+        self.wake.notify_one();
+        outcome
     }
 
     /// Holds what is sent to this connection (its replies, and what others relay to it) until
@@ -312,19 +313,7 @@ impl Outbox {
         if g.idle() || g.io.is_none() {
             return;
         }
-        let mut cx = Context::from_waker(Waker::noop());
-        match g.pump(&mut cx, metrics, &self.queued) {
-            Poll::Ready(Ok(())) => {}
-            Poll::Pending => {
-                drop(g);
-                self.wake.notify_one();
-            }
-            Poll::Ready(Err(_)) => {
-                g.io = None;
-                drop(g);
-                self.wake.notify_one();
-            }
-        }
+        self.write_now(g, metrics);
     }
 
     /// Resolves when the connection's task has something to do: bytes to flush or a kill.
