@@ -248,6 +248,14 @@ struct ShardInner {
 #[repr(align(64))]
 struct Shard(Mutex<ShardInner>);
 
+impl Shard {
+    fn lock(&self) -> MutexGuard<'_, ShardInner> {
+        // A panic while holding the lock leaves consistent state (no operation panics
+        // halfway by design); recover rather than poison every later announce.
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
 /// All swarms of one server.
 pub struct Tracker {
     limits: Limits,
@@ -319,9 +327,7 @@ impl Tracker {
 
     fn shard(&self, ih: &Id20) -> MutexGuard<'_, ShardInner> {
         let i = (self.shard_of.hash_one(ih) % SHARDS as u64) as usize;
-        // A panic while holding the lock leaves consistent state (no operation panics
-        // halfway by design); recover rather than poison every later announce.
-        self.shards[i].0.lock().unwrap_or_else(|e| e.into_inner())
+        self.shards[i].lock()
     }
 
     /// Removes `pid` from swarm `ih` (in shard `sh`) if present and (when `owner` is given)
@@ -552,7 +558,7 @@ impl Tracker {
         let mut files: Vec<(Id20, ScrapeStats)> = Vec::new();
         if s.info_hashes.is_empty() {
             for shard in self.shards.iter() {
-                let sh = shard.0.lock().unwrap_or_else(|e| e.into_inner());
+                let sh = shard.lock();
                 let room = max.saturating_sub(files.len());
                 files.extend(
                     sh.swarms
@@ -581,7 +587,7 @@ impl Tracker {
     pub fn expire(&self, now: Instant, ttl: Duration) -> usize {
         let mut gone = 0;
         for shard in self.shards.iter() {
-            let mut sh = shard.0.lock().unwrap_or_else(|e| e.into_inner());
+            let mut sh = shard.lock();
             let mut emptied = 0;
             sh.swarms.retain(|_, sw| {
                 let mut i = 0;
