@@ -16,8 +16,11 @@ async fn main() -> std::process::ExitCode {
         .init();
     let config = Config::parse();
     let static_dir = config.static_dir();
-    // Handlers first: a SIGTERM right after the "listening" line must already be graceful.
+    // Handlers first: a SIGTERM right after the "listening" line must already be graceful, and a
+    // SIGHUP then must reload, not kill the process (its default action): a handler installed
+    // by a task spawned after that line lost the race on a loaded machine (tests/tls.rs).
     let signals = Signals::install();
+    let hangup = hangup_signal();
     let running = match server::start(config).await {
         Ok(r) => r,
         Err(e) => {
@@ -29,8 +32,8 @@ async fn main() -> std::process::ExitCode {
     println!("listening on {}://{}", running.scheme(), running.addr);
     let _ = std::io::stdout().flush();
     tracing::info!(addr = %running.addr, static_dir = %static_dir.display(), "serving");
-    if let Some(tls) = running.tls.clone() {
-        tokio::spawn(reload_on_sighup(tls));
+    if let (Some(tls), Some(hup)) = (running.tls.clone(), hangup) {
+        tokio::spawn(reload_on_sighup(tls, hup));
     }
     signals.wait().await;
     tracing::info!("shutting down");
@@ -40,12 +43,10 @@ async fn main() -> std::process::ExitCode {
 
 /// Re-reads the certificate on every SIGHUP (e.g. after a renewal); established connections
 /// are not touched, and a broken new pair leaves the old one in use.
-async fn reload_on_sighup(tls: std::sync::Arc<swarmcast_signaling::tls::TlsReloader>) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let Ok(mut hup) = signal(SignalKind::hangup()) else {
-        tracing::warn!("no SIGHUP handler; certificates will not be reloaded");
-        return;
-    };
+async fn reload_on_sighup(
+    tls: std::sync::Arc<swarmcast_signaling::tls::TlsReloader>,
+    mut hup: tokio::signal::unix::Signal,
+) {
     while hup.recv().await.is_some() {
         match tls.reload() {
             Ok(()) => tracing::info!("TLS certificate reloaded"),
@@ -54,6 +55,16 @@ async fn reload_on_sighup(tls: std::sync::Arc<swarmcast_signaling::tls::TlsReloa
             }
         }
     }
+}
+
+/// The SIGHUP stream, registered at once (before the server announces itself).
+fn hangup_signal() -> Option<tokio::signal::unix::Signal> {
+    use tokio::signal::unix::{signal, SignalKind};
+    signal(SignalKind::hangup())
+        .map_err(
+            |e| tracing::warn!(error = %e, "no SIGHUP handler; certificates will not be reloaded"),
+        )
+        .ok()
 }
 
 /// SIGINT and SIGTERM, installed before the server announces itself.
