@@ -18,9 +18,9 @@ export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '
 export const OUT_ROOT = path.join(ROOT, 'out/e2e');
 export const CHROMIUM = process.env.SWARMCAST_CHROMIUM || '/usr/bin/chromium';
 export const SIGNALING_BIN =
-  process.env.SWARMCAST_SIGNALING || path.join(ROOT, 'target/release/swarmcast-signaling');
+  process.env.SWARMCAST_SIGNALING || path.join(ROOT, 'target/ci/swarmcast-signaling');
 
-/** Chromium flags from RECIPES.md. mDNS hiding is off so host candidates are the namespace's
+/** Chromium flags (docs/SETUP.md). mDNS hiding is off so host candidates are the namespace's
  * veth address (192.0.2.1): no dependence on Chromium's mDNS responder between contexts. */
 export const CHROMIUM_ARGS = [
   '--no-sandbox',
@@ -114,7 +114,7 @@ export function outDir(name) {
 export async function startSignaling(out, { staticDir = path.join(ROOT, 'www') } = {}) {
   if (!fs.existsSync(SIGNALING_BIN)) {
     throw new Error(
-      `${SIGNALING_BIN} missing: build it with \`cargo build --release -p swarmcast-signaling\``,
+      `${SIGNALING_BIN} missing: build it with \`cargo build --profile ci -p swarmcast-signaling\` (cargo xtask e2e does)`,
     );
   }
   const log = fs.createWriteStream(path.join(out, 'signaling.log'));

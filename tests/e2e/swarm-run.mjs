@@ -1,6 +1,6 @@
 // A manual swarm run, not a test: one broadcaster page and N viewer pages in separate browser
 // contexts of one headless Chromium, through the signaling server, printing each viewer's stats
-// every 3 s. Run it inside a network namespace (RECIPES.md), from the workspace root:
+// every 3 s. Run it inside a network namespace (docs/SETUP.md), from the workspace root:
 //
 //   unshare --net bash -c 'ip link set lo up; ip link add v0 type veth peer name v1;
 //     ip addr add 192.0.2.1/24 dev v0; ip link set v0 up; ip link set v1 up;

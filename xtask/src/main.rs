@@ -11,6 +11,9 @@ use std::process::{Command, ExitCode, Stdio};
 use std::time::Instant;
 
 const WASM_TARGET: &str = "wasm32-unknown-unknown";
+/// Cargo profile of the tests and of the e2e suite's signaling server (Cargo.toml: release
+/// without LTO, 16 codegen units; a third of release's CPU time to build, same test run times).
+const TEST_PROFILE: &str = "ci";
 /// Where `setup` installs binaryen's wasm-opt from npm when none is on PATH.
 const LOCAL_WASM_OPT: &str = ".tools/node_modules/.bin/wasm-opt";
 
@@ -138,45 +141,133 @@ fn locked_wasm_bindgen_version() -> Result<String> {
 
 /// Installs what is missing: always the wasm target, `wasm-bindgen` and (optionally) wasm-opt; with
 /// `media`, ffmpeg/ffprobe (the cargo tests run them); with `browser`, Chromium, chromedriver,
-/// iproute2 and the e2e npm packages.
+/// iproute2 and the e2e npm packages. Compiling `wasm-bindgen` (~1.5 min of CPU) runs in the
+/// background while apt and npm download, since those wait on the network and the disk. Whatever
+/// cannot be installed here (no rustup, no apt-get, not root, no npm) is an error that names what
+/// is missing and the command that gets it.
 fn setup(media: bool, browser: bool) -> Result {
-    let targets = output(Command::new("rustup").args(["target", "list", "--installed"]));
-    if !targets.is_some_and(|t| t.lines().any(|l| l.trim() == WASM_TARGET)) {
-        run(Command::new("rustup").args(["target", "add", WASM_TARGET]))?;
+    if !have("rustup") {
+        let ok = output(Command::new("rustc").args(["--print", "target-list"]))
+            .is_some_and(|_| has_wasm_std());
+        if !ok {
+            return Err(format!(
+                "no `rustup` on PATH, so the {WASM_TARGET} target cannot be added: install Rust \
+                 with rustup (https://rustup.rs), or add the {WASM_TARGET} standard library to \
+                 your toolchain by your distribution's means"
+            ));
+        }
+    } else {
+        let targets = output(Command::new("rustup").args(["target", "list", "--installed"]));
+        if !targets.is_some_and(|t| t.lines().any(|l| l.trim() == WASM_TARGET)) {
+            run(Command::new("rustup").args(["target", "add", WASM_TARGET]))?;
+        }
     }
-    let want = locked_wasm_bindgen_version()?;
-    let have_version = output(Command::new("wasm-bindgen").arg("--version")).unwrap_or_default();
-    if !have_version.split_whitespace().any(|w| w == want) {
-        // RECIPES.md: `--locked` can fail when the CLI's lock file names a crate version the
-        // registry lacks; a plain install then works.
-        let locked = run(Command::new(cargo()).args([
+    let bindgen = WasmBindgenInstall::start()?;
+    let result = setup_system(media, browser);
+    // Always wait for the compile: it must not outlive xtask, even when apt failed.
+    let installed = bindgen.finish();
+    result.and(installed)
+}
+
+/// Whether the active toolchain has the wasm32 standard library (toolchains without rustup).
+fn has_wasm_std() -> bool {
+    output(Command::new("rustc").args(["--print", "sysroot"])).is_some_and(|sysroot| {
+        Path::new(sysroot.trim())
+            .join("lib/rustlib")
+            .join(WASM_TARGET)
+            .exists()
+    })
+}
+
+/// A `cargo install wasm-bindgen-cli` of the version Cargo.lock pins, running in the background.
+struct WasmBindgenInstall {
+    want: String,
+    child: Option<std::process::Child>,
+}
+
+impl WasmBindgenInstall {
+    fn start() -> Result<WasmBindgenInstall> {
+        let want = locked_wasm_bindgen_version()?;
+        let have_version =
+            output(Command::new("wasm-bindgen").arg("--version")).unwrap_or_default();
+        if have_version.split_whitespace().any(|w| w == want) {
+            return Ok(WasmBindgenInstall { want, child: None });
+        }
+        let mut cmd = Command::new(cargo());
+        // `--debug`: unoptimised, it compiles in 1 min 56 s of CPU and binds our bundle in 0.9 s
+        // instead of 0.14 s, byte-identical output (docs/SETUP.md); an optimised build costs
+        // CI minutes on every fresh machine to save under a second per bundle.
+        cmd.args([
             "install",
             "wasm-bindgen-cli",
             "--version",
             &want,
             "--locked",
-        ]));
-        if locked.is_err() {
-            run(Command::new(cargo()).args(["install", "wasm-bindgen-cli", "--version", &want]))?;
-        }
+            "--debug",
+        ]);
+        eprintln!("+ {cmd:?} (in the background)");
+        let child = cmd
+            .spawn()
+            .map_err(|e| format!("cannot start {cmd:?}: {e}"))?;
+        Ok(WasmBindgenInstall {
+            want,
+            child: Some(child),
+        })
     }
+
+    fn finish(self) -> Result {
+        let Some(mut child) = self.child else {
+            return Ok(());
+        };
+        let status = child.wait().map_err(|e| e.to_string())?;
+        if status.success() {
+            return Ok(());
+        }
+        // `--locked` fails when the CLI's own lock file names a crate version the registry
+        // lacks (0.2.130's names webpki-roots 1.0.11); a plain install then works.
+        run(Command::new(cargo()).args([
+            "install",
+            "wasm-bindgen-cli",
+            "--version",
+            &self.want,
+            "--debug",
+        ]))
+        .map_err(|e| {
+            format!(
+                "{e}\nthe browser bundle needs wasm-bindgen-cli {} exactly (the version in \
+                     Cargo.lock); cargo could not build it (no access to crates.io?)",
+                self.want
+            )
+        })
+    }
+}
+
+/// The system packages, wasm-opt and the e2e npm packages.
+fn setup_system(media: bool, browser: bool) -> Result {
     // wasm-opt shrinks the bundle a lot (issue 6: < 250 KiB gzipped). Debian's binaryen is too old
-    // for current rustc output, so take the npm package (RECIPES.md); optional: the build works
+    // for current rustc output, so take the npm package (docs/SETUP.md); optional: the build works
     // without it.
-    if !have("wasm-opt") && !root().join(LOCAL_WASM_OPT).exists() && have("npm") {
-        let tools = root().join(".tools");
-        let installed = run(Command::new("npm")
-            .args([
-                "install",
-                "--no-audit",
-                "--no-fund",
-                "--no-save",
-                "--prefix",
-            ])
-            .arg(&tools)
-            .arg("binaryen@132.0.0"));
-        if let Err(e) = installed {
-            eprintln!("xtask: wasm-opt unavailable ({e}); building without it");
+    if !have("wasm-opt") && !root().join(LOCAL_WASM_OPT).exists() {
+        if have("npm") {
+            let tools = root().join(".tools");
+            let installed = run(Command::new("npm")
+                .args([
+                    "install",
+                    "--no-audit",
+                    "--no-fund",
+                    "--no-save",
+                    "--prefix",
+                ])
+                .arg(&tools)
+                .arg("binaryen@132.0.0"));
+            if let Err(e) = installed {
+                eprintln!("xtask: wasm-opt unavailable ({e}); building without it");
+            }
+        } else {
+            eprintln!(
+                "xtask: no npm, so no wasm-opt: the bundle is built without it (larger); \
+                 install Node.js and npm (Debian: `apt-get install nodejs npm`) to get it"
+            );
         }
     }
     let mut wanted = Vec::new();
@@ -191,23 +282,30 @@ fn setup(media: bool, browser: bool) -> Result {
             ("unshare", "util-linux"),
         ]);
     }
-    let mut missing: Vec<&str> = wanted
-        .into_iter()
+    let missing_bins: Vec<&str> = wanted
+        .iter()
         .filter(|(bin, _)| !have(bin))
-        .map(|(_, pkg)| pkg)
+        .map(|(bin, _)| *bin)
+        .collect();
+    let mut missing: Vec<&str> = wanted
+        .iter()
+        .filter(|(bin, _)| missing_bins.contains(bin))
+        .map(|(_, pkg)| *pkg)
         .collect();
     missing.dedup();
     if !missing.is_empty() {
-        run(Command::new("apt-get").arg("update").arg("-qq"))?;
-        // With recommends, as on the machines where the e2e tests were verified (chromium-common
-        // recommends libgl1-mesa-dri, fonts-liberation, udev, ...).
-        run(Command::new("apt-get")
-            .args(["install", "-y", "-qq"])
-            .args(&missing)
-            .env("DEBIAN_FRONTEND", "noninteractive"))?;
+        apt_install(&missing_bins, &missing)?;
     }
     let e2e = root().join("tests/e2e");
     if browser && e2e.join("package.json").exists() && !e2e.join("node_modules").exists() {
+        if !have("npm") {
+            return Err(
+                "the browser tests need Node.js (>= 18) and npm, and neither is on PATH: \
+                 install them (Debian: `apt-get install nodejs npm`), or run \
+                 `cargo xtask test --no-e2e` for every check but the browser tests"
+                    .into(),
+            );
+        }
         run(Command::new("npm")
             .args(["ci", "--no-audit", "--no-fund", "--prefix"])
             .arg(&e2e))?;
@@ -215,9 +313,51 @@ fn setup(media: bool, browser: bool) -> Result {
     Ok(())
 }
 
+/// Installs Debian packages, as root or through `sudo -n`; otherwise says what to run.
+fn apt_install(bins: &[&str], packages: &[&str]) -> Result {
+    let list = packages.join(" ");
+    let hint = format!(
+        "missing {}: install the packages `{list}` (Debian/Ubuntu: `sudo apt-get install -y \
+         {list}`), or run `cargo xtask test --no-e2e` to skip the browser tests",
+        bins.join(", ")
+    );
+    if !have("apt-get") {
+        return Err(format!(
+            "{hint}; this machine has no apt-get to do it automatically"
+        ));
+    }
+    let is_root = output(Command::new("id").arg("-u")).is_some_and(|u| u.trim() == "0");
+    let sudo = !is_root && output(Command::new("sudo").args(["-n", "true"])).is_some();
+    if !is_root && !sudo {
+        return Err(format!(
+            "{hint}; installing needs root (not root here, and `sudo -n` asks for a password)"
+        ));
+    }
+    let apt = |args: &[&str]| {
+        let mut cmd = if sudo {
+            let mut c = Command::new("sudo");
+            c.args(["-n", "apt-get"]);
+            c
+        } else {
+            Command::new("apt-get")
+        };
+        cmd.args(args).env("DEBIAN_FRONTEND", "noninteractive");
+        cmd
+    };
+    run(&mut apt(&["update", "-qq"])).map_err(|e| format!("{e}\n{hint}"))?;
+    // With recommends, as on the machines where the e2e tests were verified (chromium-common
+    // recommends libgl1-mesa-dri, fonts-liberation, udev, ...).
+    let mut args = vec!["install", "-y", "-qq"];
+    args.extend_from_slice(packages);
+    run(&mut apt(&args)).map_err(|e| format!("{e}\n{hint}"))
+}
+
 /// Builds the browser bundle. With `test_hooks`, the bundle carries the test-only hooks (a
-/// forging viewer for the e2e tests) and goes to `<out_dir>-test`, in a separate target folder so
-/// that the production bundle never contains them.
+/// forging viewer for the e2e tests) and goes to `<out_dir>-test`. Both builds share one target
+/// folder, so the dependencies are compiled once (a separate folder cost ~65 s of CPU per suite
+/// run): the feature makes the crate a different cargo unit, and cargo links the unit each build
+/// asks for to the output path, which wasm-bindgen reads at once (checked: the production file's
+/// hash is the same before and after a test-hooks build in between).
 fn build_wasm(test_hooks: bool) -> Result {
     let s = wasm_settings()?;
     let mut cmd = Command::new(cargo());
@@ -231,17 +371,10 @@ fn build_wasm(test_hooks: bool) -> Result {
         "--profile",
         &s.profile,
     ]);
-    let target_dir = if test_hooks {
-        cmd.args([
-            "--features",
-            "test-hooks",
-            "--target-dir",
-            "target/test-hooks",
-        ]);
-        root().join("target/test-hooks")
-    } else {
-        root().join("target")
-    };
+    if test_hooks {
+        cmd.args(["--features", "test-hooks"]);
+    }
+    let target_dir = root().join("target");
     run(&mut cmd)?;
     let wasm = target_dir
         .join(WASM_TARGET)
@@ -419,7 +552,7 @@ fn test_steps(e2e_wanted: bool, times: &mut Vec<StepTime>) -> Result {
         ]))
     })?;
     timed(times, "cargo test", || {
-        run(Command::new(cargo()).args(["test", "--workspace", "--release"]))
+        run(Command::new(cargo()).args(["test", "--workspace", "--profile", TEST_PROFILE]))
     })?;
     timed(times, "wasm build", || build_wasm(false))?;
     if e2e_wanted {
@@ -430,7 +563,7 @@ fn test_steps(e2e_wanted: bool, times: &mut Vec<StepTime>) -> Result {
 }
 
 /// Real-browser tests: node's test runner over `tests/e2e/*.test.mjs` (or the files given), inside a
-/// fresh network namespace with `lo` plus a veth pair and a default route (RECIPES.md: with `lo`
+/// fresh network namespace with `lo` plus a veth pair and a default route (docs/SETUP.md: with `lo`
 /// alone Chromium gathers no ICE candidates). Nothing leaves the namespace. The suite also gets its
 /// own PID namespace: when it ends, the kernel kills whatever it left running (browsers, servers).
 fn e2e(args: &[String]) -> Result {
@@ -438,8 +571,18 @@ fn e2e(args: &[String]) -> Result {
     if !dir.join("package.json").exists() {
         return Err("tests/e2e/package.json missing".into());
     }
-    run(Command::new(cargo()).args(["build", "--release", "--package", "swarmcast-signaling"]))?;
-    let signaling = root().join("target/release/swarmcast-signaling");
+    // The server the cargo tests built (same profile: nothing to compile after them).
+    run(Command::new(cargo()).args([
+        "build",
+        "--profile",
+        TEST_PROFILE,
+        "--package",
+        "swarmcast-signaling",
+    ]))?;
+    let signaling = root()
+        .join("target")
+        .join(TEST_PROFILE)
+        .join("swarmcast-signaling");
     // `timeout`: each test has its own limit, but a suite that never exits (a handle left open)
     // must not hold CI until its hard limit. 30 min is above the sum of the tests' own limits.
     let script = "ip link set lo up && \
@@ -447,19 +590,36 @@ fn e2e(args: &[String]) -> Result {
         ip addr add 192.0.2.1/24 dev v0 && ip link set v0 up && ip link set v1 up && \
         ip route add default dev v0 && \
         timeout -k 10 1800 node --test --test-concurrency=1 \"${@:-tests/e2e/}\"; exit $?";
+    let namespaces = ["--net", "--pid", "--fork", "--kill-child", "--mount-proc"];
+    // Not root: the same namespaces inside a user namespace where we are root, if the kernel
+    // lets unprivileged users make one.
+    let is_root = output(Command::new("id").arg("-u")).is_some_and(|u| u.trim() == "0");
+    let user_ns: &[&str] = if is_root {
+        &[]
+    } else {
+        &["--user", "--map-root-user"]
+    };
+    let works = Command::new("unshare")
+        .args(user_ns)
+        .args(namespaces)
+        .arg("true")
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !works {
+        return Err(
+            "the browser tests run inside a private network and PID namespace (nothing they \
+             start can reach or outlive anything outside it), and `unshare` could not make one: \
+             run as root, or allow unprivileged user namespaces \
+             (`sysctl kernel.unprivileged_userns_clone=1`), or run `cargo xtask test --no-e2e`"
+                .into(),
+        );
+    }
     // bash stays PID 1 of the namespace (no `exec`), so it reaps what the tests orphan.
     run(Command::new("unshare")
-        .args([
-            "--net",
-            "--pid",
-            "--fork",
-            "--kill-child",
-            "--mount-proc",
-            "bash",
-            "-c",
-            script,
-            "e2e",
-        ])
+        .args(user_ns)
+        .args(namespaces)
+        .args(["bash", "-c", script, "e2e"])
         .args(args)
         .env("SWARMCAST_SIGNALING", &signaling))
 }
