@@ -5,7 +5,7 @@
 use super::id::PeerId;
 use super::swarm::Swarm;
 use super::time::Instant;
-use super::wire::{Message, Role};
+use super::wire::Message;
 use std::time::Duration;
 
 /// Most pieces outstanding at one neighbour: enough to fill a path, few enough that a slow
@@ -49,6 +49,7 @@ impl Swarm {
     /// Periodic: forgets requests that took too long, remembering whom not to ask first again.
     pub(crate) fn expire_requests(&mut self, now: Instant) {
         let timeouts: Vec<(u64, PeerId)> = self
+            .store
             .segments
             .iter()
             .flat_map(|(seq, seg)| seg.requests.iter().map(move |r| (*seq, r.0, r.2)))
@@ -56,7 +57,7 @@ impl Swarm {
             .map(|(seq, p, _)| (seq, p))
             .collect();
         for (seq, p) in timeouts {
-            let seg = self.segments.get_mut(&seq).expect("listed");
+            let seg = self.store.segments.get_mut(&seq).expect("listed");
             seg.requests.retain(|r| r.0 != p);
             seg.requested = seg.requests.iter().fold(0, |m, r| m | r.1);
             if !seg.tried.contains(&p) {
@@ -91,8 +92,8 @@ impl Swarm {
         let Some(_) = self.playout.start else {
             return self.probe(now);
         };
-        let from = self.playout.next.max(self.window_start);
-        let newest = self.stats.newest_seq.unwrap_or(0);
+        let from = self.playout.next.max(self.store.window_start);
+        let newest = self.store.newest.unwrap_or(0);
         let top = newest.max(self.max_advertised.map_or(0, |(m, _)| m));
         if top < from {
             return;
@@ -108,7 +109,7 @@ impl Swarm {
             .collect();
         let mut cands: Vec<Candidate> = Vec::new();
         for seq in from..=top.min(from + LOOKAHEAD) {
-            if self.complete.contains(seq) {
+            if self.store.complete.contains(seq) {
                 continue;
             }
             let urgent = self.deadline_of(seq).is_some_and(|d| d <= now + URGENT);
@@ -116,7 +117,7 @@ impl Swarm {
             if avail == 0 {
                 continue;
             }
-            match self.segments.get(&seq) {
+            match self.store.segments.get(&seq) {
                 Some(seg) => {
                     let mut missing = seg.full & !seg.have & !seg.requested;
                     if missing == 0 {
@@ -166,7 +167,7 @@ impl Swarm {
     fn availability(&self, seq: u64) -> u32 {
         self.neighbours
             .values()
-            .filter(|n| n.established && !n.stale_session && n.haves.contains(seq))
+            .filter(|n| n.is_established() && !n.stale_session && n.haves.contains(seq))
             .count() as u32
     }
 
@@ -207,7 +208,7 @@ impl Swarm {
             let n = self.neighbours.get_mut(&peer).expect("chosen");
             n.requested_pieces += take;
             *n.requests.entry(seq).or_insert(0) |= share;
-            let seg = self.segments.get_mut(&seq).expect("header known");
+            let seg = self.store.segments.get_mut(&seq).expect("header known");
             if let Some(r) = seg.requests.iter_mut().find(|r| r.0 == peer) {
                 r.1 |= share;
                 r.2 = now;
@@ -222,24 +223,28 @@ impl Swarm {
 
     /// The neighbour to ask for `cost` pieces of `seq` (see [`Swarm::request`]).
     fn request_target(&mut self, now: Instant, seq: u64, cost: u32) -> Option<PeerId> {
-        let tried: &[PeerId] = self.segments.get(&seq).map_or(&[], |s| s.tried.as_slice());
+        let tried: &[PeerId] = self
+            .store
+            .segments
+            .get(&seq)
+            .map_or(&[], |s| s.tried.as_slice());
         let mut best: Option<(TargetKey, PeerId)> = None;
         for (id, n) in &self.neighbours {
-            if !n.established
+            if !n.is_established()
                 || n.silent(now)
                 || n.stale_session
                 || !n.haves.contains(seq)
-                || (n.upload_kbps == 0 && n.role != Role::Source)
+                || (n.upload_kbps() == 0 && !n.is_source())
                 || n.requested_pieces + cost > MAX_OUTSTANDING
             {
                 continue;
             }
-            let piece_us = PIECE_BITS * 1000 / n.upload_kbps.max(1) as u64;
+            let piece_us = PIECE_BITS * 1000 / n.upload_kbps().max(1) as u64;
             let eta_us = n.rtt_or_default().as_micros() as u64 / 2
                 + (n.requested_pieces + cost) as u64 * piece_us;
             let key = (
                 tried.contains(id),
-                n.role == Role::Source,
+                n.is_source(),
                 eta_us,
                 self.rng.next_u64(),
             );
@@ -265,15 +270,15 @@ impl Swarm {
         let target = self
             .neighbours
             .iter()
-            .filter(|(_, n)| n.established && !n.stale_session && n.haves.contains(m))
-            .min_by_key(|(id, n)| (n.role == Role::Source, n.rtt_or_default(), **id))
+            .filter(|(_, n)| n.is_established() && !n.stale_session && n.haves.contains(m))
+            .min_by_key(|(id, n)| (n.is_source(), n.rtt_or_default(), **id))
             .map(|(id, _)| *id);
         let Some(peer) = target else {
             return;
         };
         self.playout.probe = Some((m, now));
         for seq in (m.saturating_sub(PROBE_SPAN - 1)..=m).rev() {
-            if !self.segments.contains_key(&seq) && seq >= self.window_start {
+            if !self.store.segments.contains_key(&seq) && seq >= self.store.window_start {
                 self.send(peer, &Message::Request { seq, pieces: 0 });
             }
         }

@@ -1,11 +1,117 @@
-//! The segments a peer holds within its window: verified headers and verified pieces.
+//! The segments a peer holds within its window: verified headers and verified pieces, the
+//! init segments they decode with, and the window that bounds them.
 
+use super::bitfield::SeqBits;
 use super::id::PeerId;
-use super::segment::SignedHeader;
+use super::segment::{InitSegment, SignedHeader};
 use super::time::Instant;
-use super::wire::{encode_piece, piece_message_len};
+use super::wire::{encode_piece, piece_message_len, Message, MAX_BITFIELD_BYTES};
 use bytes::Bytes;
+use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
+
+/// Init segments kept: the newest few versions (segments still in the window may need an
+/// older one than the newest).
+const MAX_INITS: usize = 4;
+/// Most segments kept behind the newest, whatever their capture times say.
+const MAX_SPAN: u64 = 1024;
+
+/// What a peer holds of the stream. Invariant: nothing below `window_start` is kept, so
+/// nothing below it is fetched or sent.
+#[derive(Debug, Default)]
+pub(crate) struct Store {
+    /// Segments whose header is verified, by sequence number.
+    pub segments: BTreeMap<u64, Segment>,
+    /// Complete segments (for bitfields).
+    pub complete: SeqBits,
+    /// Nothing below this seq is kept, fetched or sent.
+    pub window_start: u64,
+    /// Newest segment whose header is verified.
+    pub newest: Option<u64>,
+    /// Verified init segments by version, the newest [`MAX_INITS`].
+    pub inits: BTreeMap<u32, Arc<InitSegment>>,
+}
+
+impl Store {
+    /// Keeps a verified header's segment; true when it is the newest now.
+    pub(crate) fn insert(&mut self, seg: Segment) -> bool {
+        let seq = seg.header.header.seq;
+        self.segments.insert(seq, seg);
+        if self.newest.is_none_or(|n| seq > n) {
+            self.newest = Some(seq);
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Drops segments captured more than `window` before the newest one (and any more than
+    /// [`MAX_SPAN`] behind it); returns them, whose outstanding requests the caller forgets.
+    /// `window_start` moves past them.
+    pub(crate) fn slide(&mut self, window: Duration) -> Vec<(u64, Segment)> {
+        let mut gone = Vec::new();
+        let Some(newest) = self.newest else {
+            return gone;
+        };
+        let Some(top) = self.segments.get(&newest) else {
+            return gone;
+        };
+        let cutoff = top
+            .header
+            .header
+            .pts_us
+            .saturating_sub(window.as_micros() as u64);
+        let mut start = self.window_start;
+        while let Some(entry) = self.segments.first_entry() {
+            let seq = *entry.key();
+            if (entry.get().header.header.pts_us < cutoff && seq < newest)
+                || newest - seq > MAX_SPAN
+            {
+                gone.push((seq, entry.remove()));
+                start = start.max(seq + 1);
+            } else {
+                break;
+            }
+        }
+        if start != self.window_start {
+            self.window_start = start;
+            self.complete.forget_below(start);
+        }
+        gone
+    }
+
+    /// Our availability as a `Bitfield` message: complete segments from the window's start
+    /// (rounded down to a byte) up to the newest complete one, at most the protocol's size.
+    pub(crate) fn bitfield(&self) -> Message {
+        let base = self.window_start & !7;
+        let top = self.complete.max().unwrap_or(0);
+        let mut bits = Vec::new();
+        if top >= base {
+            let span = ((top - base + 1) as usize).min(MAX_BITFIELD_BYTES * 8);
+            bits = vec![0u8; span.div_ceil(8)];
+            for i in 0..span {
+                if self.complete.contains(base + i as u64) {
+                    bits[i / 8] |= 1 << (i % 8);
+                }
+            }
+        }
+        Message::Bitfield { base, bits }
+    }
+
+    /// Keeps a verified init segment, forgetting the oldest beyond [`MAX_INITS`].
+    pub(crate) fn add_init(&mut self, init: Arc<InitSegment>) {
+        self.inits.insert(init.version, init);
+        while self.inits.len() > MAX_INITS {
+            self.inits.pop_first();
+        }
+    }
+
+    /// The newest init segment held, and its version.
+    pub(crate) fn newest_init(&self) -> Option<(u32, &Arc<InitSegment>)> {
+        self.inits.iter().next_back().map(|(v, i)| (*v, i))
+    }
+}
 
 /// One verified piece, kept as its canonical encoded `Piece` message: forwarding it to any
 /// number of neighbours, or holding it in their queues, clones a reference, never the bytes.

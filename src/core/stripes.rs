@@ -3,9 +3,10 @@
 //! stripe-children piece by piece. Parents are chosen by depth (hops from the source), then
 //! spread over distinct neighbours, then RTT, then a seeded coin.
 
+use super::api::DisconnectReason;
 use super::id::PeerId;
 use super::neighbour::CLASS_PUSH;
-use super::swarm::{DisconnectReason, Swarm};
+use super::swarm::Swarm;
 use super::time::Instant;
 use super::wire::{Message, NO_DEPTH};
 use std::time::Duration;
@@ -42,6 +43,26 @@ const SHORT_AFTER: Duration = Duration::from_secs(2);
 /// Bitrate assumed before the first header tells the real one, kbit/s.
 const DEFAULT_BITRATE_KBPS: u32 = 2500;
 
+/// Per-stripe state of a viewer: where it receives the stripe from.
+#[derive(Debug, Clone)]
+pub(crate) struct StripeState {
+    /// The accepted parent.
+    pub parent: Option<PeerId>,
+    /// A subscription sent and not yet answered: `(to, sent at)`.
+    pub pending: Option<(PeerId, Instant)>,
+    /// Hops from the source; [`NO_DEPTH`] when not receiving.
+    pub depth: u8,
+    /// Depth before the parent was lost: new parents are first sought above it (loop guard).
+    pub old_depth: u8,
+    /// Last time the parent delivered a piece of this stripe (or accepted us).
+    pub last_push: Instant,
+    /// When the current parent accepted us: it pushes what it receives from then on (and the
+    /// newest segment it held), so older pieces of this stripe must be pulled.
+    pub parent_since: Instant,
+    /// Neighbours not to ask for this stripe until the given time (refused, stalled).
+    pub avoid: Vec<(PeerId, Instant)>,
+}
+
 impl Swarm {
     /// Bits `i` of a segment that travel on stripe `s`.
     pub(crate) fn stripe_mask(&self, seq: u64, s: usize) -> u64 {
@@ -61,11 +82,7 @@ impl Swarm {
     pub(crate) fn primary_stripe(&self, peer: &PeerId) -> usize {
         let mut b = [0u8; 8];
         b.copy_from_slice(&peer.0[..8]);
-        let mut z = u64::from_le_bytes(b);
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^= z >> 31;
-        (z % self.k as u64) as usize
+        (super::rng::mix(u64::from_le_bytes(b)) % self.k as u64) as usize
     }
 
     /// Stripe-child subscriptions this peer can carry: upload over the per-stripe bitrate.
@@ -105,7 +122,7 @@ impl Swarm {
             .children
             .iter()
             .flatten()
-            .filter_map(|c| self.neighbours.get(c).map(|n| n.upload_kbps))
+            .filter_map(|c| self.neighbours.get(c).map(|n| n.upload_kbps()))
             .min();
         Message::Status {
             depths: self.stripes.iter().map(|s| s.depth).collect(),
@@ -143,7 +160,9 @@ impl Swarm {
                 }
             }
         }
-        let n = self.neighbours.get_mut(&peer).expect("established");
+        let Some(n) = self.neighbours.established_mut(&peer) else {
+            return;
+        };
         n.depths = depths;
         n.free = free;
         n.displace_kbps = displace_kbps;
@@ -163,7 +182,9 @@ impl Swarm {
         }
         let bit = 1u64 << s;
         let depth = self.stripes[s].depth;
-        let n = self.neighbours.get(&peer).expect("established");
+        let Some(n) = self.neighbours.established(&peer) else {
+            return;
+        };
         let already = n.child_stripes & bit != 0;
         let slots = self.child_slots();
         let count = self.child_count();
@@ -180,7 +201,7 @@ impl Swarm {
         // one it already feeds. Otherwise scarce upload is smeared over viewers who each get
         // three stripes of four and play nothing.
         let per_stripe = self.stats.bitrate_kbps.max(1) / self.k as u32;
-        let weak = n.upload_kbps < per_stripe.saturating_mul(2);
+        let weak = n.upload_kbps() < per_stripe.saturating_mul(2);
         let lacking = (0..self.k)
             .filter(|t| n.depth(*t) == NO_DEPTH && n.child_stripes & (1 << t) == 0)
             .count()
@@ -203,15 +224,14 @@ impl Swarm {
             // Full: a much stronger peer takes the slot of our weakest child, which finds a
             // parent further down. Repeated at every level, this sorts the trees by upload:
             // wide forwarders near the source, weak peers at the leaves.
-            accept = self.evict_weaker_than(n.upload_kbps);
+            accept = self.evict_weaker_than(n.upload_kbps());
         }
         if accept && !already {
             self.children[s].push(peer);
             self.children[s].sort_unstable();
-            self.neighbours
-                .get_mut(&peer)
-                .expect("established")
-                .child_stripes |= bit;
+            if let Some(n) = self.neighbours.get_mut(&peer) {
+                n.child_stripes |= bit;
+            }
             self.status_dirty = true;
             self.catch_up_child(peer, s);
         }
@@ -231,7 +251,7 @@ impl Swarm {
         let mut victim: Option<(u32, PeerId, usize)> = None;
         for (s, kids) in self.children.iter().enumerate() {
             for c in kids {
-                let up = self.neighbours.get(c).map_or(0, |n| n.upload_kbps);
+                let up = self.neighbours.get(c).map_or(0, |n| n.upload_kbps());
                 if up.saturating_mul(2) <= upload_kbps
                     && victim.as_ref().is_none_or(|v| (up, *c, s) < *v)
                 {
@@ -253,11 +273,13 @@ impl Swarm {
     /// A new child gets the stripe's pieces of the newest segment at once, so it need not
     /// pull what is already in flight.
     fn catch_up_child(&mut self, peer: PeerId, s: usize) {
-        let Some((&seq, seg)) = self.segments.last_key_value() else {
+        let Some((&seq, seg)) = self.store.segments.last_key_value() else {
             return;
         };
         let mut bits = seg.have & self.stripe_mask(seq, s);
-        let n = self.neighbours.get_mut(&peer).expect("established");
+        let Some(n) = self.neighbours.established_mut(&peer) else {
+            return;
+        };
         if n.haves.contains(seq) {
             return;
         }
@@ -275,7 +297,9 @@ impl Swarm {
         if s >= self.k {
             return;
         }
-        let n = self.neighbours.get_mut(&peer).expect("established");
+        let Some(n) = self.neighbours.established_mut(&peer) else {
+            return;
+        };
         if n.child_stripes & (1 << s) != 0 {
             n.child_stripes &= !(1 << s);
             self.children[s].retain(|c| *c != peer);
@@ -332,10 +356,9 @@ impl Swarm {
             };
             st.last_push = now;
             st.parent_since = now;
-            self.neighbours
-                .get_mut(&peer)
-                .expect("established")
-                .parent_stripes |= 1 << s;
+            if let Some(n) = self.neighbours.get_mut(&peer) {
+                n.parent_stripes |= 1 << s;
+            }
             self.status_dirty = true;
             self.update_depth_stats();
         } else {
@@ -375,12 +398,12 @@ impl Swarm {
     /// its upload takes to serialise a piece, half its RTT. Used to choose and upgrade parents.
     fn parent_cost(n: &super::neighbour::Neighbour, s: usize, off_primary: bool) -> u64 {
         let hops = n.depth(s) as u64 * HOP_MS;
-        let serialise = if n.upload_kbps == 0 {
+        let serialise = if n.upload_kbps() == 0 {
             PIECE_MS_AT_1MBIT
         } else {
-            PIECE_MS_AT_1MBIT * 1000 / n.upload_kbps as u64
+            PIECE_MS_AT_1MBIT * 1000 / n.upload_kbps() as u64
         };
-        let penalty = if off_primary && n.role != super::wire::Role::Source {
+        let penalty = if off_primary && !n.is_source() {
             OFF_PRIMARY_PENALTY_MS
         } else {
             0
@@ -404,7 +427,7 @@ impl Swarm {
             for (id, n) in &self.neighbours {
                 let d = n.depth(s);
                 let off_primary = self.primary_stripe(id) != s;
-                if !n.established
+                if !n.is_established()
                     || n.silent(now)
                     || d > MAX_DEPTH
                     || d >= below
@@ -531,7 +554,7 @@ impl Swarm {
     /// A segment learned after `since` and older than the stall timeout has pieces on stripe
     /// `s`: the parent should have delivered some of them by now.
     fn stripe_overdue(&self, now: Instant, s: usize, since: Instant) -> bool {
-        for (&seq, seg) in self.segments.iter().rev() {
+        for (&seq, seg) in self.store.segments.iter().rev() {
             if seg.learned_at < since {
                 break;
             }
