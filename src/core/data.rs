@@ -138,7 +138,7 @@ impl Swarm {
         if self.store.insert(seg) {
             self.stats.newest_seq = Some(seq);
             self.slide_window();
-            self.status_dirty |= self.is_source() && self.stats.bitrate_kbps > 0;
+            self.status_dirty |= self.is_source() && self.bitrate.kbps() > 0;
         }
         if !self.is_source() {
             self.maybe_choose_start(now);

@@ -21,6 +21,7 @@ mod identity;
 mod maintenance;
 mod neighbour;
 mod playout;
+mod publish;
 pub(crate) mod rng;
 mod scheduler;
 mod segment;

@@ -181,6 +181,19 @@ impl Neighbour {
         }
     }
 
+    /// Notes one message from it at `now`; false when that is more than
+    /// [`FLOOD_MESSAGES_PER_SEC`] within the current one-second window (a flood).
+    pub(crate) fn heard(&mut self, now: Instant) -> bool {
+        self.last_heard = now;
+        if now.saturating_duration_since(self.flood_window) >= Duration::from_secs(1) {
+            self.flood_window = now;
+            self.flood_msgs = 0;
+            self.flood_relays = 0;
+        }
+        self.flood_msgs += 1;
+        self.flood_msgs <= FLOOD_MESSAGES_PER_SEC
+    }
+
     /// Nothing has come from it for [`SUSPECT_SILENCE`]: do not wait on it for anything.
     pub(crate) fn silent(&self, now: Instant) -> bool {
         now.saturating_duration_since(self.last_heard) > SUSPECT_SILENCE

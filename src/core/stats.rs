@@ -73,6 +73,8 @@ const RATE_WINDOW: usize = 24;
 pub(crate) struct BitrateEstimate {
     /// Recent `(len, duration µs, keyframe)` of segments, oldest first.
     recent: VecDeque<(u64, u64, bool)>,
+    /// The last estimate, kbit/s; 0 before the first.
+    kbps: u32,
 }
 
 impl BitrateEstimate {
@@ -82,7 +84,16 @@ impl BitrateEstimate {
         while self.recent.len() > RATE_WINDOW {
             self.recent.pop_front();
         }
-        bitrate_kbps(&self.recent).map(|kbps| kbps.min(u32::MAX as u64) as u32)
+        let kbps = bitrate_kbps(&self.recent).map(|kbps| kbps.min(u32::MAX as u64) as u32);
+        if let Some(k) = kbps {
+            self.kbps = k;
+        }
+        kbps
+    }
+
+    /// The last estimate, kbit/s; 0 before any segment size is known.
+    pub(crate) fn kbps(&self) -> u32 {
+        self.kbps
     }
 }
 

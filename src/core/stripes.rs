@@ -88,8 +88,8 @@ impl Swarm {
     /// Stripe-child subscriptions this peer can carry: upload over the per-stripe bitrate.
     pub(crate) fn child_slots(&self) -> usize {
         let k = self.k as f64;
-        let bitrate = if self.stats.bitrate_kbps > 0 {
-            self.stats.bitrate_kbps
+        let bitrate = if self.bitrate.kbps() > 0 {
+            self.bitrate.kbps()
         } else {
             DEFAULT_BITRATE_KBPS
         } as f64;
@@ -200,7 +200,7 @@ impl Swarm {
         // new one only with room for all the stripes it still lacks, or to complete the set of
         // one it already feeds. Otherwise scarce upload is smeared over viewers who each get
         // three stripes of four and play nothing.
-        let per_stripe = self.stats.bitrate_kbps.max(1) / self.k as u32;
+        let per_stripe = self.bitrate.kbps().max(1) / self.k as u32;
         let weak = n.upload_kbps() < per_stripe.saturating_mul(2);
         let lacking = (0..self.k)
             .filter(|t| n.depth(*t) == NO_DEPTH && n.child_stripes & (1 << t) == 0)
@@ -542,7 +542,7 @@ impl Swarm {
     /// viewers that forward stay served and the weakest starve first.
     fn check_capacity(&mut self, now: Instant) {
         // Without neighbours the problem is connectivity, not capacity.
-        if self.stats.neighbours == 0 || self.stripes.iter().all(|st| st.parent.is_some()) {
+        if self.neighbours.established_count() == 0 || self.stripes.iter().all(|st| st.parent.is_some()) {
             self.short_since = None;
             self.stats.capacity_short = false;
             return;

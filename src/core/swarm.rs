@@ -13,22 +13,20 @@ use super::bucket::TokenBucket;
 use super::discovery::Discovery;
 use super::id::{PeerId, StreamId};
 use super::identity::{StreamKey, StreamVerifier};
-use super::neighbour::{Neighbour, Neighbours, CLASS_REPLY, FLOOD_MESSAGES_PER_SEC};
+use super::neighbour::{Neighbour, Neighbours, CLASS_REPLY};
 use super::playout::Playout;
+use super::publish::Publisher;
 use super::rng::Rng;
-use super::segment::{
-    SegmentHeader, SegmentMeta, MAX_INIT_SIZE, MAX_PIECES_PER_SEGMENT, PIECE_SIZE,
-};
+use super::segment::SegmentMeta;
 use super::session::Session;
 use super::stats::{BitrateEstimate, NeighbourStats, Stats};
-use super::store::{Store, StoredPiece};
+use super::store::Store;
 use super::stripes::StripeState;
 use super::time::Instant;
 use super::timers::TimerTable;
 use super::wire::{Decoded, Message, RejectReason, Role, MAX_STRIPES, NO_DEPTH, PROTOCOL_VERSION};
 use bytes::Bytes;
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::Arc;
 use std::time::Duration;
 
 /// Ping period per neighbour.
@@ -42,7 +40,8 @@ pub struct Swarm {
     pub(crate) config: Config,
     pub(crate) stream: StreamId,
     pub(crate) local: PeerId,
-    pub(crate) key: Option<StreamKey>,
+    /// The source's signing state; `None` on a viewer.
+    pub(crate) publisher: Option<Publisher>,
     pub(crate) verifier: Option<StreamVerifier>,
     pub(crate) rng: Rng,
     pub(crate) outputs: VecDeque<Output>,
@@ -71,8 +70,6 @@ pub struct Swarm {
     pub(crate) status_dirty: bool,
     /// Round-robin cursor of the send path.
     pub(crate) rr: u64,
-    pub(crate) next_seq: u64,
-    pub(crate) init_version: u32,
     pub(crate) now: Instant,
     /// What is known of the source's sessions (restart detection).
     pub(crate) session: Session,
@@ -116,7 +113,7 @@ impl Swarm {
             stream,
             local,
             verifier: StreamVerifier::new(stream).ok(),
-            key,
+            publisher: key.map(Publisher::new),
             outputs: VecDeque::new(),
             stats,
             k,
@@ -136,8 +133,6 @@ impl Swarm {
             short_since: None,
             status_dirty: false,
             rr: 0,
-            next_seq: 0,
-            init_version: 0,
             now: Instant::ZERO,
             session: Session::default(),
         }
@@ -172,7 +167,7 @@ impl Swarm {
     }
 
     pub(crate) fn is_source(&self) -> bool {
-        self.key.is_some()
+        self.publisher.is_some()
     }
 
     /// Feeds one event at `now`: a transport event, or the passage of time. (The application
@@ -277,34 +272,6 @@ impl Swarm {
         result
     }
 
-    fn do_publish_init(
-        &mut self,
-        now: Instant,
-        mime: &str,
-        data: Vec<u8>,
-    ) -> Result<u32, PublishError> {
-        self.now = self.now.max(now);
-        let Some(key) = &self.key else {
-            return Err(PublishError::NotSource);
-        };
-        if data.len() > MAX_INIT_SIZE || mime.len() > super::segment::MAX_MIME_LEN {
-            return Err(PublishError::BadSize {
-                len: data.len(),
-                max: MAX_INIT_SIZE,
-            });
-        }
-        self.init_version += 1;
-        let init = Arc::new(key.sign_init(self.init_version, mime.to_owned(), data));
-        self.store.add_init(init);
-        let peers: Vec<PeerId> = self.established().collect();
-        for p in peers {
-            self.send_init(p);
-        }
-        let now = self.now;
-        self.flush(now);
-        Ok(self.init_version)
-    }
-
     /// Source: publishes the next media segment; returns its sequence number.
     pub fn publish_segment(
         &mut self,
@@ -315,40 +282,6 @@ impl Swarm {
         let result = self.do_publish_segment(now, meta, data);
         self.arm_timers();
         result
-    }
-
-    fn do_publish_segment(
-        &mut self,
-        now: Instant,
-        meta: SegmentMeta,
-        data: Vec<u8>,
-    ) -> Result<u64, PublishError> {
-        self.now = self.now.max(now);
-        let now = self.now;
-        let Some(key) = &self.key else {
-            return Err(PublishError::NotSource);
-        };
-        if self.init_version == 0 {
-            return Err(PublishError::NoInit);
-        }
-        let max = MAX_PIECES_PER_SEGMENT * PIECE_SIZE;
-        if data.is_empty() || data.len() > max {
-            return Err(PublishError::BadSize {
-                len: data.len(),
-                max,
-            });
-        }
-        let seq = self.next_seq;
-        self.next_seq += 1;
-        let header = SegmentHeader::describe(seq, self.init_version, meta, now.as_micros(), &data);
-        let signed = Arc::new(key.sign_header(header));
-        self.insert_header(now, signed);
-        for (i, chunk) in data.chunks(PIECE_SIZE).enumerate() {
-            let piece = StoredPiece::encode(seq, i as u16, chunk);
-            self.store_piece(seq, i, piece, None);
-        }
-        self.flush(now);
-        Ok(seq)
     }
 
     /// Says goodbye to every neighbour and closes every transport.
@@ -524,24 +457,13 @@ impl Swarm {
 
     /// `shared`: `data` in a buffer the core may keep (pieces are then stored without a copy).
     fn on_receive(&mut self, now: Instant, peer: PeerId, data: &[u8], shared: Option<&Bytes>) {
-        if !self.neighbours.contains_key(&peer) {
+        let Some(n) = self.neighbours.get_mut(&peer) else {
             // Late data from a neighbour already dropped, or a transport never announced.
             return;
-        }
+        };
         self.stats.wire_bytes_down += data.len() as u64;
-        {
-            let n = self.neighbours.get_mut(&peer).expect("checked above");
-            n.last_heard = now;
-            if now.saturating_duration_since(n.flood_window) >= Duration::from_secs(1) {
-                n.flood_window = now;
-                n.flood_msgs = 0;
-                n.flood_relays = 0;
-            }
-            n.flood_msgs += 1;
-            if n.flood_msgs > FLOOD_MESSAGES_PER_SEC {
-                self.cut(now, peer, DisconnectReason::Flood);
-                return;
-            }
+        if !n.heard(now) {
+            return self.cut(now, peer, DisconnectReason::Flood);
         }
         let msg = match Message::decode_borrowed(data) {
             Ok(m) => m,
@@ -607,12 +529,12 @@ impl Swarm {
             self.send(peer, &Message::Goodbye { reason });
             return self.cut(now, peer, DisconnectReason::Protocol(why));
         }
-        {
-            let n = self.neighbours.get_mut(&peer).expect("caller checked");
-            n.establish(role, upload_kbps);
-            n.next_ping = now;
-            n.last_useful = now;
-        }
+        let Some(n) = self.neighbours.get_mut(&peer) else {
+            return;
+        };
+        n.establish(role, upload_kbps);
+        n.next_ping = now;
+        n.last_useful = now;
         self.stats.neighbours = self.neighbours.established_count();
         // What a new neighbour needs at once: our availability, our stripe positions, the init
         // segment, some peers, and a first RTT sample.
@@ -654,8 +576,13 @@ impl Swarm {
 
     fn on_message(&mut self, now: Instant, peer: PeerId, msg: Message) {
         match msg {
-            Message::Handshake { .. } | Message::Piece { .. } => {
-                unreachable!("handled in on_receive")
+            // `on_receive` takes handshakes, and pieces decode borrowed; these arms only keep
+            // the match whole, with the same answer as there.
+            Message::Handshake { .. } => {
+                self.cut(now, peer, DisconnectReason::Protocol("second handshake"))
+            }
+            Message::Piece { seq, index, data } => {
+                self.on_piece(now, peer, seq, index, &data, None)
             }
             Message::Bitfield { base, bits } => {
                 let Some(n) = self.neighbours.established_mut(&peer) else {
