@@ -293,7 +293,7 @@ impl Swarm {
         }
         // Push to the stripe's children, except the one it came from and those holding it.
         let stripe = ((seq + idx as u64) % k as u64) as usize;
-        let children = std::mem::take(&mut self.children[stripe]);
+        let children = std::mem::take(&mut self.trees.children[stripe]);
         for c in &children {
             if Some(*c) == from {
                 continue;
@@ -304,7 +304,7 @@ impl Swarm {
                 }
             }
         }
-        self.children[stripe] = children;
+        self.trees.children[stripe] = children;
         for p in cancels {
             self.send(p, &Message::Cancel { seq });
         }

@@ -85,7 +85,7 @@ impl Swarm {
         for (p, stripes) in silent {
             for s in 0..self.k {
                 if stripes & (1 << s) != 0 {
-                    self.children[s].retain(|c| *c != p);
+                    self.trees.children[s].retain(|c| *c != p);
                     self.send(p, &Message::Unsubscribe { stripe: s as u8 });
                 }
             }

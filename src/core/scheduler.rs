@@ -103,7 +103,7 @@ impl Swarm {
         // segment); a stripe without a parent pushes nothing.
         let pushed_since: Vec<Option<Instant>> = (0..self.k)
             .map(|s| {
-                let st = &self.stripes[s];
+                let st = &self.trees.stripes[s];
                 st.parent.map(|_| st.parent_since)
             })
             .collect();

@@ -41,9 +41,8 @@ impl Swarm {
     pub(crate) fn upload_rate(&self) -> u64 {
         let up = self.usable_upload_kbps() as u64 * 125;
         if self.is_source() {
-            let cap = (self.config.source_cap_multiple as f64
-                * self.bitrate.kbps() as f64
-                * 125.0) as u64;
+            let cap = (self.config.source_cap_multiple as f64 * self.bitrate.kbps() as f64 * 125.0)
+                as u64;
             if up > 0 {
                 cap.min(up)
             } else {

@@ -21,7 +21,7 @@ use super::segment::SegmentMeta;
 use super::session::Session;
 use super::stats::{BitrateEstimate, NeighbourStats, Stats};
 use super::store::Store;
-use super::stripes::StripeState;
+use super::stripes::Trees;
 use super::time::Instant;
 use super::timers::TimerTable;
 use super::wire::{Decoded, Message, RejectReason, Role, MAX_STRIPES, NO_DEPTH, PROTOCOL_VERSION};
@@ -37,39 +37,52 @@ const FREEZE_GAP: Duration = Duration::from_millis(1_000);
 
 /// One peer's view of one stream.
 pub struct Swarm {
+    /// The tunables, as given.
     pub(crate) config: Config,
+    /// The stream this swarm carries.
     pub(crate) stream: StreamId,
+    /// Our own id.
     pub(crate) local: PeerId,
     /// The source's signing state; `None` on a viewer.
     pub(crate) publisher: Option<Publisher>,
+    /// Checks the source's signatures (`None` only for an id that is no valid key: then
+    /// nothing verifies and every header or init is treated as forged).
     pub(crate) verifier: Option<StreamVerifier>,
+    /// The one source of randomness, seeded from [`Config::seed`].
     pub(crate) rng: Rng,
+    /// What the caller is to do, in order ([`Swarm::poll_output`]).
     pub(crate) outputs: VecDeque<Output>,
+    /// The figures [`Swarm::stats`] reports.
     pub(crate) stats: Stats,
+    /// Number of stripes, `1..=MAX_STRIPES`.
     pub(crate) k: usize,
+    /// Every open transport and what we know of its peer.
     pub(crate) neighbours: Neighbours,
+    /// Peers known besides the neighbours, attempts to connect to them, bans.
     pub(crate) discovery: Discovery,
+    /// The segments and inits held, within the window.
     pub(crate) store: Store,
     /// Highest seq any neighbour advertised complete, and when it was first seen.
     pub(crate) max_advertised: Option<(u64, Instant)>,
     /// Segments asked for without knowing their header: `seq → (neighbour, sent at)`.
     pub(crate) blind: BTreeMap<u64, (PeerId, Instant)>,
+    /// The stream's bitrate from signed segment sizes.
     pub(crate) bitrate: BitrateEstimate,
-    pub(crate) stripes: Vec<StripeState>,
-    /// Per stripe, the neighbours that subscribed it from us.
-    pub(crate) children: Vec<Vec<PeerId>>,
+    /// Our parents and children in the stripe trees.
+    pub(crate) trees: Trees,
+    /// Upload pacing.
     pub(crate) bucket: TokenBucket,
+    /// Playback order and deadlines (viewers).
     pub(crate) playout: Playout,
     /// When maintenance is next due (run by the first input at or after it).
     pub(crate) next_tick: Instant,
     /// Wake-ups [`Swarm::poll_timeout`] reports, re-armed after every call.
     pub(crate) timers: TimerTable,
-    pub(crate) next_upgrade: Instant,
-    /// Since when some stripe has had no parent (capacity signal).
-    pub(crate) short_since: Option<Instant>,
+    /// Our `Status` changed since it was last sent (sent at the next maintenance).
     pub(crate) status_dirty: bool,
     /// Round-robin cursor of the send path.
     pub(crate) rr: u64,
+    /// The latest time given to any call: the swarm's clock never goes back.
     pub(crate) now: Instant,
     /// What is known of the source's sessions (restart detection).
     pub(crate) session: Session,
@@ -91,18 +104,6 @@ impl Swarm {
         let k = (config.stripes as usize).clamp(1, MAX_STRIPES);
         let is_source = key.is_some();
         let depth = if is_source { 0 } else { NO_DEPTH };
-        let stripes = vec![
-            StripeState {
-                parent: None,
-                pending: None,
-                depth,
-                old_depth: NO_DEPTH,
-                last_push: Instant::ZERO,
-                parent_since: Instant::ZERO,
-                avoid: Vec::new(),
-            };
-            k
-        ];
         let stats = Stats {
             stripe_depths: vec![depth; k],
             ..Stats::default()
@@ -123,14 +124,11 @@ impl Swarm {
             max_advertised: None,
             blind: BTreeMap::new(),
             bitrate: BitrateEstimate::default(),
-            stripes,
-            children: vec![Vec::new(); k],
+            trees: Trees::new(k, depth),
             bucket: TokenBucket::new(0, 0, Instant::ZERO),
             playout: Playout::default(),
             next_tick: Instant::ZERO,
             timers: TimerTable::default(),
-            next_upgrade: Instant::ZERO,
-            short_since: None,
             status_dirty: false,
             rr: 0,
             now: Instant::ZERO,
@@ -418,7 +416,7 @@ impl Swarm {
         };
         for s in 0..self.k {
             if n.child_stripes & (1 << s) != 0 {
-                self.children[s].retain(|c| *c != peer);
+                self.trees.children[s].retain(|c| *c != peer);
                 self.status_dirty = true;
             }
         }
@@ -432,11 +430,9 @@ impl Swarm {
         self.discovery.forget_neighbour(peer);
         let mut lost = false;
         for s in 0..self.k {
-            let st = &mut self.stripes[s];
+            let st = &mut self.trees.stripes[s];
             if st.parent == Some(peer) {
-                st.parent = None;
-                st.old_depth = st.depth;
-                st.depth = NO_DEPTH;
+                st.lose_parent();
                 lost = true;
             }
             if st.pending.is_some_and(|(p, _)| p == peer) {
