@@ -185,3 +185,45 @@ impl Swarm {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(n: u16) -> PeerId {
+        let mut b = [0u8; 20];
+        b[..2].copy_from_slice(&n.to_be_bytes());
+        PeerId(b)
+    }
+
+    #[test]
+    fn learning_skips_ourselves_and_the_banned_and_stays_bounded() {
+        let mut d = Discovery::default();
+        d.ban(id(2));
+        d.learn(id(0), id(9), vec![id(0), id(1), id(2)]);
+        assert_eq!(d.known.keys().copied().collect::<Vec<_>>(), vec![id(1)]);
+        // The first neighbour to name a peer stays its relay.
+        d.learn(id(0), id(8), vec![id(1)]);
+        assert_eq!(d.known.get(&id(1)), Some(&id(9)));
+        d.learn(id(0), id(9), (10..400).map(id).collect());
+        assert_eq!(d.known.len(), MAX_KNOWN);
+        // Losing the relay loses what it named.
+        d.forget_neighbour(id(9));
+        assert!(d.known.is_empty());
+    }
+
+    #[test]
+    fn attempts_and_backoffs_expire() {
+        let mut d = Discovery::default();
+        let t0 = Instant::from_millis(1_000);
+        d.connecting.insert(id(1), t0);
+        d.backoff.insert(id(1), t0 + CONNECT_BACKOFF);
+        d.expire(t0 + CONNECT_EXPIRY - Duration::from_millis(1));
+        assert!(d.connecting.contains_key(&id(1)));
+        d.expire(t0 + CONNECT_EXPIRY);
+        assert!(d.connecting.is_empty());
+        assert!(d.backoff.contains_key(&id(1)));
+        d.expire(t0 + CONNECT_BACKOFF);
+        assert!(d.backoff.is_empty());
+    }
+}

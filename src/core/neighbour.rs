@@ -274,3 +274,41 @@ impl std::ops::DerefMut for Neighbours {
         &mut self.0
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_neighbour_says_what_it_is_only_once_established() {
+        let mut n = Neighbour::new(Instant::ZERO);
+        assert!(!n.is_established());
+        assert_eq!((n.role(), n.upload_kbps()), (Role::Viewer, 0));
+        n.establish(Role::Source, 6_000);
+        assert!(n.is_established() && n.is_source());
+        assert_eq!(n.upload_kbps(), 6_000);
+        let mut table = Neighbours::default();
+        table.insert(PeerId([1; 20]), Neighbour::new(Instant::ZERO));
+        table.insert(PeerId([2; 20]), n);
+        assert!(table.established(&PeerId([1; 20])).is_none());
+        assert!(table.established_mut(&PeerId([2; 20])).is_some());
+        assert_eq!(
+            table.established_ids().collect::<Vec<_>>(),
+            vec![PeerId([2; 20])]
+        );
+        assert_eq!(table.established_count(), 1);
+    }
+
+    #[test]
+    fn more_than_the_flood_limit_in_a_second_is_a_flood() {
+        let mut n = Neighbour::new(Instant::ZERO);
+        let t = Instant::from_millis(10);
+        for _ in 0..FLOOD_MESSAGES_PER_SEC {
+            assert!(n.heard(t));
+        }
+        assert!(!n.heard(t));
+        assert_eq!(n.last_heard, t);
+        // A new second, a new allowance.
+        assert!(n.heard(t + Duration::from_secs(1)));
+    }
+}

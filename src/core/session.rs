@@ -158,3 +158,69 @@ impl Swarm {
             .map(|m| (m, self.max_advertised.map_or(now, |(_, at)| at)));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::identity::StreamKey;
+    use crate::core::segment::{SegmentHeader, SegmentMeta};
+    use crate::core::store::Segment;
+    use bytes::Bytes;
+
+    fn header(key: &StreamKey, seq: u64, pts_us: u64) -> SignedHeader {
+        let meta = SegmentMeta {
+            pts_us,
+            duration_us: 200_000,
+            keyframe: true,
+        };
+        key.sign_header(SegmentHeader::describe(seq, 1, meta, pts_us, &[7; 10]))
+    }
+
+    fn store_with(key: &StreamKey, segs: &[(u64, u64)]) -> Store {
+        let mut store = Store::default();
+        for &(seq, pts) in segs {
+            store.insert(Segment::new(
+                Arc::new(header(key, seq, pts)),
+                Bytes::new(),
+                Instant::ZERO,
+            ));
+        }
+        store
+    }
+
+    #[test]
+    fn a_later_capture_under_an_old_number_is_a_restart() {
+        let key = StreamKey::from_secret([5; 32]);
+        let store = store_with(&key, &[(40, 8_000_000), (41, 8_200_000)]);
+        // Renumbered from 0, captured later: the broadcaster reloaded.
+        assert!(Session::is_restart(&store, &header(&key, 0, 9_000_000)));
+        // A replay of an old header, or the next segment, is not.
+        assert!(!Session::is_restart(&store, &header(&key, 40, 8_000_000)));
+        assert!(!Session::is_restart(&store, &header(&key, 42, 8_400_000)));
+        assert!(!Session::is_restart(&Store::default(), &header(&key, 0, 1)));
+    }
+
+    #[test]
+    fn an_earlier_capture_above_a_held_number_is_a_stale_session() {
+        let key = StreamKey::from_secret([6; 32]);
+        // We follow the new session: segments 0 and 1, captured at 9 s.
+        let store = store_with(&key, &[(0, 9_000_000), (1, 9_200_000)]);
+        let session = Session::default();
+        assert!(session.is_stale(&store, &header(&key, 45, 8_000_000)));
+        assert!(!session.is_stale(&store, &header(&key, 2, 9_400_000)));
+        // After a rejoin nothing is held yet, but the handed-on header still tells.
+        let handed = Session {
+            restarted: true,
+            newest: Some(Arc::new(header(&key, 0, 9_000_000))),
+        }
+        .handed_on();
+        assert!(!handed.restarted);
+        assert!(handed.is_stale(&Store::default(), &header(&key, 45, 8_000_000)));
+        assert_eq!(
+            handed
+                .newest_header(&Store::default())
+                .map(|h| h.header.seq),
+            Some(0)
+        );
+    }
+}

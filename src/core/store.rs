@@ -234,6 +234,66 @@ pub(crate) fn mask(n: usize) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::identity::StreamKey;
+    use crate::core::segment::{SegmentHeader, SegmentMeta};
+
+    /// A verified-looking segment `seq` captured at `pts_us`, one piece.
+    pub(crate) fn segment(key: &StreamKey, seq: u64, pts_us: u64) -> Segment {
+        let meta = SegmentMeta {
+            pts_us,
+            duration_us: 200_000,
+            keyframe: seq % 5 == 0,
+        };
+        let h = Arc::new(key.sign_header(SegmentHeader::describe(seq, 1, meta, pts_us, &[1; 10])));
+        Segment::new(h, Bytes::new(), Instant::ZERO)
+    }
+
+    #[test]
+    fn the_window_slides_behind_the_newest_capture_time() {
+        let key = StreamKey::from_secret([3; 32]);
+        let mut store = Store::default();
+        for seq in 0..10 {
+            assert!(store.insert(segment(&key, seq, seq * 200_000)));
+            store.complete.insert(seq);
+        }
+        assert!(!store.insert(segment(&key, 4, 800_000)), "not newer");
+        // Newest captured at 1.8 s; a 1 s window keeps what was captured from 0.8 s on.
+        let gone: Vec<u64> = store
+            .slide(Duration::from_secs(1))
+            .into_iter()
+            .map(|(seq, _)| seq)
+            .collect();
+        assert_eq!(gone, vec![0, 1, 2, 3]);
+        assert_eq!(store.window_start, 4);
+        assert!(store.complete.contains(4) && store.complete.contains(9));
+        assert!(store.segments.keys().copied().eq(4..10));
+        assert!(store.slide(Duration::from_secs(1)).is_empty());
+        // The bitfield starts at the window rounded down to a byte and ends at the newest
+        // complete segment.
+        let Message::Bitfield { base, bits } = store.bitfield() else {
+            panic!("not a bitfield");
+        };
+        assert_eq!((base, bits.len(), bits[1]), (0, 2, 0b0000_0011));
+    }
+
+    #[test]
+    fn only_the_newest_inits_are_kept() {
+        let key = StreamKey::from_secret([4; 32]);
+        let mut store = Store::default();
+        assert!(store.newest_init().is_none());
+        for v in 1..=6 {
+            store.add_init(Arc::new(key.sign_init(
+                v,
+                "video/mp4".into(),
+                vec![v as u8],
+            )));
+        }
+        assert_eq!(
+            store.inits.keys().copied().collect::<Vec<_>>(),
+            vec![3, 4, 5, 6]
+        );
+        assert_eq!(store.newest_init().map(|(v, _)| v), Some(6));
+    }
 
     #[test]
     fn a_canonical_received_piece_is_kept_without_a_copy() {
