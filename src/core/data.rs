@@ -124,7 +124,7 @@ impl Swarm {
         {
             self.stats.bitrate_kbps = kbps;
         }
-        let was_blind = self.blind.remove(&seq);
+        let was_blind = self.pulls.take_blind(seq);
         let mut seg = Segment::new(signed, msg, now);
         if let Some((p, at)) = was_blind {
             // The blind request becomes an ordinary one for every piece.
@@ -160,7 +160,7 @@ impl Swarm {
         }
         let start = self.store.window_start;
         if start != before {
-            self.blind = self.blind.split_off(&start);
+            self.pulls.forget_below(start);
             for n in self.neighbours.values_mut() {
                 n.haves.forget_below(start);
                 n.headers_sent.forget_below(start);

@@ -27,18 +27,33 @@ const MAX_KNOWN: usize = 256;
 #[derive(Debug, Default)]
 pub(crate) struct Discovery {
     /// Peers learned by exchange → the neighbour that told us (relay for signalling).
-    pub known: BTreeMap<PeerId, PeerId>,
+    known: BTreeMap<PeerId, PeerId>,
     /// `Connect` outputs awaiting `Connected`.
-    pub connecting: BTreeMap<PeerId, Instant>,
+    connecting: BTreeMap<PeerId, Instant>,
     /// Peers we asked to connect to before: not again before the given time.
-    pub backoff: BTreeMap<PeerId, Instant>,
+    backoff: BTreeMap<PeerId, Instant>,
     /// Cut off for misbehaviour: never accepted, learned or connected to again this session.
-    pub banned: BTreeSet<PeerId>,
+    banned: BTreeSet<PeerId>,
     /// When peers are next exchanged with every neighbour (`ZERO`: never yet).
-    pub next_exchange: Instant,
+    next_exchange: Instant,
 }
 
 impl Discovery {
+    /// Whether `peer` was cut off for misbehaviour.
+    pub(crate) fn is_banned(&self, peer: &PeerId) -> bool {
+        self.banned.contains(peer)
+    }
+
+    /// A transport to `peer` opened: no longer an attempt.
+    pub(crate) fn connected(&mut self, peer: &PeerId) {
+        self.connecting.remove(peer);
+    }
+
+    /// `Connect`s still awaiting their `Connected`.
+    pub(crate) fn attempts(&self) -> usize {
+        self.connecting.len()
+    }
+
     /// `peer` misbehaved: banned, and forgotten as a candidate.
     pub(crate) fn ban(&mut self, peer: PeerId) {
         self.banned.insert(peer);

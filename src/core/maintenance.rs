@@ -21,7 +21,7 @@ impl Swarm {
     /// connection attempts, the next playout deadline, and the pacing bucket while data waits
     /// for it.
     pub(crate) fn arm_timers(&mut self) {
-        let looking_after = !self.neighbours.is_empty() || !self.discovery.connecting.is_empty();
+        let looking_after = !self.neighbours.is_empty() || self.discovery.attempts() > 0;
         let maintenance = looking_after.then_some(self.next_tick);
         let playout = self.playout_deadline();
         let waiting = !self.bucket.ready() && self.neighbours.values().any(|n| !n.queue.is_empty());

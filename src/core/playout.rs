@@ -23,19 +23,17 @@ const PLAYHEAD_FRESH: Duration = Duration::from_millis(1_000);
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Playout {
     /// First segment to play, once chosen.
-    pub start: Option<u64>,
+    start: Option<u64>,
     /// When the start was chosen.
-    pub start_at: Instant,
+    start_at: Instant,
     /// Next segment to hand to the player.
-    pub next: u64,
+    next: u64,
     /// Local time of the first Play and the pts it played.
-    pub t0: Option<(Instant, u64)>,
+    t0: Option<(Instant, u64)>,
     /// The player's last [`super::Input::Playhead`]: when, and the pts it was at.
-    pub playhead: Option<(Instant, u64)>,
+    playhead: Option<(Instant, u64)>,
     /// Init version last handed to the player.
-    pub init_emitted: Option<u32>,
-    /// The segment asked for to learn a start point, and when.
-    pub probe: Option<(u64, Instant)>,
+    init_emitted: Option<u32>,
 }
 
 /// What playback reads of the rest of the peer at one moment.
@@ -59,6 +57,26 @@ impl Context<'_> {
 }
 
 impl Playout {
+    /// The first segment to play, once chosen.
+    pub(crate) fn start(&self) -> Option<u64> {
+        self.start
+    }
+
+    /// The next segment to hand to the player.
+    pub(crate) fn next(&self) -> u64 {
+        self.next
+    }
+
+    /// Something was played already (the schedule is fixed from then on).
+    pub(crate) fn is_playing(&self) -> bool {
+        self.t0.is_some()
+    }
+
+    /// The player reported its position at `now`: the frame captured at `pts_us`.
+    pub(crate) fn set_playhead(&mut self, now: Instant, pts_us: u64) {
+        self.playhead = Some((now, pts_us));
+    }
+
     /// Chooses where playback starts: the newest verified keyframe segment at or above `floor`
     /// (the last few segments a neighbour holds complete; their headers are probed newest
     /// first).

@@ -6,6 +6,7 @@ use super::id::PeerId;
 use super::swarm::Swarm;
 use super::time::Instant;
 use super::wire::Message;
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 /// Most pieces outstanding at one neighbour: enough to fill a path, few enough that a slow
@@ -24,6 +25,33 @@ const REQUEST_SPREAD: u32 = 3;
 const PIECE_BITS: u64 = super::segment::PIECE_SIZE as u64 * 8;
 /// Segments looked at beyond the playhead.
 const LOOKAHEAD: u64 = 128;
+
+/// The pull scheduler's own state: what it asked for without a header, and its start-point
+/// probe.
+#[derive(Debug, Default)]
+pub(crate) struct Pulls {
+    /// Segments asked for without knowing their header: `seq → (neighbour, sent at)`.
+    blind: BTreeMap<u64, (PeerId, Instant)>,
+    /// The newest segment whose headers were probed for a start point, and when.
+    probe: Option<(u64, Instant)>,
+}
+
+impl Pulls {
+    /// The header of `seq` arrived: its blind request, if any, `(neighbour, sent at)`.
+    pub(crate) fn take_blind(&mut self, seq: u64) -> Option<(PeerId, Instant)> {
+        self.blind.remove(&seq)
+    }
+
+    /// The window moved to `start`: older blind requests are moot.
+    pub(crate) fn forget_below(&mut self, start: u64) {
+        self.blind = self.blind.split_off(&start);
+    }
+
+    /// `peer` is gone: its blind requests with it.
+    pub(crate) fn forget_peer(&mut self, peer: PeerId) {
+        self.blind.retain(|_, (p, _)| *p != peer);
+    }
+}
 
 /// A segment worth pulling: `(urgent, availability, seq, pieces)`.
 type Candidate = (bool, u32, u64, u64);
@@ -71,13 +99,14 @@ impl Swarm {
             }
         }
         let blind_timeouts: Vec<(u64, PeerId)> = self
+            .pulls
             .blind
             .iter()
             .filter(|(_, (p, at))| self.request_expired(now, p, *at))
             .map(|(seq, (p, _))| (*seq, *p))
             .collect();
         for (seq, p) in blind_timeouts {
-            self.blind.remove(&seq);
+            self.pulls.blind.remove(&seq);
             if let Some(n) = self.neighbours.get_mut(&p) {
                 n.requested_pieces = n.requested_pieces.saturating_sub(BLIND_COST);
             }
@@ -89,10 +118,10 @@ impl Swarm {
         if self.is_source() {
             return;
         }
-        let Some(_) = self.playout.start else {
+        if self.playout.start().is_none() {
             return self.probe(now);
-        };
-        let from = self.playout.next.max(self.store.window_start);
+        }
+        let from = self.playout.next().max(self.store.window_start);
         let newest = self.store.newest.unwrap_or(0);
         let top = newest.max(self.max_advertised.map_or(0, |(m, _)| m));
         if top < from {
@@ -136,7 +165,7 @@ impl Swarm {
                     }
                 }
                 None => {
-                    if self.blind.contains_key(&seq) {
+                    if self.pulls.blind.contains_key(&seq) {
                         continue;
                     }
                     let adv_overdue = self.max_advertised.is_some_and(|(_, at)| {
@@ -183,7 +212,7 @@ impl Swarm {
             };
             let n = self.neighbours.get_mut(&peer).expect("chosen");
             n.requested_pieces += BLIND_COST;
-            self.blind.insert(seq, (peer, now));
+            self.pulls.blind.insert(seq, (peer, now));
             self.send(peer, &Message::Request { seq, pieces });
             return true;
         }
@@ -262,7 +291,7 @@ impl Swarm {
         let Some((m, _)) = self.max_advertised else {
             return;
         };
-        if let Some((seq, at)) = self.playout.probe {
+        if let Some((seq, at)) = self.pulls.probe {
             if seq >= m && now.saturating_duration_since(at) < Duration::from_millis(1000) {
                 return;
             }
@@ -276,7 +305,7 @@ impl Swarm {
         let Some(peer) = target else {
             return;
         };
-        self.playout.probe = Some((m, now));
+        self.pulls.probe = Some((m, now));
         for seq in (m.saturating_sub(PROBE_SPAN - 1)..=m).rev() {
             if !self.store.segments.contains_key(&seq) && seq >= self.store.window_start {
                 self.send(peer, &Message::Request { seq, pieces: 0 });

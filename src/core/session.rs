@@ -20,12 +20,12 @@ use std::sync::Arc;
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Session {
     /// [`Output::SourceRestarted`] was emitted.
-    pub restarted: bool,
+    restarted: bool,
     /// The genuine header that showed the source restarted (from the detection on this swarm,
     /// or handed on by [`Swarm::rejoin`]): the newest session known, so that the older one is
     /// recognised even before any header of the new one is held, and shown to neighbours still
     /// following the older one.
-    pub newest: Option<Arc<SignedHeader>>,
+    newest: Option<Arc<SignedHeader>>,
 }
 
 impl Session {

@@ -17,6 +17,7 @@ use super::neighbour::{Neighbour, Neighbours, CLASS_REPLY};
 use super::playout::Playout;
 use super::publish::Publisher;
 use super::rng::Rng;
+use super::scheduler::Pulls;
 use super::segment::SegmentMeta;
 use super::session::Session;
 use super::stats::{BitrateEstimate, NeighbourStats, Stats};
@@ -26,7 +27,7 @@ use super::time::Instant;
 use super::timers::TimerTable;
 use super::wire::{Decoded, Message, RejectReason, Role, MAX_STRIPES, NO_DEPTH, PROTOCOL_VERSION};
 use bytes::Bytes;
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 use std::time::Duration;
 
 /// Ping period per neighbour.
@@ -64,8 +65,8 @@ pub struct Swarm {
     pub(crate) store: Store,
     /// Highest seq any neighbour advertised complete, and when it was first seen.
     pub(crate) max_advertised: Option<(u64, Instant)>,
-    /// Segments asked for without knowing their header: `seq → (neighbour, sent at)`.
-    pub(crate) blind: BTreeMap<u64, (PeerId, Instant)>,
+    /// Pull repair's own state.
+    pub(crate) pulls: Pulls,
     /// The stream's bitrate from signed segment sizes.
     pub(crate) bitrate: BitrateEstimate,
     /// Our parents and children in the stripe trees.
@@ -122,7 +123,7 @@ impl Swarm {
             discovery: Discovery::default(),
             store: Store::default(),
             max_advertised: None,
-            blind: BTreeMap::new(),
+            pulls: Pulls::default(),
             bitrate: BitrateEstimate::default(),
             trees: Trees::new(k, depth),
             bucket: TokenBucket::new(0, 0, Instant::ZERO),
@@ -189,7 +190,7 @@ impl Swarm {
                 }
             }
             Input::SendSignal { to, payload } => self.on_send_signal(to, payload),
-            Input::Playhead { pts_us } => self.playout.playhead = Some((now, pts_us)),
+            Input::Playhead { pts_us } => self.playout.set_playhead(now, pts_us),
             Input::Timeout => {}
         }
         self.end(now);
@@ -207,7 +208,7 @@ impl Swarm {
     /// [`Input::Playhead`] for when to call it and what it changes).
     pub fn playhead(&mut self, now: Instant, pts_us: u64) {
         let now = self.begin(now);
-        self.playout.playhead = Some((now, pts_us));
+        self.playout.set_playhead(now, pts_us);
         self.end(now);
     }
 
@@ -238,7 +239,7 @@ impl Swarm {
     /// Work done after every input: playback, then handing queued data to transports.
     fn after_input(&mut self, now: Instant) {
         if !self.is_source() {
-            if self.playout.t0.is_none() && !self.neighbours.is_empty() {
+            if !self.playout.is_playing() && !self.neighbours.is_empty() {
                 // Starting up: probe and pull at once rather than at the next tick.
                 self.schedule_pulls(now);
             }
@@ -309,7 +310,7 @@ impl Swarm {
             .count();
         self.config
             .target_degree
-            .saturating_sub(alive + self.discovery.connecting.len())
+            .saturating_sub(alive + self.discovery.attempts())
     }
 
     /// Neighbours (handshake done) heard from within the last second. When this falls the
@@ -355,8 +356,8 @@ impl Swarm {
     }
 
     fn on_connected(&mut self, now: Instant, peer: PeerId) {
-        self.discovery.connecting.remove(&peer);
-        if self.discovery.banned.contains(&peer) {
+        self.discovery.connected(&peer);
+        if self.discovery.is_banned(&peer) {
             self.outputs.push_back(Output::Disconnect {
                 peer,
                 reason: DisconnectReason::Banned,
@@ -426,7 +427,7 @@ impl Swarm {
                 seg.requested = seg.requests.iter().fold(0, |m, r| m | r.1);
             }
         }
-        self.blind.retain(|_, (p, _)| *p != peer);
+        self.pulls.forget_peer(peer);
         self.discovery.forget_neighbour(peer);
         let mut lost = false;
         for s in 0..self.k {
