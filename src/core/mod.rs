@@ -31,6 +31,8 @@ mod stats;
 mod store;
 mod stripes;
 mod swarm;
+#[cfg(test)]
+mod tests;
 mod time;
 mod timers;
 pub mod wire;
