@@ -4,7 +4,6 @@
 
 use super::*;
 use std::collections::BTreeMap;
-use std::time::Duration;
 
 /// One-way latency of the wire.
 const LATENCY_US: u64 = 20_000;
