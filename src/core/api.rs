@@ -61,7 +61,10 @@ impl Default for Config {
     }
 }
 
-/// What happens to the swarm, told by the caller.
+/// What happens to the swarm, told by the caller: transport events and the passage of time.
+/// Two variants are application commands kept here for callers written before the commands
+/// were methods: [`Input::SendSignal`] is [`super::Swarm::send_signal`] and
+/// [`Input::Playhead`] is [`super::Swarm::playhead`] (the same code runs either way).
 #[derive(Debug)]
 pub enum Input<'a> {
     /// A transport (data channel) to `peer` opened. The core sends its handshake.
@@ -100,20 +103,21 @@ pub enum Input<'a> {
         /// Bytes queued in the transport.
         bytes: usize,
     },
-    /// Signalling the binding wants delivered to `to` through a common neighbour.
+    /// Signalling the binding wants delivered to `to` through a common neighbour (a command:
+    /// [`super::Swarm::send_signal`]).
     SendSignal {
         /// Final recipient.
         to: PeerId,
         /// Opaque payload.
         payload: Vec<u8>,
     },
-    /// Where playback is: the frame at the player's playhead was captured at `pts_us` (the
-    /// segments' pts timeline). Report it while playing (stalls included), not while paused.
-    /// Segments the player reaches without having them are then given up 0.3 s later, and
-    /// pulled urgently before, even when the schedule fixed at the first play (first play +
-    /// pts offset + playout delay) says later: a player that started late and caught up with
-    /// the live edge would otherwise stall at every missing segment until that schedule
-    /// reached it.
+    /// Where playback is (a command: [`super::Swarm::playhead`]): the frame at the player's
+    /// playhead was captured at `pts_us` (the segments' pts timeline). Report it while playing
+    /// (stalls included), not while paused. Segments the player reaches without having them
+    /// are then given up 0.3 s later, and pulled urgently before, even when the schedule fixed
+    /// at the first play (first play + pts offset + playout delay) says later: a player that
+    /// started late and caught up with the live edge would otherwise stall at every missing
+    /// segment until that schedule reached it.
     Playhead {
         /// Capture time of the frame at the playhead, µs.
         pts_us: u64,
