@@ -147,8 +147,8 @@ pub enum DisconnectReason {
     GoodbyeReceived,
     /// A neighbour previously cut off for misbehaviour tried again.
     Banned,
-    /// Nothing arrived from it for [`crate::core::neighbour::DEAD_SILENCE`]: it vanished without
-    /// a goodbye (killed tab, lost network).
+    /// Nothing arrived from it for 4 s (the core's dead-silence limit): it vanished without a
+    /// goodbye (killed tab, lost network).
     Silent,
 }
 
