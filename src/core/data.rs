@@ -128,8 +128,7 @@ impl Swarm {
         let mut seg = Segment::new(signed, msg, now);
         if let Some((p, at)) = was_blind {
             // The blind request becomes an ordinary one for every piece.
-            seg.requests.push((p, seg.full, at));
-            seg.requested = seg.full;
+            seg.add_request(p, seg.full, at);
             if let Some(n) = self.neighbours.get_mut(&p) {
                 n.requests.insert(seq, seg.full);
                 n.requested_pieces += seg.full.count_ones();

@@ -86,8 +86,7 @@ impl Swarm {
             .collect();
         for (seq, p) in timeouts {
             let seg = self.store.segments.get_mut(&seq).expect("listed");
-            seg.requests.retain(|r| r.0 != p);
-            seg.requested = seg.requests.iter().fold(0, |m, r| m | r.1);
+            seg.drop_requests_of(p);
             if !seg.tried.contains(&p) {
                 seg.tried.push(p);
             }
@@ -238,13 +237,7 @@ impl Swarm {
             n.requested_pieces += take;
             *n.requests.entry(seq).or_insert(0) |= share;
             let seg = self.store.segments.get_mut(&seq).expect("header known");
-            if let Some(r) = seg.requests.iter_mut().find(|r| r.0 == peer) {
-                r.1 |= share;
-                r.2 = now;
-            } else {
-                seg.requests.push((peer, share, now));
-            }
-            seg.requested |= share;
+            seg.add_request(peer, share, now);
             self.send(peer, &Message::Request { seq, pieces: share });
         }
         any

@@ -207,6 +207,24 @@ impl Segment {
         }
     }
 
+    /// Records a request to `peer` for `pieces`, sent `now` (merged with one already
+    /// outstanding there, which then counts from `now`).
+    pub(crate) fn add_request(&mut self, peer: PeerId, pieces: u64, now: Instant) {
+        if let Some(r) = self.requests.iter_mut().find(|r| r.0 == peer) {
+            r.1 |= pieces;
+            r.2 = now;
+        } else {
+            self.requests.push((peer, pieces, now));
+        }
+        self.requested |= pieces;
+    }
+
+    /// Forgets what was requested from `peer` (it is gone, or its request timed out).
+    pub(crate) fn drop_requests_of(&mut self, peer: PeerId) {
+        self.requests.retain(|r| r.0 != peer);
+        self.requested = self.requests.iter().fold(0, |m, r| m | r.1);
+    }
+
     /// Every piece is held.
     pub(crate) fn complete(&self) -> bool {
         self.have == self.full
@@ -274,6 +292,22 @@ mod tests {
             panic!("not a bitfield");
         };
         assert_eq!((base, bits.len(), bits[1]), (0, 2, 0b0000_0011));
+    }
+
+    #[test]
+    fn requests_merge_per_neighbour_and_leave_with_it() {
+        let key = StreamKey::from_secret([5; 32]);
+        let mut seg = segment(&key, 0, 0);
+        let (a, b) = (PeerId([1; 20]), PeerId([2; 20]));
+        seg.add_request(a, 0b001, Instant::from_millis(1));
+        seg.add_request(b, 0b010, Instant::from_millis(2));
+        seg.add_request(a, 0b100, Instant::from_millis(3));
+        assert_eq!(seg.requests.len(), 2);
+        assert_eq!(seg.requests[0], (a, 0b101, Instant::from_millis(3)));
+        assert_eq!(seg.requested, 0b111);
+        seg.drop_requests_of(a);
+        assert_eq!(seg.requests, vec![(b, 0b010, Instant::from_millis(2))]);
+        assert_eq!(seg.requested, 0b010);
     }
 
     #[test]

@@ -423,8 +423,7 @@ impl Swarm {
         }
         for (seq, _) in n.requests {
             if let Some(seg) = self.store.segments.get_mut(&seq) {
-                seg.requests.retain(|(p, _, _)| *p != peer);
-                seg.requested = seg.requests.iter().fold(0, |m, r| m | r.1);
+                seg.drop_requests_of(peer);
             }
         }
         self.pulls.forget_peer(peer);
