@@ -11,30 +11,40 @@
 //! let wake_at = swarm.poll_timeout();
 //! ```
 
+mod api;
 mod bitfield;
 mod bucket;
+mod data;
+mod discovery;
 mod id;
 mod identity;
+mod maintenance;
 mod neighbour;
 mod playout;
-mod rng;
+mod publish;
+pub(crate) mod rng;
 mod scheduler;
 mod segment;
 mod sender;
+mod session;
+mod stats;
 mod store;
 mod stripes;
 mod swarm;
+#[cfg(test)]
+mod tests;
 mod time;
+mod timers;
 pub mod wire;
 
+pub use api::{Config, DisconnectReason, Input, Output, PlayableSegment, PublishError};
 pub use id::{IdError, PeerId, StreamId};
 pub use identity::{verify_piece, StreamKey, StreamVerifier, VerifyError};
 pub use segment::{
     InitSegment, SegmentHeader, SegmentMeta, SignedHeader, MAX_INIT_SIZE, MAX_PIECES_PER_SEGMENT,
     PIECE_SIZE,
 };
-pub use swarm::{
-    Config, DisconnectReason, Input, NeighbourStats, Output, PlayableSegment, PublishError, Role,
-    Stats, Swarm,
-};
+pub use stats::{NeighbourStats, Stats};
+pub use swarm::Swarm;
 pub use time::Instant;
+pub use wire::Role;

@@ -2,6 +2,7 @@
 //! the outgoing data queue and the transport's backlog.
 
 use super::bitfield::SeqBits;
+use super::id::PeerId;
 use super::time::Instant;
 use super::wire::Role;
 use std::collections::{BTreeMap, BTreeSet};
@@ -30,21 +31,37 @@ pub(crate) const RELEASE_SILENCE: Duration = Duration::from_millis(2_500);
 /// A link we have sent nothing on for this long gets a `Ping`, so the other side hears from us.
 pub(crate) const IDLE_PING: Duration = Duration::from_millis(500);
 
+/// Most messages per second a neighbour may send (pieces at 8 Mbit/s are ~60/s).
+pub(crate) const FLOOD_MESSAGES_PER_SEC: u32 = 4000;
+/// Most relayed signalling messages per second per neighbour.
+pub(crate) const FLOOD_RELAYS_PER_SEC: u32 = 32;
 /// One outgoing data item: `(class, seq, index)`. Ordered so that pushes come first, then
 /// requests, each oldest segment first (deadline order).
 pub(crate) type QueueItem = (u8, u64, u16);
+
+/// Where a neighbour is in its life: its transport is open in both states (a closed one leaves
+/// the table). Only a handshake is accepted from a neighbour still `Handshaking`; what its
+/// handshake said exists only once it is `Established`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Link {
+    /// Our handshake went out; its handshake has not arrived yet.
+    Handshaking,
+    /// Its handshake arrived and was valid.
+    Established {
+        /// What it says it is.
+        role: Role,
+        /// Upload it offers, kbit/s.
+        upload_kbps: u32,
+    },
+}
 
 /// A neighbour's state.
 #[derive(Debug)]
 pub(crate) struct Neighbour {
     /// When the transport opened.
     pub connected_at: Instant,
-    /// Its handshake arrived and was valid.
-    pub established: bool,
-    /// What it says it is.
-    pub role: Role,
-    /// Upload it offers, kbit/s.
-    pub upload_kbps: u32,
+    /// Handshaking or established (with what the handshake said).
+    pub link: Link,
     /// Its depth on each stripe (from its last `Status`); empty before the first.
     pub depths: Vec<u8>,
     /// Stripe-child slots it says it still has.
@@ -87,10 +104,6 @@ pub(crate) struct Neighbour {
     pub flood_msgs: u32,
     /// Relays received in the flood window.
     pub flood_relays: u32,
-    /// Pieces it sent that we already had.
-    pub duplicates: u64,
-    /// Fresh pieces it sent that we had.
-    pub useful: u64,
     /// Last time anything arrived from it (liveness: a vanished peer goes silent long before
     /// its transport is declared dead).
     pub last_heard: Instant,
@@ -108,9 +121,7 @@ impl Neighbour {
     pub(crate) fn new(now: Instant) -> Self {
         Neighbour {
             connected_at: now,
-            established: false,
-            role: Role::Viewer,
-            upload_kbps: 0,
+            link: Link::Handshaking,
             depths: Vec::new(),
             free: 0,
             displace_kbps: u32::MAX,
@@ -132,13 +143,55 @@ impl Neighbour {
             flood_window: now,
             flood_msgs: 0,
             flood_relays: 0,
-            duplicates: 0,
-            useful: 0,
             last_heard: now,
             last_sent: now,
             restart_probed: false,
             stale_session: false,
         }
+    }
+
+    /// Its handshake arrived and was valid.
+    pub(crate) fn is_established(&self) -> bool {
+        matches!(self.link, Link::Established { .. })
+    }
+
+    /// The handshake was valid: from now on it may send anything.
+    pub(crate) fn establish(&mut self, role: Role, upload_kbps: u32) {
+        self.link = Link::Established { role, upload_kbps };
+    }
+
+    /// What it says it is; a viewer until its handshake says otherwise.
+    pub(crate) fn role(&self) -> Role {
+        match self.link {
+            Link::Established { role, .. } => role,
+            Link::Handshaking => Role::Viewer,
+        }
+    }
+
+    /// It said it is the source.
+    pub(crate) fn is_source(&self) -> bool {
+        self.role() == Role::Source
+    }
+
+    /// Upload it offers, kbit/s; nothing until its handshake says how much.
+    pub(crate) fn upload_kbps(&self) -> u32 {
+        match self.link {
+            Link::Established { upload_kbps, .. } => upload_kbps,
+            Link::Handshaking => 0,
+        }
+    }
+
+    /// Notes one message from it at `now`; false when that is more than
+    /// [`FLOOD_MESSAGES_PER_SEC`] within the current one-second window (a flood).
+    pub(crate) fn heard(&mut self, now: Instant) -> bool {
+        self.last_heard = now;
+        if now.saturating_duration_since(self.flood_window) >= Duration::from_secs(1) {
+            self.flood_window = now;
+            self.flood_msgs = 0;
+            self.flood_relays = 0;
+        }
+        self.flood_msgs += 1;
+        self.flood_msgs <= FLOOD_MESSAGES_PER_SEC
     }
 
     /// Nothing has come from it for [`SUSPECT_SILENCE`]: do not wait on it for anything.
@@ -167,5 +220,95 @@ impl Neighbour {
             None => sample,
             Some(s) => (s * 7 + sample) / 8,
         });
+    }
+}
+
+/// The neighbour table: every open transport, by peer. A map with the life-cycle queries on
+/// top, so that a message handler gets an established neighbour or nothing, never an
+/// `expect("established")`.
+#[derive(Debug, Default)]
+pub(crate) struct Neighbours(BTreeMap<PeerId, Neighbour>);
+
+impl Neighbours {
+    /// `peer` if its handshake is done.
+    pub(crate) fn established(&self, peer: &PeerId) -> Option<&Neighbour> {
+        self.0.get(peer).filter(|n| n.is_established())
+    }
+
+    /// `peer` if its handshake is done, to change.
+    pub(crate) fn established_mut(&mut self, peer: &PeerId) -> Option<&mut Neighbour> {
+        self.0.get_mut(peer).filter(|n| n.is_established())
+    }
+
+    /// The established neighbours' ids, in id order.
+    pub(crate) fn established_ids(&self) -> impl Iterator<Item = PeerId> + '_ {
+        self.0
+            .iter()
+            .filter(|(_, n)| n.is_established())
+            .map(|(id, _)| *id)
+    }
+
+    /// How many are established.
+    pub(crate) fn established_count(&self) -> usize {
+        self.0.values().filter(|n| n.is_established()).count()
+    }
+}
+
+impl<'a> IntoIterator for &'a Neighbours {
+    type Item = (&'a PeerId, &'a Neighbour);
+    type IntoIter = std::collections::btree_map::Iter<'a, PeerId, Neighbour>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.iter()
+    }
+}
+
+impl std::ops::Deref for Neighbours {
+    type Target = BTreeMap<PeerId, Neighbour>;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Neighbours {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_neighbour_says_what_it_is_only_once_established() {
+        let mut n = Neighbour::new(Instant::ZERO);
+        assert!(!n.is_established());
+        assert_eq!((n.role(), n.upload_kbps()), (Role::Viewer, 0));
+        n.establish(Role::Source, 6_000);
+        assert!(n.is_established() && n.is_source());
+        assert_eq!(n.upload_kbps(), 6_000);
+        let mut table = Neighbours::default();
+        table.insert(PeerId([1; 20]), Neighbour::new(Instant::ZERO));
+        table.insert(PeerId([2; 20]), n);
+        assert!(table.established(&PeerId([1; 20])).is_none());
+        assert!(table.established_mut(&PeerId([2; 20])).is_some());
+        assert_eq!(
+            table.established_ids().collect::<Vec<_>>(),
+            vec![PeerId([2; 20])]
+        );
+        assert_eq!(table.established_count(), 1);
+    }
+
+    #[test]
+    fn more_than_the_flood_limit_in_a_second_is_a_flood() {
+        let mut n = Neighbour::new(Instant::ZERO);
+        let t = Instant::from_millis(10);
+        for _ in 0..FLOOD_MESSAGES_PER_SEC {
+            assert!(n.heard(t));
+        }
+        assert!(!n.heard(t));
+        assert_eq!(n.last_heard, t);
+        // A new second, a new allowance.
+        assert!(n.heard(t + Duration::from_secs(1)));
     }
 }

@@ -5,7 +5,8 @@
 use super::id::PeerId;
 use super::swarm::Swarm;
 use super::time::Instant;
-use super::wire::{Message, Role};
+use super::wire::Message;
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 /// Most pieces outstanding at one neighbour: enough to fill a path, few enough that a slow
@@ -24,6 +25,33 @@ const REQUEST_SPREAD: u32 = 3;
 const PIECE_BITS: u64 = super::segment::PIECE_SIZE as u64 * 8;
 /// Segments looked at beyond the playhead.
 const LOOKAHEAD: u64 = 128;
+
+/// The pull scheduler's own state: what it asked for without a header, and its start-point
+/// probe.
+#[derive(Debug, Default)]
+pub(crate) struct Pulls {
+    /// Segments asked for without knowing their header: `seq → (neighbour, sent at)`.
+    blind: BTreeMap<u64, (PeerId, Instant)>,
+    /// The newest segment whose headers were probed for a start point, and when.
+    probe: Option<(u64, Instant)>,
+}
+
+impl Pulls {
+    /// The header of `seq` arrived: its blind request, if any, `(neighbour, sent at)`.
+    pub(crate) fn take_blind(&mut self, seq: u64) -> Option<(PeerId, Instant)> {
+        self.blind.remove(&seq)
+    }
+
+    /// The window moved to `start`: older blind requests are moot.
+    pub(crate) fn forget_below(&mut self, start: u64) {
+        self.blind = self.blind.split_off(&start);
+    }
+
+    /// `peer` is gone: its blind requests with it.
+    pub(crate) fn forget_peer(&mut self, peer: PeerId) {
+        self.blind.retain(|_, (p, _)| *p != peer);
+    }
+}
 
 /// A segment worth pulling: `(urgent, availability, seq, pieces)`.
 type Candidate = (bool, u32, u64, u64);
@@ -49,6 +77,7 @@ impl Swarm {
     /// Periodic: forgets requests that took too long, remembering whom not to ask first again.
     pub(crate) fn expire_requests(&mut self, now: Instant) {
         let timeouts: Vec<(u64, PeerId)> = self
+            .store
             .segments
             .iter()
             .flat_map(|(seq, seg)| seg.requests.iter().map(move |r| (*seq, r.0, r.2)))
@@ -56,9 +85,8 @@ impl Swarm {
             .map(|(seq, p, _)| (seq, p))
             .collect();
         for (seq, p) in timeouts {
-            let seg = self.segments.get_mut(&seq).expect("listed");
-            seg.requests.retain(|r| r.0 != p);
-            seg.requested = seg.requests.iter().fold(0, |m, r| m | r.1);
+            let seg = self.store.segments.get_mut(&seq).expect("listed");
+            seg.drop_requests_of(p);
             if !seg.tried.contains(&p) {
                 seg.tried.push(p);
             }
@@ -70,13 +98,14 @@ impl Swarm {
             }
         }
         let blind_timeouts: Vec<(u64, PeerId)> = self
+            .pulls
             .blind
             .iter()
             .filter(|(_, (p, at))| self.request_expired(now, p, *at))
             .map(|(seq, (p, _))| (*seq, *p))
             .collect();
         for (seq, p) in blind_timeouts {
-            self.blind.remove(&seq);
+            self.pulls.blind.remove(&seq);
             if let Some(n) = self.neighbours.get_mut(&p) {
                 n.requested_pieces = n.requested_pieces.saturating_sub(BLIND_COST);
             }
@@ -88,11 +117,11 @@ impl Swarm {
         if self.is_source() {
             return;
         }
-        let Some(_) = self.playout.start else {
+        if self.playout.start().is_none() {
             return self.probe(now);
-        };
-        let from = self.playout.next.max(self.window_start);
-        let newest = self.stats.newest_seq.unwrap_or(0);
+        }
+        let from = self.playout.next().max(self.store.window_start);
+        let newest = self.store.newest.unwrap_or(0);
         let top = newest.max(self.max_advertised.map_or(0, |(m, _)| m));
         if top < from {
             return;
@@ -102,13 +131,13 @@ impl Swarm {
         // segment); a stripe without a parent pushes nothing.
         let pushed_since: Vec<Option<Instant>> = (0..self.k)
             .map(|s| {
-                let st = &self.stripes[s];
+                let st = &self.trees.stripes[s];
                 st.parent.map(|_| st.parent_since)
             })
             .collect();
         let mut cands: Vec<Candidate> = Vec::new();
         for seq in from..=top.min(from + LOOKAHEAD) {
-            if self.complete.contains(seq) {
+            if self.store.complete.contains(seq) {
                 continue;
             }
             let urgent = self.deadline_of(seq).is_some_and(|d| d <= now + URGENT);
@@ -116,7 +145,7 @@ impl Swarm {
             if avail == 0 {
                 continue;
             }
-            match self.segments.get(&seq) {
+            match self.store.segments.get(&seq) {
                 Some(seg) => {
                     let mut missing = seg.full & !seg.have & !seg.requested;
                     if missing == 0 {
@@ -135,7 +164,7 @@ impl Swarm {
                     }
                 }
                 None => {
-                    if self.blind.contains_key(&seq) {
+                    if self.pulls.blind.contains_key(&seq) {
                         continue;
                     }
                     let adv_overdue = self.max_advertised.is_some_and(|(_, at)| {
@@ -166,7 +195,7 @@ impl Swarm {
     fn availability(&self, seq: u64) -> u32 {
         self.neighbours
             .values()
-            .filter(|n| n.established && !n.stale_session && n.haves.contains(seq))
+            .filter(|n| n.is_established() && !n.stale_session && n.haves.contains(seq))
             .count() as u32
     }
 
@@ -182,7 +211,7 @@ impl Swarm {
             };
             let n = self.neighbours.get_mut(&peer).expect("chosen");
             n.requested_pieces += BLIND_COST;
-            self.blind.insert(seq, (peer, now));
+            self.pulls.blind.insert(seq, (peer, now));
             self.send(peer, &Message::Request { seq, pieces });
             return true;
         }
@@ -207,14 +236,8 @@ impl Swarm {
             let n = self.neighbours.get_mut(&peer).expect("chosen");
             n.requested_pieces += take;
             *n.requests.entry(seq).or_insert(0) |= share;
-            let seg = self.segments.get_mut(&seq).expect("header known");
-            if let Some(r) = seg.requests.iter_mut().find(|r| r.0 == peer) {
-                r.1 |= share;
-                r.2 = now;
-            } else {
-                seg.requests.push((peer, share, now));
-            }
-            seg.requested |= share;
+            let seg = self.store.segments.get_mut(&seq).expect("header known");
+            seg.add_request(peer, share, now);
             self.send(peer, &Message::Request { seq, pieces: share });
         }
         any
@@ -222,24 +245,28 @@ impl Swarm {
 
     /// The neighbour to ask for `cost` pieces of `seq` (see [`Swarm::request`]).
     fn request_target(&mut self, now: Instant, seq: u64, cost: u32) -> Option<PeerId> {
-        let tried: &[PeerId] = self.segments.get(&seq).map_or(&[], |s| s.tried.as_slice());
+        let tried: &[PeerId] = self
+            .store
+            .segments
+            .get(&seq)
+            .map_or(&[], |s| s.tried.as_slice());
         let mut best: Option<(TargetKey, PeerId)> = None;
         for (id, n) in &self.neighbours {
-            if !n.established
+            if !n.is_established()
                 || n.silent(now)
                 || n.stale_session
                 || !n.haves.contains(seq)
-                || (n.upload_kbps == 0 && n.role != Role::Source)
+                || (n.upload_kbps() == 0 && !n.is_source())
                 || n.requested_pieces + cost > MAX_OUTSTANDING
             {
                 continue;
             }
-            let piece_us = PIECE_BITS * 1000 / n.upload_kbps.max(1) as u64;
+            let piece_us = PIECE_BITS * 1000 / n.upload_kbps().max(1) as u64;
             let eta_us = n.rtt_or_default().as_micros() as u64 / 2
                 + (n.requested_pieces + cost) as u64 * piece_us;
             let key = (
                 tried.contains(id),
-                n.role == Role::Source,
+                n.is_source(),
                 eta_us,
                 self.rng.next_u64(),
             );
@@ -257,7 +284,7 @@ impl Swarm {
         let Some((m, _)) = self.max_advertised else {
             return;
         };
-        if let Some((seq, at)) = self.playout.probe {
+        if let Some((seq, at)) = self.pulls.probe {
             if seq >= m && now.saturating_duration_since(at) < Duration::from_millis(1000) {
                 return;
             }
@@ -265,15 +292,15 @@ impl Swarm {
         let target = self
             .neighbours
             .iter()
-            .filter(|(_, n)| n.established && !n.stale_session && n.haves.contains(m))
-            .min_by_key(|(id, n)| (n.role == Role::Source, n.rtt_or_default(), **id))
+            .filter(|(_, n)| n.is_established() && !n.stale_session && n.haves.contains(m))
+            .min_by_key(|(id, n)| (n.is_source(), n.rtt_or_default(), **id))
             .map(|(id, _)| *id);
         let Some(peer) = target else {
             return;
         };
-        self.playout.probe = Some((m, now));
+        self.pulls.probe = Some((m, now));
         for seq in (m.saturating_sub(PROBE_SPAN - 1)..=m).rev() {
-            if !self.segments.contains_key(&seq) && seq >= self.window_start {
+            if !self.store.segments.contains_key(&seq) && seq >= self.store.window_start {
                 self.send(peer, &Message::Request { seq, pieces: 0 });
             }
         }

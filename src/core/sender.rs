@@ -2,11 +2,13 @@
 //! (`Input::Buffered` below the budget), paced by the upload token bucket, dropping anything
 //! that fell behind the window instead of sending it.
 
+use super::api::Output;
 use super::id::PeerId;
 use super::neighbour::{QueueItem, CLASS_PUSH};
 use super::swarm::Swarm;
 use super::time::Instant;
-use super::wire::MAX_MESSAGE_SIZE;
+use super::wire::{Message, MAX_MESSAGE_SIZE};
+use bytes::Bytes;
 
 /// Share of its configured upload a viewer plans with. Transports carry framing (SCTP, DTLS,
 /// UDP/IP headers) on top of our bytes, so a viewer paced at 100% of its uplink queues without
@@ -39,9 +41,8 @@ impl Swarm {
     pub(crate) fn upload_rate(&self) -> u64 {
         let up = self.usable_upload_kbps() as u64 * 125;
         if self.is_source() {
-            let cap = (self.config.source_cap_multiple as f64
-                * self.stats.bitrate_kbps as f64
-                * 125.0) as u64;
+            let cap = (self.config.source_cap_multiple as f64 * self.bitrate.kbps() as f64 * 125.0)
+                as u64;
             if up > 0 {
                 cap.min(up)
             } else {
@@ -102,7 +103,7 @@ impl Swarm {
         if !self
             .neighbours
             .values()
-            .any(|n| n.established && !n.queue.is_empty())
+            .any(|n| n.is_established() && !n.queue.is_empty())
         {
             return;
         }
@@ -124,14 +125,14 @@ impl Swarm {
             }
             let mut best: Option<(SendKey, PeerId)> = None;
             for (id, n) in &self.neighbours {
-                if !n.established || n.silent(now) || !n.has_room(budget) {
+                if !n.is_established() || n.silent(now) || !n.has_room(budget) {
                     continue;
                 }
                 let Some(&item) = n.queue.first() else {
                     continue;
                 };
                 let spin = u64::from_le_bytes(id.0[..8].try_into().expect("8 bytes")) ^ rr;
-                let key = (item, std::cmp::Reverse(n.upload_kbps), spin);
+                let key = (item, std::cmp::Reverse(n.upload_kbps()), spin);
                 if best.as_ref().is_none_or(|(b, _)| key < *b) {
                     best = Some((key, *id));
                 }
@@ -154,11 +155,11 @@ impl Swarm {
     /// Sends one queued piece (with its header first if this connection has not had it), or
     /// drops it when stale, unsubscribed or already held by the neighbour.
     fn send_item(&mut self, now: Instant, peer: PeerId, (class, seq, index): QueueItem) {
-        if seq < self.window_start {
+        if seq < self.store.window_start {
             return;
         }
         let k = self.k as u64;
-        let Some(seg) = self.segments.get(&seq) else {
+        let Some(seg) = self.store.segments.get(&seq) else {
             return;
         };
         let Some(Some(piece)) = seg.pieces.get(index as usize) else {
@@ -183,5 +184,42 @@ impl Swarm {
         }
         let len = piece.payload().len();
         self.transmit(peer, piece.message(), len, true);
+    }
+
+    /// Encodes and emits a control message at once (control is never queued behind data).
+    pub(crate) fn send(&mut self, peer: PeerId, msg: &Message) {
+        let data = Bytes::from(msg.encode());
+        self.transmit(peer, data, 0, false);
+    }
+
+    /// Sends one control message to each of `peers`, encoded once (the buffer is shared).
+    pub(crate) fn send_each(&mut self, peers: &[PeerId], msg: &Message) {
+        if peers.is_empty() {
+            return;
+        }
+        let data = Bytes::from(msg.encode());
+        for p in peers {
+            self.transmit(*p, data.clone(), 0, false);
+        }
+    }
+
+    /// Emits one encoded message, accounting it (`payload` bytes of it are piece data; `is_data`
+    /// for pieces and headers, which a viewer's upload pacing covers).
+    pub(crate) fn transmit(&mut self, peer: PeerId, data: Bytes, payload: usize, is_data: bool) {
+        let len = data.len();
+        self.stats.wire_bytes_up += len as u64;
+        self.stats.bytes_up += payload as u64;
+        if let Some(n) = self.neighbours.get_mut(&peer) {
+            n.in_flight += len;
+            n.bytes_up += payload as u64;
+            n.last_sent = self.now;
+        }
+        if self.is_source() {
+            // The source's cap covers everything it sends, control included.
+            self.bucket.spend(len);
+        } else if is_data {
+            self.bucket.spend(len);
+        }
+        self.outputs.push_back(Output::Transmit { peer, data });
     }
 }

@@ -3,9 +3,10 @@
 //! stripe-children piece by piece. Parents are chosen by depth (hops from the source), then
 //! spread over distinct neighbours, then RTT, then a seeded coin.
 
+use super::api::DisconnectReason;
 use super::id::PeerId;
 use super::neighbour::CLASS_PUSH;
-use super::swarm::{DisconnectReason, Swarm};
+use super::swarm::Swarm;
 use super::time::Instant;
 use super::wire::{Message, NO_DEPTH};
 use std::time::Duration;
@@ -42,6 +43,84 @@ const SHORT_AFTER: Duration = Duration::from_secs(2);
 /// Bitrate assumed before the first header tells the real one, kbit/s.
 const DEFAULT_BITRATE_KBPS: u32 = 2500;
 
+/// Per-stripe state of a viewer: where it receives the stripe from.
+#[derive(Debug, Clone)]
+pub(crate) struct StripeState {
+    /// The accepted parent.
+    pub parent: Option<PeerId>,
+    /// A subscription sent and not yet answered: `(to, sent at)`.
+    pub pending: Option<(PeerId, Instant)>,
+    /// Hops from the source; [`NO_DEPTH`] when not receiving.
+    pub depth: u8,
+    /// Depth before the parent was lost: new parents are first sought above it (loop guard).
+    pub old_depth: u8,
+    /// Last time the parent delivered a piece of this stripe (or accepted us).
+    pub last_push: Instant,
+    /// When the current parent accepted us: it pushes what it receives from then on (and the
+    /// newest segment it held), so older pieces of this stripe must be pulled.
+    pub parent_since: Instant,
+    /// Neighbours not to ask for this stripe until the given time (refused, stalled).
+    pub avoid: Vec<(PeerId, Instant)>,
+}
+
+impl StripeState {
+    /// Not receiving: `depth` is what a source or a viewer starts at.
+    fn new(depth: u8) -> Self {
+        StripeState {
+            parent: None,
+            pending: None,
+            depth,
+            old_depth: NO_DEPTH,
+            last_push: Instant::ZERO,
+            parent_since: Instant::ZERO,
+            avoid: Vec::new(),
+        }
+    }
+
+    /// The parent is gone (left, evicted us, stalled): no depth until a new one accepts, and
+    /// the old depth kept for the loop guard.
+    pub(crate) fn lose_parent(&mut self) {
+        self.parent = None;
+        self.old_depth = self.depth;
+        self.depth = NO_DEPTH;
+    }
+}
+
+/// This peer's place in the `K` stripe trees.
+#[derive(Debug, Clone)]
+pub(crate) struct Trees {
+    /// Per stripe, where we receive it from.
+    pub stripes: Vec<StripeState>,
+    /// Per stripe, the neighbours that subscribed it from us (sorted).
+    pub children: Vec<Vec<PeerId>>,
+    /// When a better parent is next looked for.
+    pub next_upgrade: Instant,
+    /// Since when some stripe has had no parent (capacity signal).
+    pub short_since: Option<Instant>,
+}
+
+impl Trees {
+    /// `k` stripes at `depth` (0 on the source), no parents, no children.
+    pub(crate) fn new(k: usize, depth: u8) -> Self {
+        Trees {
+            stripes: vec![StripeState::new(depth); k],
+            children: vec![Vec::new(); k],
+            next_upgrade: Instant::ZERO,
+            short_since: None,
+        }
+    }
+
+    /// Our depth in each tree, as `Status` and [`super::Stats::stripe_depths`] tell it.
+    pub(crate) fn depths(&self) -> Vec<u8> {
+        self.stripes.iter().map(|s| s.depth).collect()
+    }
+
+    /// Stripe-children subscriptions held, all stripes together.
+    pub(crate) fn child_count(&self) -> usize {
+        self.children.iter().map(Vec::len).sum()
+    }
+}
+
 impl Swarm {
     /// Bits `i` of a segment that travel on stripe `s`.
     pub(crate) fn stripe_mask(&self, seq: u64, s: usize) -> u64 {
@@ -61,18 +140,14 @@ impl Swarm {
     pub(crate) fn primary_stripe(&self, peer: &PeerId) -> usize {
         let mut b = [0u8; 8];
         b.copy_from_slice(&peer.0[..8]);
-        let mut z = u64::from_le_bytes(b);
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^= z >> 31;
-        (z % self.k as u64) as usize
+        (super::rng::mix(u64::from_le_bytes(b)) % self.k as u64) as usize
     }
 
     /// Stripe-child subscriptions this peer can carry: upload over the per-stripe bitrate.
     pub(crate) fn child_slots(&self) -> usize {
         let k = self.k as f64;
-        let bitrate = if self.stats.bitrate_kbps > 0 {
-            self.stats.bitrate_kbps
+        let bitrate = if self.bitrate.kbps() > 0 {
+            self.bitrate.kbps()
         } else {
             DEFAULT_BITRATE_KBPS
         } as f64;
@@ -95,27 +170,28 @@ impl Swarm {
     }
 
     pub(crate) fn child_count(&self) -> usize {
-        self.children.iter().map(Vec::len).sum()
+        self.trees.child_count()
     }
 
     /// Our `Status`: depth per stripe and free child slots.
     pub(crate) fn status_message(&self) -> Message {
         let free = self.child_slots().saturating_sub(self.child_count());
         let weakest = self
+            .trees
             .children
             .iter()
             .flatten()
-            .filter_map(|c| self.neighbours.get(c).map(|n| n.upload_kbps))
+            .filter_map(|c| self.neighbours.get(c).map(|n| n.upload_kbps()))
             .min();
         Message::Status {
-            depths: self.stripes.iter().map(|s| s.depth).collect(),
+            depths: self.trees.depths(),
             free: free.min(u16::MAX as usize) as u16,
             displace_kbps: weakest.map_or(u32::MAX, |w| w.saturating_mul(2).max(1)),
         }
     }
 
     pub(crate) fn update_depth_stats(&mut self) {
-        self.stats.stripe_depths = self.stripes.iter().map(|s| s.depth).collect();
+        self.stats.stripe_depths = self.trees.depths();
     }
 
     pub(crate) fn on_status(
@@ -134,7 +210,7 @@ impl Swarm {
             );
         }
         let mut changed = false;
-        for (st, &d) in self.stripes.iter_mut().zip(&depths) {
+        for (st, &d) in self.trees.stripes.iter_mut().zip(&depths) {
             if st.parent == Some(peer) {
                 let mine = if d > MAX_DEPTH { NO_DEPTH } else { d + 1 };
                 if st.depth != mine {
@@ -143,7 +219,9 @@ impl Swarm {
                 }
             }
         }
-        let n = self.neighbours.get_mut(&peer).expect("established");
+        let Some(n) = self.neighbours.established_mut(&peer) else {
+            return;
+        };
         n.depths = depths;
         n.free = free;
         n.displace_kbps = displace_kbps;
@@ -162,8 +240,10 @@ impl Swarm {
             return self.cut(now, peer, DisconnectReason::Protocol("no such stripe"));
         }
         let bit = 1u64 << s;
-        let depth = self.stripes[s].depth;
-        let n = self.neighbours.get(&peer).expect("established");
+        let depth = self.trees.stripes[s].depth;
+        let Some(n) = self.neighbours.established(&peer) else {
+            return;
+        };
         let already = n.child_stripes & bit != 0;
         let slots = self.child_slots();
         let count = self.child_count();
@@ -179,8 +259,8 @@ impl Swarm {
         // new one only with room for all the stripes it still lacks, or to complete the set of
         // one it already feeds. Otherwise scarce upload is smeared over viewers who each get
         // three stripes of four and play nothing.
-        let per_stripe = self.stats.bitrate_kbps.max(1) / self.k as u32;
-        let weak = n.upload_kbps < per_stripe.saturating_mul(2);
+        let per_stripe = self.bitrate.kbps().max(1) / self.k as u32;
+        let weak = n.upload_kbps() < per_stripe.saturating_mul(2);
         let lacking = (0..self.k)
             .filter(|t| n.depth(*t) == NO_DEPTH && n.child_stripes & (1 << t) == 0)
             .count()
@@ -192,26 +272,25 @@ impl Swarm {
         let mut accept = already
             || (depth <= MAX_DEPTH
                 && count < slots
-                && self.stripes[s].parent != Some(peer)
+                && self.trees.stripes[s].parent != Some(peer)
                 && !partial_only);
         if !accept
             && depth <= MAX_DEPTH
-            && self.stripes[s].parent != Some(peer)
+            && self.trees.stripes[s].parent != Some(peer)
             && count >= slots
             && slots > 0
         {
             // Full: a much stronger peer takes the slot of our weakest child, which finds a
             // parent further down. Repeated at every level, this sorts the trees by upload:
             // wide forwarders near the source, weak peers at the leaves.
-            accept = self.evict_weaker_than(n.upload_kbps);
+            accept = self.evict_weaker_than(n.upload_kbps());
         }
         if accept && !already {
-            self.children[s].push(peer);
-            self.children[s].sort_unstable();
-            self.neighbours
-                .get_mut(&peer)
-                .expect("established")
-                .child_stripes |= bit;
+            self.trees.children[s].push(peer);
+            self.trees.children[s].sort_unstable();
+            if let Some(n) = self.neighbours.get_mut(&peer) {
+                n.child_stripes |= bit;
+            }
             self.status_dirty = true;
             self.catch_up_child(peer, s);
         }
@@ -229,9 +308,9 @@ impl Swarm {
     /// it with `Unsubscribe`. True when a slot was freed.
     fn evict_weaker_than(&mut self, upload_kbps: u32) -> bool {
         let mut victim: Option<(u32, PeerId, usize)> = None;
-        for (s, kids) in self.children.iter().enumerate() {
+        for (s, kids) in self.trees.children.iter().enumerate() {
             for c in kids {
-                let up = self.neighbours.get(c).map_or(0, |n| n.upload_kbps);
+                let up = self.neighbours.get(c).map_or(0, |n| n.upload_kbps());
                 if up.saturating_mul(2) <= upload_kbps
                     && victim.as_ref().is_none_or(|v| (up, *c, s) < *v)
                 {
@@ -242,7 +321,7 @@ impl Swarm {
         let Some((_, c, s)) = victim else {
             return false;
         };
-        self.children[s].retain(|x| *x != c);
+        self.trees.children[s].retain(|x| *x != c);
         if let Some(n) = self.neighbours.get_mut(&c) {
             n.child_stripes &= !(1 << s);
         }
@@ -253,11 +332,13 @@ impl Swarm {
     /// A new child gets the stripe's pieces of the newest segment at once, so it need not
     /// pull what is already in flight.
     fn catch_up_child(&mut self, peer: PeerId, s: usize) {
-        let Some((&seq, seg)) = self.segments.last_key_value() else {
+        let Some((&seq, seg)) = self.store.segments.last_key_value() else {
             return;
         };
         let mut bits = seg.have & self.stripe_mask(seq, s);
-        let n = self.neighbours.get_mut(&peer).expect("established");
+        let Some(n) = self.neighbours.established_mut(&peer) else {
+            return;
+        };
         if n.haves.contains(seq) {
             return;
         }
@@ -275,18 +356,18 @@ impl Swarm {
         if s >= self.k {
             return;
         }
-        let n = self.neighbours.get_mut(&peer).expect("established");
+        let Some(n) = self.neighbours.established_mut(&peer) else {
+            return;
+        };
         if n.child_stripes & (1 << s) != 0 {
             n.child_stripes &= !(1 << s);
-            self.children[s].retain(|c| *c != peer);
+            self.trees.children[s].retain(|c| *c != peer);
             self.status_dirty = true;
         }
-        if self.stripes[s].parent == Some(peer) {
+        if self.trees.stripes[s].parent == Some(peer) {
             n.parent_stripes &= !(1 << s);
-            let st = &mut self.stripes[s];
-            st.parent = None;
-            st.old_depth = st.depth;
-            st.depth = NO_DEPTH;
+            let st = &mut self.trees.stripes[s];
+            st.lose_parent();
             st.avoid.push((peer, now + REFUSED_BACKOFF));
             self.status_dirty = true;
             self.update_depth_stats();
@@ -307,7 +388,7 @@ impl Swarm {
             return self.cut(now, peer, DisconnectReason::Protocol("no such stripe"));
         }
         let is_source = self.is_source();
-        let st = &mut self.stripes[s];
+        let st = &mut self.trees.stripes[s];
         if st.pending.map(|(p, _)| p) != Some(peer) {
             if accepted && st.parent != Some(peer) {
                 // A late acceptance we no longer want: keep the parent's books right.
@@ -324,7 +405,7 @@ impl Swarm {
                 }
                 self.send(old, &Message::Unsubscribe { stripe });
             }
-            let st = &mut self.stripes[s];
+            let st = &mut self.trees.stripes[s];
             st.depth = if depth > MAX_DEPTH {
                 NO_DEPTH
             } else {
@@ -332,10 +413,9 @@ impl Swarm {
             };
             st.last_push = now;
             st.parent_since = now;
-            self.neighbours
-                .get_mut(&peer)
-                .expect("established")
-                .parent_stripes |= 1 << s;
+            if let Some(n) = self.neighbours.get_mut(&peer) {
+                n.parent_stripes |= 1 << s;
+            }
             self.status_dirty = true;
             self.update_depth_stats();
         } else {
@@ -356,14 +436,14 @@ impl Swarm {
         let first = self.rng.below(self.k as u64) as usize;
         for j in 0..self.k {
             let s = (first + j) % self.k;
-            let st = &self.stripes[s];
+            let st = &self.trees.stripes[s];
             if st.parent.is_some() || st.pending.is_some() {
                 continue;
             }
             let Some((_, best)) = self.best_parent(now, s, NO_DEPTH) else {
                 continue;
             };
-            self.stripes[s].pending = Some((best, now));
+            self.trees.stripes[s].pending = Some((best, now));
             if let Some(n) = self.neighbours.get_mut(&best) {
                 n.free = n.free.saturating_sub(1);
             }
@@ -375,12 +455,12 @@ impl Swarm {
     /// its upload takes to serialise a piece, half its RTT. Used to choose and upgrade parents.
     fn parent_cost(n: &super::neighbour::Neighbour, s: usize, off_primary: bool) -> u64 {
         let hops = n.depth(s) as u64 * HOP_MS;
-        let serialise = if n.upload_kbps == 0 {
+        let serialise = if n.upload_kbps() == 0 {
             PIECE_MS_AT_1MBIT
         } else {
-            PIECE_MS_AT_1MBIT * 1000 / n.upload_kbps as u64
+            PIECE_MS_AT_1MBIT * 1000 / n.upload_kbps() as u64
         };
-        let penalty = if off_primary && n.role != super::wire::Role::Source {
+        let penalty = if off_primary && !n.is_source() {
             OFF_PRIMARY_PENALTY_MS
         } else {
             0
@@ -392,7 +472,7 @@ impl Swarm {
     /// are all deeper than us, so an upgrade never creates a loop given fresh depths).
     fn best_parent(&mut self, now: Instant, s: usize, below: u8) -> Option<(u64, PeerId)> {
         let bit = 1u64 << s;
-        let st = &self.stripes[s];
+        let st = &self.trees.stripes[s];
         let mine = self.usable_upload_kbps();
         let mut best: Option<((u64, u32, u64), PeerId)> = None;
         // Loop guard: after losing a parent, first look only at peers no deeper than we were
@@ -404,7 +484,7 @@ impl Swarm {
             for (id, n) in &self.neighbours {
                 let d = n.depth(s);
                 let off_primary = self.primary_stripe(id) != s;
-                if !n.established
+                if !n.is_established()
                     || n.silent(now)
                     || d > MAX_DEPTH
                     || d >= below
@@ -435,12 +515,12 @@ impl Swarm {
     /// Make-before-break: subscribes a markedly better parent while keeping the current one;
     /// the old one is dropped when the new one accepts.
     fn upgrade_parents(&mut self, now: Instant) {
-        if now < self.next_upgrade {
+        if now < self.trees.next_upgrade {
             return;
         }
-        self.next_upgrade = now + UPGRADE_INTERVAL;
+        self.trees.next_upgrade = now + UPGRADE_INTERVAL;
         for s in 0..self.k {
-            let st = &self.stripes[s];
+            let st = &self.trees.stripes[s];
             let (Some(parent), None) = (st.parent, st.pending) else {
                 continue;
             };
@@ -455,7 +535,7 @@ impl Swarm {
             let depth = st.depth;
             if let Some((cost, best)) = self.best_parent(now, s, depth) {
                 if cost + UPGRADE_MARGIN_MS < current {
-                    self.stripes[s].pending = Some((best, now));
+                    self.trees.stripes[s].pending = Some((best, now));
                     if let Some(n) = self.neighbours.get_mut(&best) {
                         n.free = n.free.saturating_sub(1);
                     }
@@ -474,27 +554,29 @@ impl Swarm {
         idx: usize,
     ) {
         let s = ((seq + idx as u64) % self.k as u64) as usize;
-        if self.stripes[s].parent == Some(peer) {
-            self.stripes[s].last_push = now;
+        if self.trees.stripes[s].parent == Some(peer) {
+            self.trees.stripes[s].last_push = now;
         }
     }
 
     /// Periodic: expires unanswered subscriptions, abandons stalled parents, fills gaps.
     pub(crate) fn check_stripes(&mut self, now: Instant) {
         for s in 0..self.k {
-            self.stripes[s].avoid.retain(|(_, until)| *until > now);
-            if let Some((p, at)) = self.stripes[s].pending {
+            self.trees.stripes[s]
+                .avoid
+                .retain(|(_, until)| *until > now);
+            if let Some((p, at)) = self.trees.stripes[s].pending {
                 let rtt = self.neighbours.get(&p).map(|n| n.rtt_or_default());
                 let limit = rtt.map_or(Duration::ZERO, |r| r * 3 + Duration::from_millis(500));
                 if now.saturating_duration_since(at) > limit {
-                    self.stripes[s].pending = None;
-                    self.stripes[s].avoid.push((p, now + REFUSED_BACKOFF));
+                    self.trees.stripes[s].pending = None;
+                    self.trees.stripes[s].avoid.push((p, now + REFUSED_BACKOFF));
                 }
             }
-            let Some(parent) = self.stripes[s].parent else {
+            let Some(parent) = self.trees.stripes[s].parent else {
                 continue;
             };
-            let last = self.stripes[s].last_push;
+            let last = self.trees.stripes[s].last_push;
             if now.saturating_duration_since(last) <= self.config.stall_timeout {
                 continue;
             }
@@ -519,19 +601,21 @@ impl Swarm {
     /// viewers that forward stay served and the weakest starve first.
     fn check_capacity(&mut self, now: Instant) {
         // Without neighbours the problem is connectivity, not capacity.
-        if self.stats.neighbours == 0 || self.stripes.iter().all(|st| st.parent.is_some()) {
-            self.short_since = None;
+        if self.neighbours.established_count() == 0
+            || self.trees.stripes.iter().all(|st| st.parent.is_some())
+        {
+            self.trees.short_since = None;
             self.stats.capacity_short = false;
             return;
         }
-        let since = *self.short_since.get_or_insert(now);
+        let since = *self.trees.short_since.get_or_insert(now);
         self.stats.capacity_short = now.saturating_duration_since(since) >= SHORT_AFTER;
     }
 
     /// A segment learned after `since` and older than the stall timeout has pieces on stripe
     /// `s`: the parent should have delivered some of them by now.
     fn stripe_overdue(&self, now: Instant, s: usize, since: Instant) -> bool {
-        for (&seq, seg) in self.segments.iter().rev() {
+        for (&seq, seg) in self.store.segments.iter().rev() {
             if seg.learned_at < since {
                 break;
             }
@@ -546,10 +630,8 @@ impl Swarm {
 
     fn abandon_parent(&mut self, now: Instant, s: usize, parent: PeerId) {
         self.stats.stalls += 1;
-        let st = &mut self.stripes[s];
-        st.parent = None;
-        st.old_depth = st.depth;
-        st.depth = NO_DEPTH;
+        let st = &mut self.trees.stripes[s];
+        st.lose_parent();
         st.avoid.push((parent, now + STALLED_BACKOFF));
         if let Some(n) = self.neighbours.get_mut(&parent) {
             n.parent_stripes &= !(1 << s);

@@ -1,14 +1,17 @@
-//! The simulator's own seeded PRNG (SplitMix64): tiny, fast, and the same sequence on every
-//! machine, so a seed names a run. Not for cryptography.
+//! The simulator's seeded PRNG: the crate's one generator (SplitMix64, `crate::core::rng`)
+//! with the distributions the simulator draws from. The same sequence on every machine, so a
+//! seed names a run. Not for cryptography.
+
+use crate::core::rng::Rng as SplitMix64;
 
 /// A seeded pseudo-random generator.
 #[derive(Debug, Clone)]
-pub struct Rng(u64);
+pub struct Rng(SplitMix64);
 
 impl Rng {
     /// A generator whose whole sequence is fixed by `seed`.
     pub fn new(seed: u64) -> Self {
-        Rng(seed ^ 0x5DEE_CE66_D1CE_4E5B)
+        Rng(SplitMix64::new(seed ^ 0x5DEE_CE66_D1CE_4E5B))
     }
 
     /// An independent stream derived from this seed and a label (e.g. a peer index), so adding
@@ -21,11 +24,7 @@ impl Rng {
 
     /// The next 64 random bits.
     pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
+        self.0.next_u64()
     }
 
     /// Uniform in [0, 1).
@@ -33,7 +32,8 @@ impl Rng {
         (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
     }
 
-    /// Uniform in 0..n (0 when n is 0).
+    /// Uniform in 0..n (0 when n is 0), by multiply-and-shift (the core's `below` takes the
+    /// remainder; each keeps its own so that every seed replays as before).
     pub fn below(&mut self, n: u64) -> u64 {
         if n == 0 {
             return 0;
