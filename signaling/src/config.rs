@@ -45,6 +45,13 @@ pub struct Config {
     #[arg(long, env = "SWARMCAST_IDLE_TIMEOUT", default_value_t = 300.0)]
     pub idle_timeout: f64,
 
+    /// Seconds a client gets for each HTTP request head (from the connection's start, or from
+    /// the previous response on a keep-alive connection), for its TLS handshake, and for the
+    /// first message on a WebSocket; a connection that sends nothing (or a byte at a time)
+    /// is closed after this.
+    #[arg(long, env = "SWARMCAST_REQUEST_TIMEOUT", default_value_t = 10.0)]
+    pub request_timeout: f64,
+
     /// Seconds between WebSocket pings (keeps proxies from cutting quiet connections).
     #[arg(long, env = "SWARMCAST_PING_INTERVAL", default_value_t = 30.0)]
     pub ping_interval: f64,
@@ -58,11 +65,13 @@ pub struct Config {
     #[arg(long, env = "SWARMCAST_MAX_OFFERS", default_value_t = 10)]
     pub max_offers: usize,
 
-    /// Sustained messages per second per connection; 0 disables rate limiting.
+    /// Sustained messages per second per connection; 0 disables rate limiting. A connection
+    /// over it is not refused: its messages wait (it is not read) until it is within it.
     #[arg(long, env = "SWARMCAST_RATE", default_value_t = 20.0)]
     pub rate: f64,
 
-    /// Burst size (messages) of the per-connection rate limit.
+    /// Burst size (messages) of the per-connection rate limit: handled at once, before the
+    /// rate applies.
     #[arg(long, env = "SWARMCAST_RATE_BURST", default_value_t = 60.0)]
     pub rate_burst: f64,
 
@@ -74,11 +83,13 @@ pub struct Config {
     #[arg(long, env = "SWARMCAST_MAX_SWARMS", default_value_t = 100_000)]
     pub max_swarms: usize,
 
-    /// Most swarm memberships of one connection.
+    /// Most swarm memberships of one connection. WebTorrent shares one socket per tracker
+    /// among all its torrents, so this is how many torrents one client may announce here; the
+    /// per-address budget bounds what many connections hold together.
     #[arg(
         long,
         env = "SWARMCAST_MAX_SWARMS_PER_CONNECTION",
-        default_value_t = 32
+        default_value_t = 1024
     )]
     pub max_swarms_per_connection: usize,
 
@@ -156,6 +167,11 @@ impl Config {
     /// [`Config::idle_timeout`] as a duration.
     pub fn idle(&self) -> Duration {
         secs(self.idle_timeout, 300.0)
+    }
+
+    /// [`Config::request_timeout`] as a duration.
+    pub fn request_timeout(&self) -> Duration {
+        secs(self.request_timeout, 10.0)
     }
 
     /// [`Config::ping_interval`] as a duration.

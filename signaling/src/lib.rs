@@ -8,6 +8,8 @@
 #![deny(missing_docs)]
 
 pub mod config;
+pub mod files;
+pub mod listen;
 pub mod metrics;
 pub mod offers;
 pub mod outbox;

@@ -5,12 +5,19 @@ use std::io::Write as _;
 use clap::Parser;
 use swarmcast_signaling::{config::Config, server};
 
+/// The log filter without `RUST_LOG`. rustls warns about what a TLS client did wrong (a
+/// ChangeCipherSpec before the ClientHello, an alert, a bad SNI): one line per connection
+/// that any client can make, 2,000 lines in 0.8 s (issue 24). Those are the client's
+/// problem; the server's own warnings stay, and what clients can trigger in our code is
+/// logged at debug or rate-limited.
+const DEFAULT_LOG: &str = "info,rustls=error";
+
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG)),
         )
         .with_writer(std::io::stderr)
         .init();
