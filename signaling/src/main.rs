@@ -25,6 +25,13 @@ async fn main() -> std::process::ExitCode {
     let static_dir = config.static_dir();
     // Handlers first: a SIGTERM right after the "listening" line must already be graceful.
     let signals = Signals::install();
+    // Likewise SIGHUP (whose default action ends the process) before the line is printed.
+    let hup = config.tls_cert.is_some().then(|| {
+        use tokio::signal::unix::{signal, SignalKind};
+        signal(SignalKind::hangup())
+            .map_err(|e| tracing::warn!(error = %e, "no SIGHUP handler; certificates will not be reloaded"))
+            .ok()
+    });
     let running = match server::start(config).await {
         Ok(r) => r,
         Err(e) => {
@@ -36,8 +43,8 @@ async fn main() -> std::process::ExitCode {
     println!("listening on {}://{}", running.scheme(), running.addr);
     let _ = std::io::stdout().flush();
     tracing::info!(addr = %running.addr, static_dir = %static_dir.display(), "serving");
-    if let Some(tls) = running.tls.clone() {
-        tokio::spawn(reload_on_sighup(tls));
+    if let (Some(tls), Some(Some(hup))) = (running.tls.clone(), hup) {
+        tokio::spawn(reload_on_sighup(tls, hup));
     }
     signals.wait().await;
     tracing::info!("shutting down");
@@ -47,12 +54,10 @@ async fn main() -> std::process::ExitCode {
 
 /// Re-reads the certificate on every SIGHUP (e.g. after a renewal); established connections
 /// are not touched, and a broken new pair leaves the old one in use.
-async fn reload_on_sighup(tls: std::sync::Arc<swarmcast_signaling::tls::TlsReloader>) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let Ok(mut hup) = signal(SignalKind::hangup()) else {
-        tracing::warn!("no SIGHUP handler; certificates will not be reloaded");
-        return;
-    };
+async fn reload_on_sighup(
+    tls: std::sync::Arc<swarmcast_signaling::tls::TlsReloader>,
+    mut hup: tokio::signal::unix::Signal,
+) {
     while hup.recv().await.is_some() {
         match tls.reload() {
             Ok(()) => tracing::info!("TLS certificate reloaded"),

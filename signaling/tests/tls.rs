@@ -330,3 +330,36 @@ fn clients_cannot_fill_the_log() {
     let lines = log.lines().count();
     assert!(lines < 10, "{lines} log lines:\n{log}");
 }
+
+/// Issue 24: a connection idle after a finished TLS handshake (and one that never finishes
+/// it) is closed at the request deadline.
+#[tokio::test]
+async fn idle_after_the_tls_handshake_is_closed() {
+    let pair = make_cert(&tmpdir("idle"));
+    let mut cfg = tls_config(&pair);
+    cfg.request_timeout = 0.5;
+    let server = start(cfg).await;
+    let mut done = tls_connect(server.addr, &pair.cert_der)
+        .await
+        .expect("TLS handshake");
+    let mut half = TcpStream::connect(server.addr).await.unwrap();
+    half.write_all(&[0x16, 0x03, 0x01]).await.unwrap();
+    let mut buf = [0u8; 512];
+    for s in [
+        &mut done as &mut (dyn tokio::io::AsyncRead + Unpin + Send),
+        &mut half,
+    ] {
+        let r = tokio::time::timeout(Duration::from_secs(4), async {
+            loop {
+                match s.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => continue,
+                }
+            }
+        })
+        .await;
+        assert!(r.is_ok(), "still open after 4 s");
+    }
+    assert!(server.state.metrics.rejected("request_timeout") >= 2);
+    server.shutdown().await;
+}

