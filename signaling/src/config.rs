@@ -93,6 +93,26 @@ pub struct Config {
     )]
     pub max_swarms_per_connection: usize,
 
+    /// Most swarm memberships held by one client address (IPv4, or IPv6 /64) over all its
+    /// connections. Keep it below `--max-swarms` and `--max-peers-per-swarm`: then no single
+    /// address can fill the server's swarm table or a stream's swarm (see src/budget.rs).
+    #[arg(
+        long,
+        env = "SWARMCAST_MAX_PEERS_PER_ADDRESS",
+        default_value_t = 10_000
+    )]
+    pub max_peers_per_address: usize,
+
+    /// Reverse proxies whose `X-Forwarded-For` is believed (comma separated IPs): a
+    /// connection from one of them is charged to the rightmost address in that header that is
+    /// not itself a trusted proxy. Empty (default): the header is ignored.
+    #[arg(
+        long = "trusted-proxy",
+        env = "SWARMCAST_TRUSTED_PROXIES",
+        value_delimiter = ','
+    )]
+    pub trusted_proxies: Vec<std::net::IpAddr>,
+
     /// Most concurrent WebSocket connections; more get HTTP 503.
     #[arg(long, env = "SWARMCAST_MAX_CONNECTIONS", default_value_t = 50_000)]
     pub max_connections: usize,
@@ -159,6 +179,7 @@ impl Config {
             max_peers_per_swarm: self.max_peers_per_swarm,
             max_swarms: self.max_swarms,
             max_swarms_per_connection: self.max_swarms_per_connection,
+            max_peers_per_address: self.max_peers_per_address,
             max_scrape: self.max_scrape,
             interval_secs: self.interval,
         }

@@ -7,6 +7,7 @@
 //! [`config`] is the command line.
 #![deny(missing_docs)]
 
+pub mod budget;
 pub mod config;
 pub mod files;
 pub mod listen;

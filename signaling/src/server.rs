@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::extract::{Request, State};
+use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{Html, IntoResponse, Response};
@@ -29,6 +29,7 @@ use tower_http::compression::CompressionLayer;
 use tower_http::services::ServeFile;
 use tower_http::set_header::SetResponseHeaderLayer;
 
+use crate::budget::{self, AddrKey};
 use crate::config::{Config, FullQueue};
 use crate::files::{self, Resolved};
 use crate::listen::{self, Pending};
@@ -59,6 +60,11 @@ pub struct AppState {
 }
 
 impl AppState {
+    /// Swarm registrations charged to client address `ip` now.
+    pub fn held_by(&self, ip: std::net::IpAddr) -> usize {
+        self.tracker.held_by(AddrKey::of(ip))
+    }
+
     /// `(swarms, peers)` right now.
     pub fn sizes(&self) -> (usize, usize) {
         (self.tracker.swarm_count(), self.tracker.peer_count())
@@ -422,10 +428,20 @@ fn upgrade(state: Arc<AppState>, mut req: Request) -> Response {
         state.metrics.reject("too_many_connections");
         return (StatusCode::SERVICE_UNAVAILABLE, "too many connections\n").into_response();
     }
+    let addr = match req.extensions().get::<ConnectInfo<SocketAddr>>() {
+        Some(ConnectInfo(peer)) => AddrKey::of(budget::client_addr(
+            peer.ip(),
+            &cfg.trusted_proxies,
+            h.get_all("x-forwarded-for")
+                .iter()
+                .filter_map(|v| v.to_str().ok()),
+        )),
+        None => AddrKey::unspecified(),
+    };
     let on_upgrade = hyper::upgrade::on(&mut req);
     tokio::spawn(async move {
         match on_upgrade.await {
-            Ok(upgraded) => connection(TokioIo::new(upgraded), state).await,
+            Ok(upgraded) => connection(TokioIo::new(upgraded), state, addr).await,
             Err(e) => tracing::debug!(error = %e, "WebSocket upgrade failed"),
         }
     });
@@ -490,7 +506,7 @@ enum End {
 
 type Io = TokioIo<hyper::upgrade::Upgraded>;
 
-async fn connection(io: Io, state: Arc<AppState>) {
+async fn connection(io: Io, state: Arc<AppState>, addr: AddrKey) {
     let id = state.next_conn.fetch_add(1, Relaxed);
     let (rd, wr) = tokio::io::split(io);
     let handle = Arc::new(Outbox::new(
@@ -499,7 +515,7 @@ async fn connection(io: Io, state: Arc<AppState>) {
         state.config.send_queue,
         state.config.on_full_queue == FullQueue::Drop,
     ));
-    let mut member = state.tracker.join(handle.clone());
+    let mut member = state.tracker.join(handle.clone(), addr);
     state.metrics.connections.fetch_add(1, Relaxed);
     state.metrics.connections_total.fetch_add(1, Relaxed);
     // Boxed so the spawned task's inline future stays small; the loop's state lives on the heap

@@ -169,3 +169,109 @@ async fn a_hundred_torrents_on_one_socket_are_served_with_the_defaults() {
     assert_eq!(server.state.sizes(), (100, 100));
     server.shutdown().await;
 }
+
+fn ip(s: &str) -> std::net::IpAddr {
+    s.parse().unwrap()
+}
+
+/// Item 5: a peer id learned from a relayed offer cannot be taken over from another address;
+/// the same address may (the reconnect path), within the taker's own per-connection limit.
+#[tokio::test]
+async fn takeover_only_from_the_same_address_and_within_the_cap() {
+    let mut cfg = config();
+    cfg.max_swarms_per_connection = 2;
+    let server = start(cfg).await;
+    let a = server.addr;
+    let mut victim = Client::connect_from(a, ip("127.0.0.1"), &[]).await;
+    for ih in [1, 2, 3] {
+        let r = victim.announce(&id(ih), &id(100 + ih), json!([])).await;
+        assert!(r["failure reason"].is_null(), "{r}");
+        if ih == 2 {
+            break;
+        }
+    }
+    let mut thief = Client::connect_from(a, ip("127.0.0.2"), &[]).await;
+    let r = thief.announce(&id(1), &id(101), json!([])).await;
+    assert_eq!(
+        r["failure reason"],
+        "peer_id is in use by another connection"
+    );
+    assert_eq!(r["action"], "announce");
+    assert_eq!(r["info_hash"], id(1));
+    // The victim still gets the offers meant for its peer.
+    let mut other = Client::connect(a).await;
+    other.announce(&id(1), &id(200), offers("o", 1)).await;
+    let got = victim.recv().await;
+    assert_eq!(
+        (got["offer_id"].as_str(), got["peer_id"].as_str()),
+        (Some("o-0"), Some(&*id(200)))
+    );
+    assert!(thief.try_recv(Duration::from_millis(300)).await.is_none());
+    // The same address reconnecting takes its peers over, up to its own cap of 2.
+    let mut again = Client::connect_from(a, ip("127.0.0.1"), &[]).await;
+    again.announce(&id(9), &id(109), json!([])).await;
+    let r = again.announce(&id(1), &id(101), json!([])).await;
+    assert!(r["failure reason"].is_null(), "{r}");
+    let r = again.announce(&id(2), &id(102), json!([])).await;
+    assert_eq!(r["failure reason"], "too many swarms on this connection");
+    assert_eq!(server.state.metrics.rejected("peer_id_in_use"), 1);
+    server.shutdown().await;
+}
+
+/// Item 2: one address, however many connections it opens, holds at most its budget of
+/// memberships: it cannot fill the server's swarm table nor a stream's swarm, and what it
+/// held is given back when it goes. Behind a trusted proxy, X-Forwarded-For names the client.
+#[tokio::test]
+async fn one_address_cannot_fill_the_swarm_table_or_a_swarm() {
+    let mut cfg = config();
+    cfg.max_peers_per_address = 6;
+    cfg.max_swarms = 8;
+    cfg.max_peers_per_swarm = 8;
+    cfg.trusted_proxies = vec![ip("127.0.0.3")];
+    let server = start(cfg).await;
+    let a = server.addr;
+    let mut abuser = Vec::new();
+    let mut refused = 0;
+    for c in 0..4u32 {
+        let mut conn = Client::connect_from(a, ip("127.0.0.2"), &[]).await;
+        for i in 0..4u32 {
+            // Half new swarms, half the stream a viewer will want.
+            let ih = if i % 2 == 0 {
+                id(500 + c * 10 + i)
+            } else {
+                id(1)
+            };
+            let r = conn.announce(&ih, &id(1000 + c * 10 + i), json!([])).await;
+            if !r["failure reason"].is_null() {
+                assert_eq!(r["failure reason"], "too many peers from this address");
+                assert_eq!(r["action"], "announce");
+                assert_eq!(r["info_hash"], ih);
+                refused += 1;
+            }
+        }
+        abuser.push(conn);
+    }
+    assert_eq!(refused, 16 - 6);
+    assert_eq!(server.state.held_by(ip("127.0.0.2")), 6);
+    // A new stream still gets a swarm, and a viewer still gets into the stream.
+    let mut viewer = Client::connect_from(a, ip("127.0.0.1"), &[]).await;
+    let r = viewer.announce(&id(777), &id(1), json!([])).await;
+    assert!(r["failure reason"].is_null(), "{r}");
+    let r = viewer.announce(&id(1), &id(2), json!([])).await;
+    assert!(r["failure reason"].is_null(), "{r}");
+    // Behind a trusted proxy the forwarded client is charged, not the proxy.
+    let mut proxied =
+        Client::connect_from(a, ip("127.0.0.3"), &[("x-forwarded-for", "203.0.113.7")]).await;
+    proxied.announce(&id(1), &id(3), json!([])).await;
+    assert_eq!(server.state.held_by(ip("203.0.113.7")), 1);
+    assert_eq!(server.state.held_by(ip("127.0.0.3")), 0);
+    // From an untrusted peer the header is ignored.
+    let mut forged =
+        Client::connect_from(a, ip("127.0.0.4"), &[("x-forwarded-for", "203.0.113.8")]).await;
+    forged.announce(&id(1), &id(4), json!([])).await;
+    assert_eq!(server.state.held_by(ip("127.0.0.4")), 1);
+    assert_eq!(server.state.held_by(ip("203.0.113.8")), 0);
+    drop(abuser);
+    eventually(|| server.state.held_by(ip("127.0.0.2")) == 0).await;
+    server.shutdown().await;
+}
