@@ -121,6 +121,17 @@ pub struct Config {
     #[arg(long, env = "SWARMCAST_SEND_QUEUE", default_value_t = 256)]
     pub send_queue: usize,
 
+    /// Bytes queued per connection (what its socket has not taken) before it counts as a slow
+    /// reader, as for `--send-queue`.
+    #[arg(long, env = "SWARMCAST_SEND_QUEUE_BYTES", default_value_t = 1024 * 1024)]
+    pub send_queue_bytes: usize,
+
+    /// Bytes queued over all connections. Beyond it, a message for a connection whose socket
+    /// is not taking data is treated as a full queue (`--on-full-queue`): readers that are
+    /// behind are shed first, connections that keep up are not affected.
+    #[arg(long, env = "SWARMCAST_MAX_QUEUED_BYTES", default_value_t = 128 * 1024 * 1024)]
+    pub max_queued_bytes: usize,
+
     /// What a full send queue means. `close` (default): the connection is a slow reader and is
     /// closed, as issue 5 asks. `drop`: the message that does not fit is discarded and the
     /// connection kept (what aquatic_ws does with its 16-message queue); a reader that stops

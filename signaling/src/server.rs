@@ -34,7 +34,7 @@ use crate::config::{Config, FullQueue};
 use crate::files::{self, Resolved};
 use crate::listen::{self, Pending};
 use crate::metrics::{Kind, Metrics};
-use crate::outbox::{FlushError, Outbox, SendOutcome};
+use crate::outbox::{FlushError, Outbox, SendBudget, SendOutcome};
 use crate::protocol::{self, Request as Msg};
 use crate::tls::TlsReloader;
 use crate::tracker::{Member, Out, Tracker};
@@ -56,6 +56,8 @@ pub struct AppState {
     next_conn: AtomicU64,
     /// Connections in their HTTP phase (see [`listen`]).
     pending: Pending,
+    /// Bytes queued over all connections.
+    send_budget: Arc<SendBudget>,
     shutdown: watch::Receiver<bool>,
 }
 
@@ -63,6 +65,11 @@ impl AppState {
     /// Swarm registrations charged to client address `ip` now.
     pub fn held_by(&self, ip: std::net::IpAddr) -> usize {
         self.tracker.held_by(AddrKey::of(ip))
+    }
+
+    /// Bytes waiting for sockets over all connections now.
+    pub fn queued_bytes(&self) -> usize {
+        self.send_budget.queued()
     }
 
     /// `(swarms, peers)` right now.
@@ -136,6 +143,7 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
     let (stop, stop_rx) = watch::channel(false);
     let grace = config.grace();
     let ttl = config.idle();
+    let send_budget = Arc::new(SendBudget::new(config.max_queued_bytes));
     let state = Arc::new(AppState {
         static_dir: config.static_dir(),
         tracker: Tracker::new(config.limits()),
@@ -143,6 +151,7 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
         metrics: Metrics::default(),
         next_conn: AtomicU64::new(1),
         pending: Pending::default(),
+        send_budget,
         shutdown: stop_rx.clone(),
     });
     let app = router(state.clone());
@@ -303,6 +312,12 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
                 "http_connections",
                 "Connections in their HTTP phase (TLS handshake, waiting for or serving a request).",
                 state.pending.len(),
+            );
+            crate::metrics::render_gauge(
+                &mut text,
+                "queued_bytes",
+                "Bytes waiting for sockets over all connections.",
+                state.send_budget.queued(),
             );
             text
         },
@@ -509,12 +524,15 @@ type Io = TokioIo<hyper::upgrade::Upgraded>;
 async fn connection(io: Io, state: Arc<AppState>, addr: AddrKey) {
     let id = state.next_conn.fetch_add(1, Relaxed);
     let (rd, wr) = tokio::io::split(io);
-    let handle = Arc::new(Outbox::new(
-        id,
-        Some(Box::new(wr)),
-        state.config.send_queue,
-        state.config.on_full_queue == FullQueue::Drop,
-    ));
+    let handle = Arc::new(
+        Outbox::new(
+            id,
+            Some(Box::new(wr)),
+            state.config.send_queue,
+            state.config.on_full_queue == FullQueue::Drop,
+        )
+        .with_byte_limits(state.config.send_queue_bytes, state.send_budget.clone()),
+    );
     let mut member = state.tracker.join(handle.clone(), addr);
     state.metrics.connections.fetch_add(1, Relaxed);
     state.metrics.connections_total.fetch_add(1, Relaxed);
@@ -583,7 +601,7 @@ async fn drive(
                 match Box::pin(handle.flush(m, send_timeout)).await {
                     Ok(()) => continue,
                     Err(FlushError::Io) => return End::Quiet,
-                    Err(FlushError::Timeout) => {
+                    Err(FlushError::Timeout | FlushError::Killed) => {
                         // The socket took nothing for `send_timeout`: a slow reader.
                         m.reject("slow_reader");
                         return End::Quiet;

@@ -12,6 +12,7 @@ use common::*;
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
 
 /// Reads until EOF or error; the time it took, or `None` if the socket stayed open `within`.
 async fn closed_within(
@@ -273,5 +274,80 @@ async fn one_address_cannot_fill_the_swarm_table_or_a_swarm() {
     assert_eq!(server.state.held_by(ip("203.0.113.8")), 0);
     drop(abuser);
     eventually(|| server.state.held_by(ip("127.0.0.2")) == 0).await;
+    server.shutdown().await;
+}
+
+/// A client whose socket receive buffer is small, so that a stall shows at the server soon.
+async fn small_window_client(addr: SocketAddr) -> Client {
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.set_recv_buffer_size(4096).unwrap();
+    let tcp = sock.connect(addr).await.unwrap();
+    let (ws, _) = tokio_tungstenite::client_async(
+        format!("ws://{addr}/announce"),
+        tokio_tungstenite::MaybeTlsStream::Plain(tcp),
+    )
+    .await
+    .unwrap();
+    Client { ws }
+}
+
+/// Item 3: stalled readers each paired with an offer flooder. The bytes queued over all
+/// connections stay within `--max-queued-bytes` (plus at most one message per connection
+/// that was keeping up until then); the readers that are behind are shed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bytes_queued_over_all_connections_are_bounded() {
+    const PAIRS: u32 = 4;
+    const BUDGET: usize = 1024 * 1024;
+    const MSG: usize = 60_000;
+    let mut cfg = config();
+    cfg.rate = 0.0;
+    cfg.max_message_bytes = 256 * 1024;
+    // Only the server-wide budget binds here.
+    cfg.send_queue = 1_000_000;
+    cfg.send_queue_bytes = 1 << 30;
+    cfg.max_queued_bytes = BUDGET;
+    cfg.send_timeout = 60.0;
+    let server = start(cfg).await;
+    let st = server.state.clone();
+    let big = "s".repeat(MSG);
+    let mut stalled = Vec::new();
+    let mut flooders = Vec::new();
+    for p in 0..PAIRS {
+        let ih = id(p);
+        let mut s = small_window_client(server.addr).await;
+        s.announce(&ih, &id(100 + p), json!([])).await;
+        stalled.push(s);
+        let mut f = Client::connect(server.addr).await;
+        f.announce(&ih, &id(200 + p), json!([])).await;
+        let m = json!({"action": "announce", "info_hash": ih, "peer_id": id(200 + p),
+            "offers": [{"offer": {"type": "offer", "sdp": big}, "offer_id": "o"}]})
+        .to_string();
+        flooders.push((f, m));
+    }
+    let mut peak = 0;
+    let mut after_first = 0;
+    for _ in 0..3000 {
+        for (f, m) in flooders.iter_mut() {
+            let _ = futures_util::SinkExt::send(&mut f.ws, Message::Text(m.clone().into())).await;
+            while f.try_recv(Duration::from_millis(0)).await.is_some() {}
+        }
+        peak = peak.max(st.queued_bytes());
+        // Some more rounds once the first is shed: the bound must hold on.
+        if st.metrics.rejected("slow_reader") >= 1 {
+            after_first += 1;
+            if after_first == 40 {
+                break;
+            }
+        }
+    }
+    let slack = 2 * PAIRS as usize * (MSG + 1024);
+    eprintln!(
+        "peak queued {peak} bytes (budget {BUDGET}); {} slow readers shed",
+        st.metrics.rejected("slow_reader")
+    );
+    assert!(peak <= BUDGET + slack, "peak {peak}");
+    assert!(peak > 0);
+    assert!(st.metrics.rejected("slow_reader") >= 1);
+    drop(stalled);
     server.shutdown().await;
 }
