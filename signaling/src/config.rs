@@ -71,8 +71,8 @@ pub struct Config {
     pub rate: f64,
 
     /// Burst size (messages) of the per-connection rate limit: handled at once, before the
-    /// rate applies.
-    #[arg(long, env = "SWARMCAST_RATE_BURST", default_value_t = 60.0)]
+    /// rate applies. 128 covers a WebTorrent client announcing 100 torrents on connecting.
+    #[arg(long, env = "SWARMCAST_RATE_BURST", default_value_t = 128.0)]
     pub rate_burst: f64,
 
     /// Most peers in one swarm.
