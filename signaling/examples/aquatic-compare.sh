@@ -4,7 +4,9 @@
 # seconds over the run and its peak RSS (sampled every 0.5 s). BENCHMARKS.md, "Signaling over
 # TLS". Needs `cargo install --root /tmp/aquatic aquatic_ws_load_test aquatic_ws` and
 # `cargo build --release -p swarmcast-signaling`. Usage: aquatic-compare.sh [targets...]
-# with targets among `aquatic` and `ours` (default both). Env: AQUATIC (install root),
+# with targets among `aquatic` and `ours` (default both). All of the tester's connections
+# come from 127.0.0.1, so ours runs with the per-address budget out of the way
+# (--max-peers-per-address). Env: AQUATIC (install root),
 # SIG (our binary), SIG_ARGS (extra flags for ours), SEND_QUEUE (our --send-queue, default
 # 16 like aquatic_ws's channels), CONFIG (tester config, port 3100),
 # RAMP (seconds, e.g. 1): hold the server stopped (SIGSTOP) for that long after the tester
@@ -70,7 +72,8 @@ for t in "${@:-aquatic ours}"; do
       ours)
         # shellcheck disable=SC2086
         "$SIG" --listen 127.0.0.1:3100 --tls-cert cert.pem --tls-key key.pem --rate 0 \
-          --max-swarms-per-connection 100000 --send-queue ${SEND_QUEUE:-16} --on-full-queue drop \
+          --max-swarms-per-connection 100000 --max-peers-per-address 100000000 \
+          --send-queue ${SEND_QUEUE:-16} --on-full-queue drop \
           ${SIG_ARGS:-} > sig.log 2>&1 &
         pid=$!
         cp "$CONFIG" lt.toml

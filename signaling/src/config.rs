@@ -45,6 +45,13 @@ pub struct Config {
     #[arg(long, env = "SWARMCAST_IDLE_TIMEOUT", default_value_t = 300.0)]
     pub idle_timeout: f64,
 
+    /// Seconds a client gets for each HTTP request head (from the connection's start, or from
+    /// the previous response on a keep-alive connection), for its TLS handshake, and for the
+    /// first message on a WebSocket; a connection that sends nothing (or a byte at a time)
+    /// is closed after this.
+    #[arg(long, env = "SWARMCAST_REQUEST_TIMEOUT", default_value_t = 10.0)]
+    pub request_timeout: f64,
+
     /// Seconds between WebSocket pings (keeps proxies from cutting quiet connections).
     #[arg(long, env = "SWARMCAST_PING_INTERVAL", default_value_t = 30.0)]
     pub ping_interval: f64,
@@ -58,12 +65,14 @@ pub struct Config {
     #[arg(long, env = "SWARMCAST_MAX_OFFERS", default_value_t = 10)]
     pub max_offers: usize,
 
-    /// Sustained messages per second per connection; 0 disables rate limiting.
+    /// Sustained messages per second per connection; 0 disables rate limiting. A connection
+    /// over it is not refused: its messages wait (it is not read) until it is within it.
     #[arg(long, env = "SWARMCAST_RATE", default_value_t = 20.0)]
     pub rate: f64,
 
-    /// Burst size (messages) of the per-connection rate limit.
-    #[arg(long, env = "SWARMCAST_RATE_BURST", default_value_t = 60.0)]
+    /// Burst size (messages) of the per-connection rate limit: handled at once, before the
+    /// rate applies. 128 covers a WebTorrent client announcing 100 torrents on connecting.
+    #[arg(long, env = "SWARMCAST_RATE_BURST", default_value_t = 128.0)]
     pub rate_burst: f64,
 
     /// Most peers in one swarm.
@@ -74,13 +83,35 @@ pub struct Config {
     #[arg(long, env = "SWARMCAST_MAX_SWARMS", default_value_t = 100_000)]
     pub max_swarms: usize,
 
-    /// Most swarm memberships of one connection.
+    /// Most swarm memberships of one connection. WebTorrent shares one socket per tracker
+    /// among all its torrents, so this is how many torrents one client may announce here; the
+    /// per-address budget bounds what many connections hold together.
     #[arg(
         long,
         env = "SWARMCAST_MAX_SWARMS_PER_CONNECTION",
-        default_value_t = 32
+        default_value_t = 1024
     )]
     pub max_swarms_per_connection: usize,
+
+    /// Most swarm memberships held by one client address (IPv4, or IPv6 /64) over all its
+    /// connections. Keep it below `--max-swarms` and `--max-peers-per-swarm`: then no single
+    /// address can fill the server's swarm table or a stream's swarm (see src/budget.rs).
+    #[arg(
+        long,
+        env = "SWARMCAST_MAX_PEERS_PER_ADDRESS",
+        default_value_t = 10_000
+    )]
+    pub max_peers_per_address: usize,
+
+    /// Reverse proxies whose `X-Forwarded-For` is believed (comma separated IPs): a
+    /// connection from one of them is charged to the rightmost address in that header that is
+    /// not itself a trusted proxy. Empty (default): the header is ignored.
+    #[arg(
+        long = "trusted-proxy",
+        env = "SWARMCAST_TRUSTED_PROXIES",
+        value_delimiter = ','
+    )]
+    pub trusted_proxies: Vec<std::net::IpAddr>,
 
     /// Most concurrent WebSocket connections; more get HTTP 503.
     #[arg(long, env = "SWARMCAST_MAX_CONNECTIONS", default_value_t = 50_000)]
@@ -89,6 +120,17 @@ pub struct Config {
     /// Messages queued per connection before it counts as a slow reader and is closed.
     #[arg(long, env = "SWARMCAST_SEND_QUEUE", default_value_t = 256)]
     pub send_queue: usize,
+
+    /// Bytes queued per connection (what its socket has not taken) before it counts as a slow
+    /// reader, as for `--send-queue`.
+    #[arg(long, env = "SWARMCAST_SEND_QUEUE_BYTES", default_value_t = 1024 * 1024)]
+    pub send_queue_bytes: usize,
+
+    /// Bytes queued over all connections. Beyond it, a message for a connection whose socket
+    /// is not taking data is treated as a full queue (`--on-full-queue`): readers that are
+    /// behind are shed first, connections that keep up are not affected.
+    #[arg(long, env = "SWARMCAST_MAX_QUEUED_BYTES", default_value_t = 128 * 1024 * 1024)]
+    pub max_queued_bytes: usize,
 
     /// What a full send queue means. `close` (default): the connection is a slow reader and is
     /// closed, as issue 5 asks. `drop`: the message that does not fit is discarded and the
@@ -148,6 +190,7 @@ impl Config {
             max_peers_per_swarm: self.max_peers_per_swarm,
             max_swarms: self.max_swarms,
             max_swarms_per_connection: self.max_swarms_per_connection,
+            max_peers_per_address: self.max_peers_per_address,
             max_scrape: self.max_scrape,
             interval_secs: self.interval,
         }
@@ -156,6 +199,11 @@ impl Config {
     /// [`Config::idle_timeout`] as a duration.
     pub fn idle(&self) -> Duration {
         secs(self.idle_timeout, 300.0)
+    }
+
+    /// [`Config::request_timeout`] as a duration.
+    pub fn request_timeout(&self) -> Duration {
+        secs(self.request_timeout, 10.0)
     }
 
     /// [`Config::ping_interval`] as a duration.

@@ -7,7 +7,10 @@
 //! [`config`] is the command line.
 #![deny(missing_docs)]
 
+pub mod budget;
 pub mod config;
+pub mod files;
+pub mod listen;
 pub mod metrics;
 pub mod offers;
 pub mod outbox;

@@ -5,22 +5,33 @@ use std::io::Write as _;
 use clap::Parser;
 use swarmcast_signaling::{config::Config, server};
 
+/// The log filter without `RUST_LOG`. rustls warns about what a TLS client did wrong (a
+/// ChangeCipherSpec before the ClientHello, an alert, a bad SNI): one line per connection
+/// that any client can make, 2,000 lines in 0.8 s (issue 24). Those are the client's
+/// problem; the server's own warnings stay, and what clients can trigger in our code is
+/// logged at debug or rate-limited.
+const DEFAULT_LOG: &str = "info,rustls=error";
+
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG)),
         )
         .with_writer(std::io::stderr)
         .init();
     let config = Config::parse();
     let static_dir = config.static_dir();
-    // Handlers first: a SIGTERM right after the "listening" line must already be graceful, and a
-    // SIGHUP then must reload, not kill the process (its default action): a handler installed
-    // by a task spawned after that line lost the race on a loaded machine (tests/tls.rs).
+    // Handlers first: a SIGTERM right after the "listening" line must already be graceful.
     let signals = Signals::install();
-    let hangup = hangup_signal();
+    // Likewise SIGHUP (whose default action ends the process) before the line is printed.
+    let hup = config.tls_cert.is_some().then(|| {
+        use tokio::signal::unix::{signal, SignalKind};
+        signal(SignalKind::hangup())
+            .map_err(|e| tracing::warn!(error = %e, "no SIGHUP handler; certificates will not be reloaded"))
+            .ok()
+    });
     let running = match server::start(config).await {
         Ok(r) => r,
         Err(e) => {
@@ -32,7 +43,7 @@ async fn main() -> std::process::ExitCode {
     println!("listening on {}://{}", running.scheme(), running.addr);
     let _ = std::io::stdout().flush();
     tracing::info!(addr = %running.addr, static_dir = %static_dir.display(), "serving");
-    if let (Some(tls), Some(hup)) = (running.tls.clone(), hangup) {
+    if let (Some(tls), Some(Some(hup))) = (running.tls.clone(), hup) {
         tokio::spawn(reload_on_sighup(tls, hup));
     }
     signals.wait().await;
@@ -55,16 +66,6 @@ async fn reload_on_sighup(
             }
         }
     }
-}
-
-/// The SIGHUP stream, registered at once (before the server announces itself).
-fn hangup_signal() -> Option<tokio::signal::unix::Signal> {
-    use tokio::signal::unix::{signal, SignalKind};
-    signal(SignalKind::hangup())
-        .map_err(
-            |e| tracing::warn!(error = %e, "no SIGHUP handler; certificates will not be reloaded"),
-        )
-        .ok()
 }
 
 /// SIGINT and SIGTERM, installed before the server announces itself.

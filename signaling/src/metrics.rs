@@ -55,6 +55,10 @@ pub const REASONS: &[&str] = &[
     "not_text",
     "bad_frame",
     "bad_handshake",
+    "request_timeout",
+    "evicted",
+    "peer_id_in_use",
+    "too_many_peers_from_address",
 ];
 
 /// Upper bounds (µs) of the relay latency histogram buckets. Up to 10 s: under a flood the
@@ -73,6 +77,8 @@ pub struct Metrics {
     pub connections: AtomicU64,
     /// WebSocket connections accepted since start.
     pub connections_total: AtomicU64,
+    /// Failed `accept` calls (out of descriptors, mostly).
+    pub accept_errors: AtomicU64,
     msg_in: [AtomicU64; 5],
     msg_out: [AtomicU64; 5],
     rejected: [AtomicU64; REASONS.len()],
@@ -131,6 +137,16 @@ impl Metrics {
     pub fn render(&self, swarms: usize, peers: usize) -> String {
         let mut o = String::with_capacity(4096);
         let p = "swarmcast_signaling";
+        let _ = writeln!(
+            o,
+            "# HELP {p}_accept_errors_total Failed accepts (mostly: out of file descriptors)."
+        );
+        let _ = writeln!(o, "# TYPE {p}_accept_errors_total counter");
+        let _ = writeln!(
+            o,
+            "{p}_accept_errors_total {}",
+            self.accept_errors.load(Relaxed)
+        );
         let _ = writeln!(o, "# HELP {p}_connections Open WebSocket connections.");
         let _ = writeln!(o, "# TYPE {p}_connections gauge");
         let _ = writeln!(o, "{p}_connections {}", self.connections.load(Relaxed));
@@ -200,6 +216,14 @@ impl Metrics {
         let _ = writeln!(o, "{p}_relay_latency_seconds_count {count}");
         o
     }
+}
+
+/// Appends one gauge (for figures sampled outside [`Metrics`]).
+pub fn render_gauge(o: &mut String, name: &str, help: &str, value: usize) {
+    let p = "swarmcast_signaling";
+    let _ = writeln!(o, "# HELP {p}_{name} {help}");
+    let _ = writeln!(o, "# TYPE {p}_{name} gauge");
+    let _ = writeln!(o, "{p}_{name} {value}");
 }
 
 #[cfg(test)]

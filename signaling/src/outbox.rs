@@ -12,14 +12,18 @@
 //! (one TLS record and one loopback delivery instead of one per reply: +13 % responses/s under
 //! aquatic_ws_load_test, BENCHMARKS.md).
 //!
-//! Bounds: at most `max_queued` messages wait here; beyond that the policy decides (close the
-//! slow reader, or drop the message as aquatic_ws does). Bytes waiting are bounded by that count
-//! times the largest message. A socket that takes nothing for the send timeout is closed by the
-//! connection task.
+//! Bounds: at most `max_queued` messages and `max_bytes` bytes wait here; beyond that the
+//! policy decides (close the slow reader, or drop the message as aquatic_ws does). Across all
+//! connections, a [`SendBudget`] bounds the total: once the bytes waiting everywhere exceed it,
+//! a message for a connection whose socket is not taking data (a reader that is behind) is not
+//! queued, and the policy applies to it as to a full queue; connections that keep up are not
+//! affected. Issue 24: with only the per-connection bound (256 messages of up to 64 KiB),
+//! 300 stalled readers each paired with an offer flooder took the server to 2.5 GB. A socket
+//! that takes nothing for the send timeout is closed by the connection task.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
@@ -36,6 +40,40 @@ pub type Writer = Box<dyn AsyncWrite + Send + Unpin>;
 /// Queued bytes above this are released once written, so a connection that had one burst does
 /// not keep its peak buffer.
 const KEEP_CAPACITY: usize = 4096;
+
+/// Bytes waiting in every outbox of a server, against one limit.
+#[derive(Debug)]
+pub struct SendBudget {
+    queued: AtomicUsize,
+    limit: usize,
+}
+
+impl SendBudget {
+    /// A budget of `limit` bytes.
+    pub fn new(limit: usize) -> SendBudget {
+        SendBudget {
+            queued: AtomicUsize::new(0),
+            limit,
+        }
+    }
+
+    /// Bytes waiting now, over all connections.
+    pub fn queued(&self) -> usize {
+        self.queued.load(Relaxed)
+    }
+
+    fn over(&self, adding: usize) -> bool {
+        self.queued.load(Relaxed).saturating_add(adding) > self.limit
+    }
+
+    fn add(&self, n: usize) {
+        self.queued.fetch_add(n, Relaxed);
+    }
+
+    fn sub(&self, n: usize) {
+        self.queued.fetch_sub(n, Relaxed);
+    }
+}
 
 /// What happened to a message handed to [`Outbox::send`].
 #[derive(Debug, PartialEq, Eq)]
@@ -74,6 +112,9 @@ struct Inner {
     /// Bytes ever taken by the socket: a flush that times out while this moves is a busy
     /// connection, not a stuck one.
     progress: u64,
+    /// The socket refused bytes at the last write and has not taken everything since: a
+    /// reader that is behind (see [`SendBudget`]).
+    blocked: bool,
 }
 
 impl Inner {
@@ -92,6 +133,19 @@ impl Inner {
         cx: &mut Context<'_>,
         metrics: &Metrics,
         queued: &AtomicUsize,
+        budget: &SendBudget,
+    ) -> Poll<std::io::Result<()>> {
+        let r = self.pump_inner(cx, metrics, queued, budget);
+        self.blocked = r.is_pending();
+        r
+    }
+
+    fn pump_inner(
+        &mut self,
+        cx: &mut Context<'_>,
+        metrics: &Metrics,
+        queued: &AtomicUsize,
+        budget: &SendBudget,
     ) -> Poll<std::io::Result<()>> {
         let Some(io) = self.io.as_mut() else {
             return Poll::Ready(Err(std::io::ErrorKind::NotConnected.into()));
@@ -103,6 +157,7 @@ impl Inner {
                 }
                 Poll::Ready(Ok(n)) => {
                     self.written += n;
+                    budget.sub(n);
                     self.progress += n as u64;
                     self.unflushed = true;
                     let now = Instant::now();
@@ -149,6 +204,10 @@ pub struct Outbox {
     queued: AtomicUsize,
     max_queued: usize,
     drop_when_full: bool,
+    /// Most bytes waiting here (messages; control frames are never refused).
+    max_bytes: usize,
+    /// The server's total.
+    budget: Arc<SendBudget>,
     /// Unique per server run.
     pub id: u64,
     inner: Mutex<Inner>,
@@ -181,13 +240,24 @@ impl Outbox {
                 killed: false,
                 corked: false,
                 progress: 0,
+                blocked: false,
             }),
             wake: Notify::new(),
             queued: AtomicUsize::new(0),
             max_queued: max_queued.max(1),
             drop_when_full,
+            max_bytes: usize::MAX,
+            budget: Arc::new(SendBudget::new(usize::MAX)),
             offers: Mutex::new(OfferBook::default()),
         }
+    }
+
+    /// Bounds the bytes waiting here to `max_bytes`, and counts them against the server's
+    /// `budget` (without this: no byte bound, a budget of its own).
+    pub fn with_byte_limits(mut self, max_bytes: usize, budget: Arc<SendBudget>) -> Outbox {
+        self.max_bytes = max_bytes.max(1);
+        self.budget = budget;
+        self
     }
 
     /// The offers this connection may answer.
@@ -252,14 +322,26 @@ impl Outbox {
             if self.drop_when_full {
                 return SendOutcome::Dropped;
             }
-            g.killed = true;
-            drop(g);
-            self.wake.notify_one();
-            return SendOutcome::Overflow;
+            return self.kill(g);
         }
         let was_idle = g.idle();
+        let before = g.buf.len();
         frame(&mut g.buf);
         let end = g.buf.len();
+        let added = end - before;
+        if !control
+            && (before - g.written + added > self.max_bytes
+                || (g.blocked && self.budget.over(added)))
+        {
+            // Over this connection's bytes, or a reader that is behind while the server's
+            // total is over its budget: as a full queue.
+            g.buf.truncate(before);
+            if self.drop_when_full {
+                return SendOutcome::Dropped;
+            }
+            return self.kill(g);
+        }
+        self.budget.add(added);
         g.marks.push_back(Mark { end, relayed_at });
         self.queued.store(g.marks.len(), Relaxed);
         if !control {
@@ -280,12 +362,27 @@ impl Outbox {
         self.write_now(g, metrics)
     }
 
+    /// The queue overflowed under the close policy: the connection is to close, and what it
+    /// had waiting is dropped now (not when its task gets to close it: that task may be
+    /// waiting on the stalled socket for the send timeout).
+    fn kill(&self, mut g: MutexGuard<'_, Inner>) -> SendOutcome {
+        g.killed = true;
+        self.budget.sub(g.buf.len() - g.written);
+        g.buf = Vec::new();
+        g.written = 0;
+        g.marks.clear();
+        self.queued.store(0, Relaxed);
+        drop(g);
+        self.wake.notify_one();
+        SendOutcome::Overflow
+    }
+
     /// Writes what `g` holds as far as the socket takes it now. A no-op waker is right here: if
     /// the socket does not take everything, the connection's task is woken and polls again with
     /// its own waker; it also sees a failure on its next read or flush.
     fn write_now(&self, mut g: MutexGuard<'_, Inner>, metrics: &Metrics) -> SendOutcome {
         let mut cx = Context::from_waker(Waker::noop());
-        let outcome = match g.pump(&mut cx, metrics, &self.queued) {
+        let outcome = match g.pump(&mut cx, metrics, &self.queued, &self.budget) {
             Poll::Ready(Ok(())) => return SendOutcome::Queued,
             Poll::Pending => SendOutcome::Queued,
             Poll::Ready(Err(_)) => {
@@ -333,15 +430,28 @@ impl Outbox {
         let mut before = {
             let mut cx = Context::from_waker(Waker::noop());
             let mut g = self.lock();
-            match g.pump(&mut cx, metrics, &self.queued) {
+            match g.pump(&mut cx, metrics, &self.queued, &self.budget) {
                 Poll::Ready(Ok(())) => return Ok(()),
                 Poll::Ready(Err(_)) => return Err(FlushError::Io),
                 Poll::Pending => g.progress,
             }
         };
         loop {
-            let pumped = std::future::poll_fn(|cx| self.lock().pump(cx, metrics, &self.queued));
-            match tokio::time::timeout(limit, pumped).await {
+            let pumped = std::future::poll_fn(|cx| {
+                self.lock().pump(cx, metrics, &self.queued, &self.budget)
+            });
+            let r = tokio::select! {
+                biased;
+                // A kill must not wait for the stalled socket (see `kill`).
+                () = self.wake.notified() => {
+                    if self.killed() {
+                        return Err(FlushError::Killed);
+                    }
+                    continue;
+                }
+                r = tokio::time::timeout(limit, pumped) => r,
+            };
+            match r {
                 Ok(Ok(())) => return Ok(()),
                 Ok(Err(_)) => return Err(FlushError::Io),
                 Err(_) => {
@@ -358,11 +468,20 @@ impl Outbox {
     /// Detaches the writer (no more sends succeed) and returns it for a final close frame.
     pub fn close(&self) -> Option<Writer> {
         let mut g = self.lock();
+        self.budget.sub(g.buf.len() - g.written);
         g.buf = Vec::new();
         g.written = 0;
         g.marks.clear();
         self.queued.store(0, Relaxed);
         g.io.take()
+    }
+}
+
+impl Drop for Outbox {
+    fn drop(&mut self) {
+        // What never reached the socket no longer waits.
+        let g = self.inner.get_mut().unwrap_or_else(|e| e.into_inner());
+        self.budget.sub(g.buf.len() - g.written);
     }
 }
 
@@ -373,6 +492,8 @@ pub enum FlushError {
     Io,
     /// The socket took nothing for the limit: a slow reader.
     Timeout,
+    /// The queue overflowed meanwhile (close policy): a slow reader.
+    Killed,
 }
 
 #[cfg(test)]

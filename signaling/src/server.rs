@@ -15,26 +15,28 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::extract::{Request, State};
+use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
-use axum::serve::ListenerExt;
 use axum::Router;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tower_http::compression::CompressionLayer;
-use tower_http::services::ServeDir;
+use tower_http::services::ServeFile;
 use tower_http::set_header::SetResponseHeaderLayer;
 
+use crate::budget::{self, AddrKey};
 use crate::config::{Config, FullQueue};
+use crate::files::{self, Resolved};
+use crate::listen::{self, Pending};
 use crate::metrics::{Kind, Metrics};
-use crate::outbox::{FlushError, Outbox, SendOutcome};
+use crate::outbox::{FlushError, Outbox, SendBudget, SendOutcome};
 use crate::protocol::{self, Request as Msg};
-use crate::tls::{TlsListener, TlsReloader};
+use crate::tls::TlsReloader;
 use crate::tracker::{Member, Out, Tracker};
 use crate::ws::{self, Incoming};
 
@@ -52,10 +54,24 @@ pub struct AppState {
     tracker: Tracker,
     static_dir: PathBuf,
     next_conn: AtomicU64,
+    /// Connections in their HTTP phase (see [`listen`]).
+    pending: Pending,
+    /// Bytes queued over all connections.
+    send_budget: Arc<SendBudget>,
     shutdown: watch::Receiver<bool>,
 }
 
 impl AppState {
+    /// Swarm registrations charged to client address `ip` now.
+    pub fn held_by(&self, ip: std::net::IpAddr) -> usize {
+        self.tracker.held_by(AddrKey::of(ip))
+    }
+
+    /// Bytes waiting for sockets over all connections now.
+    pub fn queued_bytes(&self) -> usize {
+        self.send_budget.queued()
+    }
+
     /// `(swarms, peers)` right now.
     pub fn sizes(&self) -> (usize, usize) {
         (self.tracker.swarm_count(), self.tracker.peer_count())
@@ -123,44 +139,32 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
         source,
     })?;
     let addr = listener.local_addr()?;
+    let tls_acceptor = tls.clone();
     let (stop, stop_rx) = watch::channel(false);
     let grace = config.grace();
     let ttl = config.idle();
+    let send_budget = Arc::new(SendBudget::new(config.max_queued_bytes));
     let state = Arc::new(AppState {
         static_dir: config.static_dir(),
         tracker: Tracker::new(config.limits()),
         config,
         metrics: Metrics::default(),
         next_conn: AtomicU64::new(1),
+        pending: Pending::default(),
+        send_budget,
         shutdown: stop_rx.clone(),
     });
     let app = router(state.clone());
     let st = state.clone();
-    let (tls_listener, plain) = match &tls {
-        Some(t) => (Some(TlsListener::new(listener, t.clone())?), None),
-        None => (None, Some(listener)),
-    };
     let task = tokio::spawn(async move {
         let sweeper = tokio::spawn(sweep(st.clone(), ttl));
-        let stop_http = stop_rx.clone();
-        let served = match (tls_listener, plain) {
-            (Some(l), _) => serve_on(l, app, stop_http).await,
-            (None, Some(l)) => {
-                // Small messages must not wait for Nagle + delayed ACK (40 ms).
-                let l = l.tap_io(|tcp| {
-                    let _ = tcp.set_nodelay(true);
-                });
-                serve_on(l, app, stop_http).await
-            }
-            (None, None) => Ok(()),
-        };
-        if let Err(e) = served {
-            tracing::error!(error = %e, "server stopped with an error");
-        }
+        accept_loop(&listener, &st, app, tls_acceptor, stop_rx).await;
         sweeper.abort();
-        // WebSocket tasks saw the same signal; wait for them to close.
+        // Connections saw the same signal; wait for them to close.
         let deadline = Instant::now() + grace;
-        while st.metrics.connections.load(Relaxed) > 0 && Instant::now() < deadline {
+        while (st.metrics.connections.load(Relaxed) > 0 || !st.pending.is_empty())
+            && Instant::now() < deadline
+        {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     });
@@ -173,20 +177,56 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
     })
 }
 
-async fn serve_on<L>(
-    listener: L,
+/// Accepts until the server stops; each connection gets a task of its own: its TLS handshake
+/// (with `--tls-cert`), then HTTP (see [`listen`]).
+async fn accept_loop(
+    listener: &TcpListener,
+    state: &Arc<AppState>,
     app: Router,
+    tls: Option<Arc<TlsReloader>>,
     mut stop: watch::Receiver<bool>,
-) -> std::io::Result<()>
-where
-    L: axum::serve::Listener,
-    L::Addr: std::fmt::Debug,
-{
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            let _ = stop.wait_for(|s| *s).await;
-        })
-        .await
+) {
+    let mut last_log = None;
+    loop {
+        let (tcp, remote) = tokio::select! {
+            c = listen::accept(listener, &state.pending, &state.metrics, &mut last_log) => c,
+            _ = stop.wait_for(|s| *s) => return,
+        };
+        // Small messages must not wait for Nagle + delayed ACK (40 ms).
+        let _ = tcp.set_nodelay(true);
+        let state = state.clone();
+        let app = app.clone();
+        let tls = tls.clone();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let reg = state.pending.register();
+            let deadline = state.config.request_timeout();
+            let m = &state.metrics;
+            match tls {
+                None => {
+                    listen::serve_http(tcp, remote, app, deadline, &reg.evicted, stop, m).await;
+                }
+                Some(tls) => {
+                    let shake = tokio::time::timeout(deadline, tls.acceptor().accept(tcp));
+                    let stream = tokio::select! {
+                        r = shake => r,
+                        () = reg.evicted.notified() => return,
+                    };
+                    match stream {
+                        Ok(Ok(s)) => {
+                            listen::serve_http(s, remote, app, deadline, &reg.evicted, stop, m)
+                                .await;
+                        }
+                        Ok(Err(e)) => tracing::debug!(%remote, error = %e, "TLS handshake failed"),
+                        Err(_) => {
+                            m.reject("request_timeout");
+                            tracing::debug!(%remote, "TLS handshake timed out");
+                        }
+                    }
+                }
+            }
+        });
+    }
 }
 
 /// Accept queue length. tokio's `TcpListener::bind` listens with a backlog of 128; a burst of
@@ -219,13 +259,12 @@ async fn sweep(state: Arc<AppState>, ttl: Duration) {
 
 /// All routes.
 pub fn router(state: Arc<AppState>) -> Router {
-    let files = ServeDir::new(&state.static_dir).append_index_html_on_directories(true);
     Router::new()
         .route("/", get(root))
         .route("/announce", get(announce))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/metrics", get(metrics))
-        .fallback_service(files)
+        .fallback(static_file)
         .layer(middleware::from_fn(module_mime))
         .layer(CompressionLayer::new())
         .layer(SetResponseHeaderLayer::if_not_present(
@@ -266,7 +305,22 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        state.metrics.render(swarms, peers),
+        {
+            let mut text = state.metrics.render(swarms, peers);
+            crate::metrics::render_gauge(
+                &mut text,
+                "http_connections",
+                "Connections in their HTTP phase (TLS handshake, waiting for or serving a request).",
+                state.pending.len(),
+            );
+            crate::metrics::render_gauge(
+                &mut text,
+                "queued_bytes",
+                "Bytes waiting for sockets over all connections.",
+                state.send_budget.queued(),
+            );
+            text
+        },
     )
         .into_response()
 }
@@ -276,13 +330,37 @@ async fn root(State(state): State<Arc<AppState>>, req: Request) -> Response {
     if is_upgrade(req.headers()) {
         return upgrade(state, req);
     }
-    match tokio::fs::read_to_string(state.static_dir.join("index.html")).await {
-        Ok(page) => Html(page).into_response(),
-        Err(_) => Html(
+    let page = match files::resolve(&state.static_dir, "/").await {
+        Resolved::File(index) => tokio::fs::read_to_string(index).await.ok(),
+        _ => None,
+    };
+    match page {
+        Some(page) => Html(page).into_response(),
+        None => Html(
             "<!doctype html><title>swarmcast</title><p>swarmcast signaling server. \
              Try the <a href=\"demo.html\">demo</a>.</p>\n",
         )
         .into_response(),
+    }
+}
+
+/// Everything else: a file of the static folder (see [`files`] for which ones).
+async fn static_file(State(state): State<Arc<AppState>>, req: Request) -> Response {
+    match files::resolve(&state.static_dir, req.uri().path()).await {
+        Resolved::File(path) => match ServeFile::new(path).try_call(req).await {
+            Ok(res) => res.map(axum::body::Body::new),
+            Err(_) => StatusCode::NOT_FOUND.into_response(),
+        },
+        Resolved::AddSlash => {
+            let to = format!("{}/", req.uri().path());
+            match HeaderValue::from_str(&to) {
+                Ok(to) => {
+                    (StatusCode::PERMANENT_REDIRECT, [(header::LOCATION, to)]).into_response()
+                }
+                Err(_) => StatusCode::NOT_FOUND.into_response(),
+            }
+        }
+        Resolved::NotFound => (StatusCode::NOT_FOUND, "not found\n").into_response(),
     }
 }
 
@@ -311,6 +389,16 @@ fn is_upgrade(h: &HeaderMap) -> bool {
     has_token(header::CONNECTION, "upgrade") && has_token(header::UPGRADE, "websocket")
 }
 
+/// RFC 6455 section 4.2.1: the key is the base64 of 16 bytes, i.e. 22 base64 characters and
+/// `==` (24 in all).
+fn valid_key(k: &[u8]) -> bool {
+    k.len() == 24
+        && k.ends_with(b"==")
+        && k[..22]
+            .iter()
+            .all(|&c| c.is_ascii_alphanumeric() || c == b'+' || c == b'/')
+}
+
 fn upgrade(state: Arc<AppState>, mut req: Request) -> Response {
     let cfg = &state.config;
     let h = req.headers();
@@ -323,9 +411,21 @@ fn upgrade(state: Arc<AppState>, mut req: Request) -> Response {
         )
             .into_response();
     }
-    let Some(key) = h.get(header::SEC_WEBSOCKET_KEY) else {
+    if req.version() < axum::http::Version::HTTP_11 {
+        // RFC 6455 section 4.1: the opening handshake is an HTTP/1.1 (or later) request.
         state.metrics.reject("bad_handshake");
-        return (StatusCode::BAD_REQUEST, "missing Sec-WebSocket-Key\n").into_response();
+        return (StatusCode::BAD_REQUEST, "WebSocket needs HTTP/1.1\n").into_response();
+    }
+    let Some(key) = h
+        .get(header::SEC_WEBSOCKET_KEY)
+        .filter(|k| valid_key(k.as_bytes()))
+    else {
+        state.metrics.reject("bad_handshake");
+        return (
+            StatusCode::BAD_REQUEST,
+            "missing or invalid Sec-WebSocket-Key\n",
+        )
+            .into_response();
     };
     let accept = tungstenite::handshake::derive_accept_key(key.as_bytes());
     if !cfg.allowed_origins.is_empty() {
@@ -343,10 +443,20 @@ fn upgrade(state: Arc<AppState>, mut req: Request) -> Response {
         state.metrics.reject("too_many_connections");
         return (StatusCode::SERVICE_UNAVAILABLE, "too many connections\n").into_response();
     }
+    let addr = match req.extensions().get::<ConnectInfo<SocketAddr>>() {
+        Some(ConnectInfo(peer)) => AddrKey::of(budget::client_addr(
+            peer.ip(),
+            &cfg.trusted_proxies,
+            h.get_all("x-forwarded-for")
+                .iter()
+                .filter_map(|v| v.to_str().ok()),
+        )),
+        None => AddrKey::unspecified(),
+    };
     let on_upgrade = hyper::upgrade::on(&mut req);
     tokio::spawn(async move {
         match on_upgrade.await {
-            Ok(upgraded) => connection(TokioIo::new(upgraded), state).await,
+            Ok(upgraded) => connection(TokioIo::new(upgraded), state, addr).await,
             Err(e) => tracing::debug!(error = %e, "WebSocket upgrade failed"),
         }
     });
@@ -365,25 +475,38 @@ fn upgrade(state: Arc<AppState>, mut req: Request) -> Response {
         .into_response()
 }
 
-/// A token bucket: `rate` per second, up to `burst`.
+/// A token bucket: `rate` messages per second, up to `burst`.
+///
+/// A connection over its rate is not answered with a failure: its next message simply waits
+/// (the connection is not read meanwhile, so TCP pushes back on the client). A refusal has
+/// no good form here: the reference client tears down every torrent sharing the socket on a
+/// reply without `action`, and one with `action` loses that announce until the next interval
+/// (issue 24: a WebTorrent client announcing 100 torrents at once had 40 refused).
 struct Bucket {
     tokens: f64,
     last: Instant,
 }
 
 impl Bucket {
-    fn take(&mut self, now: Instant, rate: f64, burst: f64) -> bool {
+    /// How long until a message may be handled, `None` if one may now.
+    fn wait(&mut self, now: Instant, rate: f64, burst: f64) -> Option<Duration> {
         if rate <= 0.0 {
-            return true;
+            return None;
         }
         let dt = now.saturating_duration_since(self.last).as_secs_f64();
         self.last = now;
-        self.tokens = (self.tokens + dt * rate).min(burst);
+        self.tokens = (self.tokens + dt * rate).min(burst.max(1.0));
         if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
+            None
         } else {
-            false
+            Some(Duration::from_secs_f64((1.0 - self.tokens) / rate).max(Duration::from_millis(1)))
+        }
+    }
+
+    /// Spends one message's token (after [`Bucket::wait`] said it may).
+    fn take(&mut self, rate: f64) {
+        if rate > 0.0 {
+            self.tokens -= 1.0;
         }
     }
 }
@@ -398,16 +521,19 @@ enum End {
 
 type Io = TokioIo<hyper::upgrade::Upgraded>;
 
-async fn connection(io: Io, state: Arc<AppState>) {
+async fn connection(io: Io, state: Arc<AppState>, addr: AddrKey) {
     let id = state.next_conn.fetch_add(1, Relaxed);
     let (rd, wr) = tokio::io::split(io);
-    let handle = Arc::new(Outbox::new(
-        id,
-        Some(Box::new(wr)),
-        state.config.send_queue,
-        state.config.on_full_queue == FullQueue::Drop,
-    ));
-    let mut member = state.tracker.join(handle.clone());
+    let handle = Arc::new(
+        Outbox::new(
+            id,
+            Some(Box::new(wr)),
+            state.config.send_queue,
+            state.config.on_full_queue == FullQueue::Drop,
+        )
+        .with_byte_limits(state.config.send_queue_bytes, state.send_budget.clone()),
+    );
+    let mut member = state.tracker.join(handle.clone(), addr);
     state.metrics.connections.fetch_add(1, Relaxed);
     state.metrics.connections_total.fetch_add(1, Relaxed);
     // Boxed so the spawned task's inline future stays small; the loop's state lives on the heap
@@ -437,21 +563,32 @@ async fn drive(
     let send_timeout = cfg.send_timeout();
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + cfg.ping(), cfg.ping());
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut last_msg = Instant::now();
-    let mut bucket = Bucket {
-        tokens: cfg.rate_burst.max(1.0),
-        last: Instant::now(),
+    let mut conn = Conn {
+        last_msg: Instant::now(),
+        heard: false,
+        bucket: Bucket {
+            tokens: cfg.rate_burst.max(1.0),
+            last: Instant::now(),
+        },
+        reader: ws::Reader::new(READ_BUFFER, cfg.max_message_bytes),
     };
-    let mut violations = 0u32;
-    let mut reader = ws::Reader::new(READ_BUFFER, cfg.max_message_bytes);
     // Both wake-up sources are registered once and re-armed only after they fire, not
     // re-created (and re-registered under their locks) on every pass of the loop.
     let shut = shutdown.changed();
     tokio::pin!(shut);
     let wanted = handle.wanted();
     tokio::pin!(wanted);
+    // A connection over its rate: the messages it has sent wait (and it is not read) until
+    // this fires.
+    let throttle = tokio::time::sleep(Duration::ZERO);
+    tokio::pin!(throttle);
+    let mut throttled = false;
+    // A WebSocket that never sends a message is closed as soon as an HTTP request that never
+    // comes would be: clients announce as soon as the socket opens.
+    let first = tokio::time::sleep(cfg.request_timeout());
+    tokio::pin!(first);
     loop {
-        tokio::select! {
+        let step = tokio::select! {
             biased;
             _ = &mut shut => return End::Close(ws::close::GOING_AWAY, "server shutting down"),
             () = &mut wanted => {
@@ -462,74 +599,124 @@ async fn drive(
                 }
                 // Boxed: the timer of a blocked flush is large, and rare.
                 match Box::pin(handle.flush(m, send_timeout)).await {
-                    Ok(()) => {}
+                    Ok(()) => continue,
                     Err(FlushError::Io) => return End::Quiet,
-                    Err(FlushError::Timeout) => {
+                    Err(FlushError::Timeout | FlushError::Killed) => {
                         // The socket took nothing for `send_timeout`: a slow reader.
                         m.reject("slow_reader");
                         return End::Quiet;
                     }
                 }
             }
-            r = rd.read(reader.spare()) => {
+            () = &mut throttle, if throttled => {
+                throttled = false;
+                conn.handle_buffered(state, handle, member)
+            }
+            r = rd.read(conn.reader.spare()), if !throttled => {
                 match r {
                     Ok(0) | Err(_) => return End::Quiet,
-                    Ok(n) => reader.filled(n),
+                    Ok(n) => conn.reader.filled(n),
                 }
-                // The replies to everything this read brought leave in one write.
-                handle.cork();
-                let ended = loop {
-                    let msg = match reader.next_message() {
-                        Ok(None) => break None,
-                        Ok(Some(msg)) => msg,
-                        Err(e) => {
-                            m.reject(match e {
-                                ws::WsError::TooBig => "frame_too_large",
-                                _ => "bad_frame",
-                            });
-                            tracing::debug!(conn = handle.id, error = %e, "closing");
-                            break Some(End::Close(e.close_code(), match e {
-                                ws::WsError::TooBig => "message too big",
-                                ws::WsError::NotUtf8 => "text is not UTF-8",
-                                ws::WsError::Protocol(why) => why,
-                            }));
-                        }
-                    };
-                    let parsed = match msg {
-                        Incoming::Text(t) => protocol::parse_str(t),
-                        Incoming::Binary(b) => protocol::parse(b),
-                        Incoming::Ping(p) => {
-                            handle.send_control(|b| ws::write_pong(b, p), m);
-                            continue;
-                        }
-                        Incoming::Pong => continue,
-                        Incoming::Close(_) => break Some(End::Close(ws::close::NORMAL, "")),
-                    };
-                    last_msg = Instant::now();
-                    if !bucket.take(last_msg, cfg.rate, cfg.rate_burst) {
-                        m.reject("rate_limited");
-                        violations += 1;
-                        if f64::from(violations) > cfg.rate_burst.max(1.0) {
-                            break Some(End::Close(ws::close::POLICY, "rate limit exceeded"));
-                        }
-                        reply(state, handle, protocol::encode_failure("rate limit exceeded"), Kind::Failure);
-                        continue;
-                    }
-                    handle_message(state, handle, member, parsed, last_msg);
-                };
-                handle.uncork(m);
-                if let Some(end) = ended {
-                    return end;
-                }
+                conn.handle_buffered(state, handle, member)
+            }
+            () = &mut first, if !conn.heard => {
+                m.reject("request_timeout");
+                return End::Close(ws::close::POLICY, "no request");
             }
             _ = tick.tick() => {
-                if last_msg.elapsed() >= idle {
+                if conn.last_msg.elapsed() >= idle {
                     m.reject("idle_timeout");
                     return End::Close(ws::close::NORMAL, "idle timeout");
                 }
                 handle.send_control(ws::write_ping, m);
+                continue;
             }
+        };
+        match step {
+            Step::Read => {}
+            Step::Wait(d) => {
+                m.reject("rate_limited");
+                throttle.as_mut().reset(tokio::time::Instant::now() + d);
+                throttled = true;
+            }
+            Step::End(end) => return end,
         }
+    }
+}
+
+/// A connection's reading side: what it has sent and how fast it may send.
+struct Conn {
+    last_msg: Instant,
+    /// Whether any message arrived yet (see the first-message deadline in [`drive`]).
+    heard: bool,
+    bucket: Bucket,
+    reader: ws::Reader,
+}
+
+/// What [`Conn::handle_buffered`] left to do.
+enum Step {
+    /// Everything buffered is handled: read more.
+    Read,
+    /// Over the rate: handle the rest after this long.
+    Wait(Duration),
+    /// Close.
+    End(End),
+}
+
+impl Conn {
+    /// Handles the complete messages in the read buffer, as far as the rate allows.
+    fn handle_buffered(
+        &mut self,
+        state: &Arc<AppState>,
+        handle: &Arc<Outbox>,
+        member: &mut Member,
+    ) -> Step {
+        let cfg = &state.config;
+        let m = &state.metrics;
+        // The replies to everything this read brought leave in one write.
+        handle.cork();
+        let step = loop {
+            if self.reader.is_partial() {
+                if let Some(d) = self.bucket.wait(Instant::now(), cfg.rate, cfg.rate_burst) {
+                    break Step::Wait(d);
+                }
+            }
+            let msg = match self.reader.next_message() {
+                Ok(None) => break Step::Read,
+                Ok(Some(msg)) => msg,
+                Err(e) => {
+                    m.reject(match e {
+                        ws::WsError::TooBig => "frame_too_large",
+                        _ => "bad_frame",
+                    });
+                    tracing::debug!(conn = handle.id, error = %e, "closing");
+                    break Step::End(End::Close(
+                        e.close_code(),
+                        match e {
+                            ws::WsError::TooBig => "message too big",
+                            ws::WsError::NotUtf8 => "text is not UTF-8",
+                            ws::WsError::Protocol(why) => why,
+                        },
+                    ));
+                }
+            };
+            let parsed = match msg {
+                Incoming::Text(t) => protocol::parse_str(t),
+                Incoming::Binary(b) => protocol::parse(b),
+                Incoming::Ping(p) => {
+                    handle.send_control(|b| ws::write_pong(b, p), m);
+                    continue;
+                }
+                Incoming::Pong => continue,
+                Incoming::Close(_) => break Step::End(End::Close(ws::close::NORMAL, "")),
+            };
+            self.last_msg = Instant::now();
+            self.heard = true;
+            self.bucket.take(cfg.rate);
+            handle_message(state, handle, member, parsed, self.last_msg);
+        };
+        handle.uncork(m);
+        step
     }
 }
 

@@ -10,7 +10,11 @@
 //!
 //! Invariants:
 //! - a `(info_hash, peer_id)` is registered at most once, owned by exactly one connection; a
-//!   second connection announcing the same pair takes it over (a reconnecting client);
+//!   second connection announcing the same pair takes it over (a reconnecting client) only
+//!   from the same client address (see [`Refusal::PeerIdInUse`]), and only within its own
+//!   per-connection limit;
+//! - every registration is charged to its connection's address ([`crate::budget`]), and
+//!   given back when it leaves its swarm however that happens;
 //! - offers go to distinct peers, never back to the offering peer;
 //! - an answer is delivered only if the answering connection was sent the offer it answers
 //!   (same swarm, same `offer_id`, from the same peer on the same connection);
@@ -23,6 +27,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use crate::budget::{AddrBudget, AddrKey};
 use crate::metrics::Kind;
 use crate::protocol::{self, Announce, Event, Id20, Scrape, ScrapeStats};
 
@@ -56,6 +61,8 @@ pub struct Limits {
     pub max_swarms: usize,
     /// `(info_hash, peer_id)` registrations per connection.
     pub max_swarms_per_connection: usize,
+    /// Registrations per client address (IPv4, or IPv6 /64), over all its connections.
+    pub max_peers_per_address: usize,
     /// Swarms returned by a scrape.
     pub max_scrape: usize,
     /// Announce interval told to clients, seconds.
@@ -77,6 +84,15 @@ pub enum Refusal {
     /// This connection is in [`Limits::max_swarms_per_connection`] swarms.
     #[error("too many swarms on this connection")]
     TooManySwarmsPerConnection,
+    /// This connection's address holds [`Limits::max_peers_per_address`] registrations.
+    #[error("too many peers from this address")]
+    TooManyPeersFromAddress,
+    /// The peer_id is registered in this swarm by a connection from another address. A
+    /// takeover (the reconnect path) is allowed from the same address only: peer ids are not
+    /// secret (every offer relayed carries its sender's), and taking one over took the
+    /// victim's membership and its next offers (issue 24).
+    #[error("peer_id is in use by another connection")]
+    PeerIdInUse,
     /// An answer to an offer this connection was never sent (dropped silently: the protocol has
     /// no reply to answers).
     #[error("answer does not match an offer sent to this connection")]
@@ -91,6 +107,8 @@ impl Refusal {
             Refusal::SwarmFull => "swarm_full",
             Refusal::TooManySwarms => "too_many_swarms",
             Refusal::TooManySwarmsPerConnection => "too_many_swarms_per_connection",
+            Refusal::TooManyPeersFromAddress => "too_many_peers_from_address",
+            Refusal::PeerIdInUse => "peer_id_in_use",
             Refusal::AnswerUnmatched => "answer_unmatched",
         }
     }
@@ -174,6 +192,8 @@ struct Peer {
     /// `conn.id`, kept inline: checking the owner must not touch the connection's cache line.
     conn_id: u64,
     conn: Arc<ConnHandle>,
+    /// The address its registration is charged to.
+    addr: AddrKey,
     seeder: bool,
     last_seen: Instant,
 }
@@ -213,6 +233,8 @@ impl Swarm {
 /// call that acts for it.
 pub struct Member {
     handle: Arc<ConnHandle>,
+    /// The connection's client address.
+    addr: AddrKey,
     /// `(info_hash, peer_id)` this connection registered. Entries taken over by another
     /// connection or expired since stay until [`Tracker::prune`] (for the per-connection
     /// limit) or the connection leaves (where removal checks the owner).
@@ -266,6 +288,8 @@ pub struct Tracker {
     /// without a global lock, so concurrent announces can pass it by at most one each.
     swarms: AtomicUsize,
     peers: AtomicUsize,
+    /// Registrations per address.
+    budget: AddrBudget,
     /// Calls to [`Tracker::expire`] so far: a member prunes its registrations at most once
     /// between two, so a client at its limit cannot make every announce a scan.
     sweeps: AtomicU64,
@@ -288,6 +312,7 @@ impl Tracker {
             })
             .collect();
         Tracker {
+            budget: AddrBudget::new(limits.max_peers_per_address),
             limits,
             shards,
             shard_of: Fast::default(),
@@ -309,10 +334,16 @@ impl Tracker {
         self.peers.load(Relaxed)
     }
 
-    /// A connection joins (before its first message).
-    pub fn join(&self, handle: Arc<ConnHandle>) -> Member {
+    /// Registrations charged to `addr` now.
+    pub fn held_by(&self, addr: AddrKey) -> usize {
+        self.budget.held(addr)
+    }
+
+    /// A connection from client address `addr` joins (before its first message).
+    pub fn join(&self, handle: Arc<ConnHandle>, addr: AddrKey) -> Member {
         Member {
             handle,
+            addr,
             regs: Vec::new(),
             pruned_at: self.sweeps.load(Relaxed),
         }
@@ -342,7 +373,8 @@ impl Tracker {
         if owner.is_some_and(|o| swarm.peers[i].conn_id != o) {
             return false;
         }
-        swarm.remove_at(i);
+        let gone = swarm.remove_at(i);
+        self.budget.give(gone.addr);
         self.peers.fetch_sub(1, Relaxed);
         if swarm.peers.is_empty() {
             sh.swarms.remove(ih);
@@ -466,14 +498,26 @@ impl Tracker {
                 if at_limit {
                     return Err(Refusal::TooManySwarmsPerConnection);
                 }
+                // Charged before the swarm exists, so a refusal leaves no empty swarm.
+                if !self.budget.take(m.addr) {
+                    return Err(Refusal::TooManyPeersFromAddress);
+                }
                 self.swarms.fetch_add(1, Relaxed);
-                e.insert(Swarm::default())
+                let swarm = e.insert(Swarm::default());
+                return Ok(self.insert_peer(swarm, m, a, now));
             }
         };
         if let Some(&i) = swarm.index.get(&a.peer_id) {
             let p = &mut swarm.peers[i];
             if p.conn_id != conn {
-                // Taken over by this connection (a reconnecting client).
+                // A takeover (a reconnecting client): from the same address, and within this
+                // connection's own limit (the old owner's count of it is pruned later).
+                if p.addr != m.addr {
+                    return Err(Refusal::PeerIdInUse);
+                }
+                if at_limit {
+                    return Err(Refusal::TooManySwarmsPerConnection);
+                }
                 p.conn = m.handle.clone();
                 p.conn_id = conn;
                 m.regs.push((a.info_hash, a.peer_id));
@@ -488,19 +532,34 @@ impl Tracker {
             }
             return Ok(swarm);
         }
-        // A swarm created above has no peers yet, so neither check can leave it empty.
         if swarm.peers.len() >= self.limits.max_peers_per_swarm {
             return Err(Refusal::SwarmFull);
         }
         if at_limit {
             return Err(Refusal::TooManySwarmsPerConnection);
         }
+        if !self.budget.take(m.addr) {
+            return Err(Refusal::TooManyPeersFromAddress);
+        }
+        Ok(self.insert_peer(swarm, m, a, now))
+    }
+
+    /// Adds `a`'s peer (new to `swarm`, already charged to `m`'s address).
+    fn insert_peer<'s>(
+        &self,
+        swarm: &'s mut Swarm,
+        m: &mut Member,
+        a: &Announce,
+        now: Instant,
+    ) -> &'s mut Swarm {
+        let becomes_seeder = a.seeder || a.event == Event::Completed;
         m.regs.push((a.info_hash, a.peer_id));
         swarm.index.insert(a.peer_id, swarm.peers.len());
         swarm.peers.push(Peer {
             peer_id: a.peer_id,
-            conn_id: conn,
+            conn_id: m.handle.id,
             conn: m.handle.clone(),
+            addr: m.addr,
             seeder: becomes_seeder,
             last_seen: now,
         });
@@ -511,7 +570,7 @@ impl Tracker {
             }
         }
         self.peers.fetch_add(1, Relaxed);
-        Ok(swarm)
+        swarm
     }
 
     fn route_answer(
@@ -593,7 +652,8 @@ impl Tracker {
                 let mut i = 0;
                 while i < sw.peers.len() {
                     if now.saturating_duration_since(sw.peers[i].last_seen) > ttl {
-                        sw.remove_at(i);
+                        let p = sw.remove_at(i);
+                        self.budget.give(p.addr);
                         gone += 1;
                     } else {
                         i += 1;
@@ -668,13 +728,17 @@ mod tests {
             max_peers_per_swarm: 100,
             max_swarms: 10,
             max_swarms_per_connection: 4,
+            max_peers_per_address: 1000,
             max_scrape: 10,
             interval_secs: 120,
         }
     }
 
     fn conn(t: &Tracker, id: u64) -> Member {
-        t.join(Arc::new(ConnHandle::new(id, None, 8, false)))
+        t.join(
+            Arc::new(ConnHandle::new(id, None, 8, false)),
+            AddrKey::unspecified(),
+        )
     }
 
     fn announce(ih: u8, pid: u8, offers: usize) -> Announce<'static> {

@@ -302,9 +302,20 @@ fn close_code(payload: &[u8]) -> Result<Option<u16>, WsError> {
             if std::str::from_utf8(&payload[2..]).is_err() {
                 return Err(WsError::NotUtf8);
             }
-            Ok(Some(u16::from_be_bytes([payload[0], payload[1]])))
+            let code = u16::from_be_bytes([payload[0], payload[1]]);
+            if !close_code_allowed(code) {
+                return Err(WsError::Protocol("invalid close code"));
+            }
+            Ok(Some(code))
         }
     }
+}
+
+/// Whether a peer may send `code` in a close frame (RFC 6455 section 7.4): the defined codes
+/// except those reserved for local use (1004, 1005, 1006, 1015), and the registered (3000-3999)
+/// and private (4000-4999) ranges.
+pub fn close_code_allowed(code: u16) -> bool {
+    matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999)
 }
 
 /// XORs `data` with the 4-byte mask, eight bytes at a time.

@@ -206,6 +206,61 @@ async fn handshake_refusals() {
     );
     let (_t, head) = handshake(server.addr, "Sec-WebSocket-Version: 13\r\n").await;
     assert!(head.starts_with("HTTP/1.1 400"), "no key: {head}");
-    assert_eq!(server.state.metrics.rejected("bad_handshake"), 2);
+    // Issue 24: an empty key, and keys that are not the base64 of 16 bytes.
+    for key in [
+        "",
+        "abc",
+        "dGhlIHNhbXBsZSBub25jZQ",
+        "dGhlIHNhbXBsZSBub25j*Q==",
+    ] {
+        let (_t, head) = handshake(
+            server.addr,
+            &format!("Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: {key}\r\n"),
+        )
+        .await;
+        assert!(head.starts_with("HTTP/1.1 400"), "key {key:?}: {head}");
+    }
+    assert_eq!(server.state.metrics.rejected("bad_handshake"), 6);
+    server.shutdown().await;
+}
+
+/// Issue 24: the opening handshake is HTTP/1.1 (RFC 6455 section 4.1); an HTTP/1.0 upgrade is
+/// refused.
+#[tokio::test]
+async fn http10_upgrade_is_refused() {
+    let server = start(config()).await;
+    let mut tcp = TcpStream::connect(server.addr).await.unwrap();
+    let req = format!(
+        "GET /announce HTTP/1.0\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: {KEY}\r\n\r\n",
+        server.addr
+    );
+    tcp.write_all(req.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut out))
+        .await
+        .expect("answered and closed")
+        .unwrap();
+    let head = String::from_utf8_lossy(&out);
+    assert!(head.contains(" 400 "), "{head}");
+    assert!(!head.contains(" 101 "), "{head}");
+    assert_eq!(server.state.metrics.rejected("bad_handshake"), 1);
+    server.shutdown().await;
+}
+
+/// Issue 24: close codes a peer may not send (RFC 6455 section 7.4) are a protocol error;
+/// allowed ones are echoed.
+#[tokio::test]
+async fn invalid_close_codes_are_protocol_errors() {
+    let server = start(config()).await;
+    for code in [0u16, 999, 1004, 1005, 1006, 1015, 2999, 5000, 65535] {
+        let mut c = Raw::connect(server.addr).await;
+        c.frame(true, 8, &code.to_be_bytes(), true).await;
+        c.expect_close(ws::close::PROTOCOL).await;
+    }
+    for code in [1000u16, 1001, 1003, 1011, 3000, 4999] {
+        let mut c = Raw::connect(server.addr).await;
+        c.frame(true, 8, &code.to_be_bytes(), true).await;
+        c.expect_close(ws::close::NORMAL).await;
+    }
     server.shutdown().await;
 }

@@ -24,6 +24,61 @@ fn static_dir(with_index: bool) -> std::path::PathBuf {
     d
 }
 
+/// Issue 24: only regular files that resolve inside the static folder are served; no
+/// symlinks out of it, no dotfiles, and an over-long segment is a 404 (it was a 500).
+#[tokio::test]
+async fn static_files_stay_inside_the_folder() {
+    let d = static_dir(false).join("confined");
+    let outside = d.with_file_name(format!("outside-{}", std::process::id()));
+    std::fs::create_dir_all(d.join("sub")).unwrap();
+    std::fs::create_dir_all(d.join(".git")).unwrap();
+    std::fs::create_dir_all(&outside).unwrap();
+    std::fs::write(outside.join("secret.txt"), "SECRET").unwrap();
+    std::fs::write(d.join("sub/ok.txt"), "OK").unwrap();
+    std::fs::write(d.join("sub/index.html"), "SUBINDEX").unwrap();
+    std::fs::write(d.join(".env"), "TOKEN=1").unwrap();
+    std::fs::write(d.join(".git/config"), "[core]").unwrap();
+    let link = |target: &std::path::Path, name: &str| {
+        let _ = std::fs::remove_file(d.join(name));
+        std::os::unix::fs::symlink(target, d.join(name)).unwrap();
+    };
+    link(std::path::Path::new("/"), "rootlink");
+    link(&outside, "outlink");
+    link(&outside.join("secret.txt"), "secret.txt");
+    link(&d.join("sub/ok.txt"), "inside.txt");
+    let mut cfg = config();
+    cfg.static_dir = Some(d.clone());
+    let server = start(cfg).await;
+    let a = server.addr;
+    for path in [
+        "/rootlink/etc/passwd",
+        "/rootlink/etc/hostname",
+        "/outlink/secret.txt",
+        "/secret.txt",
+        "/.env",
+        "/.git/config",
+        "/sub/%2e%2e/.env",
+        "/%2e%2e/outside/secret.txt",
+        "/sub/.%2E/.env",
+    ] {
+        let (st, _, body) = http_get(a, path, "").await;
+        assert_eq!(st, 404, "{path}: {}", String::from_utf8_lossy(&body));
+        assert!(!body.starts_with(b"SECRET") && !body.starts_with(b"root:"));
+    }
+    let long = format!("/{}", "a".repeat(300));
+    assert_eq!(http_get(a, &long, "").await.0, 404, "over-long segment");
+    let (st, _, body) = http_get(a, "/sub/ok.txt", "").await;
+    assert_eq!((st, &body[..]), (200, &b"OK"[..]));
+    // A symlink whose target is inside the folder is fine.
+    let (st, _, body) = http_get(a, "/inside.txt", "").await;
+    assert_eq!((st, &body[..]), (200, &b"OK"[..]));
+    let (st, _, body) = http_get(a, "/sub/", "").await;
+    assert_eq!((st, &body[..]), (200, &b"SUBINDEX"[..]));
+    let (st, h, _) = http_get(a, "/sub", "").await;
+    assert_eq!((st, header(&h, "location")), (308, Some("/sub/")));
+    server.shutdown().await;
+}
+
 #[tokio::test]
 async fn static_files_health_and_metrics() {
     let mut cfg = config();

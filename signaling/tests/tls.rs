@@ -274,3 +274,92 @@ fn binary_serves_https_and_reloads_on_sighup() {
     let _ = Command::new("kill").args(["-TERM", &pid]).status();
     assert!(child.wait().unwrap().success());
 }
+
+/// Issue 24: what a client can make the server log is bounded. Each TLS connection opening
+/// with a ChangeCipherSpec record made rustls log one WARN line (2,000 lines in 0.8 s); 200
+/// such connections now leave the log as it was after start-up.
+#[test]
+fn clients_cannot_fill_the_log() {
+    use std::io::Read;
+    let dir = tmpdir("ccs");
+    make_cert(&dir);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_swarmcast-signaling"))
+        .args(["--listen", "127.0.0.1:0", "--tls-cert"])
+        .arg(dir.join("cert.pem"))
+        .arg("--tls-key")
+        .arg(dir.join("key.pem"))
+        .env_remove("RUST_LOG")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let addr: SocketAddr = line
+        .trim()
+        .strip_prefix("listening on https://")
+        .unwrap_or_else(|| panic!("{line:?}"))
+        .parse()
+        .unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        for _ in 0..200 {
+            let mut t = TcpStream::connect(addr).await.unwrap();
+            // A ChangeCipherSpec record (TLS 1.2 framing) where the ClientHello should be.
+            t.write_all(&[0x14, 0x03, 0x03, 0x00, 0x01, 0x01])
+                .await
+                .unwrap();
+            let mut sink = Vec::new();
+            let _ = tokio::time::timeout(Duration::from_secs(2), t.read_to_end(&mut sink)).await;
+        }
+    });
+    let pid = child.id().to_string();
+    let _ = Command::new("kill").args(["-TERM", &pid]).status();
+    let mut log = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut log)
+        .unwrap();
+    assert!(child.wait().unwrap().success());
+    let lines = log.lines().count();
+    assert!(lines < 10, "{lines} log lines:\n{log}");
+}
+
+/// Issue 24: a connection idle after a finished TLS handshake (and one that never finishes
+/// it) is closed at the request deadline.
+#[tokio::test]
+async fn idle_after_the_tls_handshake_is_closed() {
+    let pair = make_cert(&tmpdir("idle"));
+    let mut cfg = tls_config(&pair);
+    cfg.request_timeout = 0.5;
+    let server = start(cfg).await;
+    let mut done = tls_connect(server.addr, &pair.cert_der)
+        .await
+        .expect("TLS handshake");
+    let mut half = TcpStream::connect(server.addr).await.unwrap();
+    half.write_all(&[0x16, 0x03, 0x01]).await.unwrap();
+    let mut buf = [0u8; 512];
+    for s in [
+        &mut done as &mut (dyn tokio::io::AsyncRead + Unpin + Send),
+        &mut half,
+    ] {
+        let r = tokio::time::timeout(Duration::from_secs(4), async {
+            loop {
+                match s.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => continue,
+                }
+            }
+        })
+        .await;
+        assert!(r.is_ok(), "still open after 4 s");
+    }
+    assert!(server.state.metrics.rejected("request_timeout") >= 2);
+    server.shutdown().await;
+}

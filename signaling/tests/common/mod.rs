@@ -57,6 +57,30 @@ impl Client {
         Client { ws }
     }
 
+    /// Connects from local address `from` (e.g. 127.0.0.2: another client address on
+    /// loopback) with extra request headers.
+    pub async fn connect_from(
+        addr: SocketAddr,
+        from: std::net::IpAddr,
+        headers: &[(&'static str, &str)],
+    ) -> Client {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let sock = tokio::net::TcpSocket::new_v4().unwrap();
+        sock.bind(SocketAddr::new(from, 0)).unwrap();
+        let tcp = sock.connect(addr).await.expect("tcp connect");
+        let mut req = format!("ws://{addr}/announce")
+            .into_client_request()
+            .unwrap();
+        for (k, v) in headers {
+            req.headers_mut()
+                .insert(*k, v.parse().expect("header value"));
+        }
+        let (ws, _) = tokio_tungstenite::client_async(req, MaybeTlsStream::Plain(tcp))
+            .await
+            .expect("ws connect");
+        Client { ws }
+    }
+
     pub async fn send(&mut self, v: Value) {
         self.ws
             .send(Message::Text(v.to_string().into()))
