@@ -7,6 +7,7 @@
 pub mod binstr;
 pub mod jitter;
 pub mod links;
+pub mod node;
 pub mod playback;
 pub mod status;
 #[cfg(feature = "test-hooks")]

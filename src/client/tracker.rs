@@ -34,7 +34,7 @@ pub struct OfferOut {
 
 /// An announce request.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Announce<'a> {
+pub struct Announce {
     /// The swarm.
     pub info_hash: [u8; 20],
     /// This peer.
@@ -44,7 +44,7 @@ pub struct Announce<'a> {
     /// Lifecycle event.
     pub event: AnnounceEvent,
     /// Pre-made offers, at most `numwant`.
-    pub offers: &'a [OfferOut],
+    pub offers: Vec<OfferOut>,
     /// Bytes uploaded so far (informational).
     pub uploaded: u64,
     /// Bytes downloaded so far (informational).
@@ -53,7 +53,7 @@ pub struct Announce<'a> {
     pub seeder: bool,
 }
 
-impl Announce<'_> {
+impl Announce {
     /// The JSON text frame.
     pub fn to_json(&self) -> String {
         let mut m = Map::new();
@@ -88,6 +88,44 @@ impl Announce<'_> {
             m.insert("offers".into(), Value::Array(offers));
         }
         Value::Object(m).to_string()
+    }
+}
+
+/// What a peer sends a tracker: the node hands these to its host, which sends
+/// [`TrackerRequest::to_json`] over the socket (or, in the simulator, models the tracker on the
+/// typed value).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TrackerRequest {
+    /// An announce (with offers, or `stopped`).
+    Announce(Announce),
+    /// The answer to another peer's offer.
+    Answer {
+        /// The swarm.
+        info_hash: [u8; 20],
+        /// This peer.
+        peer_id: PeerId,
+        /// The offerer.
+        to: PeerId,
+        /// The offer's id as the tracker forwarded it (a binary string).
+        offer_id: String,
+        /// The answer's SDP.
+        sdp: String,
+    },
+}
+
+impl TrackerRequest {
+    /// The JSON text frame.
+    pub fn to_json(&self) -> String {
+        match self {
+            TrackerRequest::Announce(a) => a.to_json(),
+            TrackerRequest::Answer {
+                info_hash,
+                peer_id,
+                to,
+                offer_id,
+                sdp,
+            } => answer_json(*info_hash, *peer_id, *to, offer_id, sdp),
+        }
     }
 }
 
@@ -286,7 +324,7 @@ mod tests {
             peer_id: PeerId([1; 20]),
             numwant: 3,
             event: AnnounceEvent::Started,
-            offers: &offers,
+            offers: offers.to_vec(),
             uploaded: 5,
             downloaded: 6,
             seeder: false,
@@ -317,7 +355,7 @@ mod tests {
             peer_id: PeerId([1; 20]),
             numwant: 0,
             event: AnnounceEvent::Update,
-            offers: &[],
+            offers: Vec::new(),
             uploaded: 0,
             downloaded: 0,
             seeder: true,

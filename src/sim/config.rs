@@ -115,7 +115,8 @@ pub struct SimConfig {
     pub setup_rtts: f64,
     /// Fixed processing cost of a connection set-up (ICE gathering etc.), µs.
     pub setup_fixed_us: u64,
-    /// Minimum time between tracker announces of one peer, µs.
+    /// Re-announce interval the modelled tracker tells peers, µs (whole seconds; the node
+    /// re-announces sooner while it wants neighbours, see `client::node`).
     pub announce_interval_us: u64,
     /// Bytes of a modelled SDP offer/answer carried by the tracker or relayed by neighbours.
     pub sdp_bytes: usize,
@@ -174,7 +175,7 @@ impl Default for SimConfig {
             max_degree: None,
             setup_rtts: 3.0,
             setup_fixed_us: 20_000,
-            announce_interval_us: 2_000_000,
+            announce_interval_us: 120_000_000,
             sdp_bytes: 600,
             threads: std::thread::available_parallelism()
                 .map(|n| n.get())

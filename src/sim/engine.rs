@@ -1,5 +1,6 @@
-//! The discrete-event engine: every peer runs a real [`Swarm`]; the engine is its "binding",
-//! playing network, transport, tracker and player.
+//! The discrete-event engine: every peer runs a real [`Node`] (the product's own node: its
+//! [`crate::core::Swarm`], connection table, tracker schedule and rejoin rules); the engine is
+//! only its platform, playing network, transport, tracker and player.
 //!
 //! Time advances in steps of the smallest one-way latency (the lookahead). Within a step each
 //! peer's events depend only on that peer's own state, because anything one peer does reaches
@@ -9,26 +10,24 @@
 
 use super::config::SimConfig;
 use super::metrics::{PeerMetrics, WireClass};
-use super::population::{latency_us, peer_index, Behaviour, Departure, PeerSpec, TRACKER_POS};
+use super::population::{latency_us, Behaviour, Departure, PeerSpec, TRACKER_POS};
 use super::rng::Rng;
+use crate::client::binstr;
+use crate::client::node::{Action, CloseReason, ConnId, Event, Node, NodeConfig, NodeRole, Via};
+use crate::client::tracker::{AnnounceEvent, TrackerMessage, TrackerRequest};
 use crate::core::wire::Message;
-use crate::core::{Config, Input, Instant, Output, SegmentMeta, StreamId, StreamKey, Swarm};
+use crate::core::{Config, Instant, PeerId, SegmentMeta, StreamId, StreamKey};
 use bytes::Bytes;
 use std::cmp::Ordering;
-use std::collections::{BinaryHeap, VecDeque};
+use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
 
-/// Pending (offered, not yet open) connections are dropped after this long. A full peer ignores
-/// an offer (as a WebTorrent client does), so the offerer learns it only by this timeout; an
-/// answer and the set-up normally take well under a second.
-const PENDING_TIMEOUT_US: u64 = 3_000_000;
-/// How often a peer's binding checks whether the core wants more neighbours.
-const ANNOUNCE_CHECK_US: u64 = 1_000_000;
-/// Most offers in one tracker announce (WebTorrent clients send up to 10).
-const MAX_OFFERS: usize = 10;
 /// Transport overhead per packet (IP, UDP, DTLS, SCTP headers) and packet payload size: the
 /// uplink serialises these too.
 const PACKET_OVERHEAD: usize = 80;
 const PACKET_PAYLOAD: usize = 1200;
+
+/// The one tracker every simulated peer is configured with (its URL is never opened).
+const TRACKER_URL: &str = "wss://tracker.sim/announce";
 
 /// The published stream: what the source sends and what every player must get, byte for byte.
 pub struct Truth {
@@ -79,50 +78,36 @@ impl Truth {
 enum Ev {
     Join,
     Leave(Departure),
-    /// The core's `poll_timeout` came due.
+    /// The node's `poll_timeout` came due.
     Timer,
-    /// Check whether to ask the tracker for more neighbours.
-    Announce,
     /// Source: publish segment `seq`.
     Publish(u64),
-    /// A message reached this peer's network interface.
+    /// The tracker's socket opened.
+    TrackerUp,
+    /// A message from the modelled tracker.
+    Tracker(TrackerMessage),
+    /// A message reached this peer's network interface, on its connection `conn`.
     Arrive {
         from: u32,
-        conn: u64,
+        conn: ConnId,
         data: Bytes,
     },
-    /// A message came through this peer's downlink: hand it to the core.
+    /// A message came through this peer's downlink: hand it to the node.
     Deliver {
         from: u32,
-        conn: u64,
+        conn: ConnId,
         data: Bytes,
     },
     /// The uplink finished serialising the message in flight.
     UplinkDone,
-    /// An offer relayed by the tracker.
-    Offer {
-        from: u32,
-        conn: u64,
-    },
-    /// An answer relayed by the tracker.
-    Answer {
-        from: u32,
-        conn: u64,
-    },
-    /// The transport to `peer` is up.
+    /// The transport of this peer's connection `conn` is up; `remote` is the other end.
     Open {
-        peer: u32,
-        conn: u64,
+        conn: ConnId,
+        remote: (u32, ConnId),
     },
-    /// `peer` closed the transport (or vanished and it was noticed).
+    /// The other end closed this peer's connection `conn` (or vanished and it was noticed).
     Closed {
-        peer: u32,
-        conn: u64,
-    },
-    /// A pending connection timed out.
-    Expire {
-        peer: u32,
-        conn: u64,
+        conn: ConnId,
     },
 }
 
@@ -204,12 +189,11 @@ impl EventQueue {
     }
 }
 
-/// One transport (data channel) as seen from one end.
-struct Conn {
-    peer: u32,
-    id: u64,
+/// One transport (data channel) as seen from one end, under the node's connection id.
+struct Transport {
+    /// The other end, once known (at once for an answer, when the answer comes for an offer).
+    remote: Option<(u32, ConnId)>,
     open: bool,
-    initiator: bool,
     /// Messages accepted by the transport, not yet on the wire.
     queue: VecDeque<Bytes>,
     /// `bufferedAmount`: bytes queued plus the message being serialised.
@@ -218,16 +202,16 @@ struct Conn {
 
 /// A peer while it is online.
 struct Live {
-    swarm: Swarm,
-    conns: Vec<Conn>,
-    rr: usize,
-    /// The message being serialised on the uplink: (to, conn, bytes).
-    uplink: Option<(u32, u64, Bytes)>,
+    node: Node,
+    transports: BTreeMap<ConnId, Transport>,
+    /// Round-robin cursor of the uplink over transports.
+    rr: ConnId,
+    /// The message being serialised on the uplink: (local conn, remote end, bytes).
+    uplink: Option<(ConnId, (u32, ConnId), Bytes)>,
     down_free: u64,
     timer_at: Option<u64>,
     timer_fired_at: Option<u64>,
-    last_announce: Option<u64>,
-    conn_counter: u64,
+    /// The modelled tracker's choices for this peer's offers.
     rng: Rng,
 }
 
@@ -240,11 +224,15 @@ pub struct PeerState {
     pub metrics: PeerMetrics,
 }
 
+/// A change to the modelled tracker's swarm: `(time, peer, Some(id))` registers (or renames)
+/// a peer that announced, `None` removes it.
+type TrackerOp = (u64, u32, Option<PeerId>);
+
 /// Events produced in a step for other peers, plus tracker membership changes.
 #[derive(Default)]
 struct Outbox {
     events: Vec<(u32, Sched)>,
-    tracker: Vec<(u64, u32, bool)>,
+    tracker: Vec<TrackerOp>,
 }
 
 /// Read-only state every peer may look at during a step.
@@ -253,8 +241,10 @@ struct Ctx<'a> {
     specs: &'a [PeerSpec],
     truth: &'a Truth,
     stream: StreamId,
-    /// Online peers as the tracker knows them (snapshot at the start of the step).
+    /// Peers in the tracker's swarm (snapshot at the start of the step).
     tracker: &'a [u32],
+    /// The tracker's peer ids (same snapshot), to route answers.
+    tracker_ids: &'a HashMap<PeerId, u32>,
     wire: &'a WireClass,
     end_us: u64,
 }
@@ -277,7 +267,7 @@ impl Ctx<'_> {
 pub struct EngineStats {
     /// Events processed.
     pub events: u64,
-    /// Core inputs fed.
+    /// Node events fed.
     pub inputs: u64,
 }
 
@@ -295,6 +285,9 @@ pub struct Engine<'a> {
     next_t: Vec<u64>,
     tracker: Vec<u32>,
     tracker_pos: Vec<u32>,
+    tracker_ids: HashMap<PeerId, u32>,
+    /// The id each registered peer announced with.
+    tracker_id_of: Vec<Option<PeerId>>,
     wire: WireClass,
     now: u64,
     lookahead: u64,
@@ -339,6 +332,8 @@ impl<'a> Engine<'a> {
             next_t,
             tracker: Vec::new(),
             tracker_pos: vec![u32::MAX; specs.len()],
+            tracker_ids: HashMap::new(),
+            tracker_id_of: vec![None; specs.len()],
             wire: WireClass::new(),
             now: 0,
             lookahead: cfg.latency_min_us.max(1),
@@ -353,7 +348,7 @@ impl<'a> Engine<'a> {
 
     /// Peers online now.
     pub fn online(&self) -> usize {
-        self.tracker.len()
+        self.peers.iter().filter(|p| p.live.is_some()).count()
     }
 
     /// Runs until `until` µs (at most the configured duration).
@@ -370,6 +365,7 @@ impl<'a> Engine<'a> {
                 truth: self.truth,
                 stream: self.key_stream,
                 tracker: &self.tracker,
+                tracker_ids: &self.tracker_ids,
                 wire: &self.wire,
                 end_us: end,
             };
@@ -450,20 +446,37 @@ impl<'a> Engine<'a> {
                 self.stats.inputs += st.inputs;
             }
             tracker_ops.sort_unstable();
-            for (_, idx, join) in tracker_ops {
-                let pos = self.tracker_pos[idx as usize];
-                if join && pos == u32::MAX {
-                    self.tracker_pos[idx as usize] = self.tracker.len() as u32;
-                    self.tracker.push(idx);
-                } else if !join && pos != u32::MAX {
-                    self.tracker.swap_remove(pos as usize);
-                    if let Some(&moved) = self.tracker.get(pos as usize) {
-                        self.tracker_pos[moved as usize] = pos;
-                    }
-                    self.tracker_pos[idx as usize] = u32::MAX;
-                }
+            for (_, idx, id) in tracker_ops {
+                self.tracker_op(idx, id);
             }
             self.now = step_end;
+        }
+    }
+
+    /// Applies one change to the tracker's swarm.
+    fn tracker_op(&mut self, idx: u32, id: Option<PeerId>) {
+        let i = idx as usize;
+        if let Some(old) = self.tracker_id_of[i].take() {
+            self.tracker_ids.remove(&old);
+        }
+        let pos = self.tracker_pos[i];
+        match id {
+            Some(id) => {
+                self.tracker_ids.insert(id, idx);
+                self.tracker_id_of[i] = Some(id);
+                if pos == u32::MAX {
+                    self.tracker_pos[i] = self.tracker.len() as u32;
+                    self.tracker.push(idx);
+                }
+            }
+            None if pos != u32::MAX => {
+                self.tracker.swap_remove(pos as usize);
+                if let Some(&moved) = self.tracker.get(pos as usize) {
+                    self.tracker_pos[moved as usize] = pos;
+                }
+                self.tracker_pos[i] = u32::MAX;
+            }
+            None => {}
         }
     }
 
@@ -473,7 +486,7 @@ impl<'a> Engine<'a> {
         let end = self.cfg.duration_us;
         for p in &mut self.peers {
             if let Some(live) = p.live.take() {
-                p.metrics.core_stats = Some(live.swarm.stats().clone());
+                p.metrics.core_stats = Some(live.node.stats().clone());
                 p.metrics.left_us = Some(end);
             }
         }
@@ -566,23 +579,56 @@ fn prefetch(at: *const u8, lines: usize) {
     let _ = (at, lines);
 }
 
-/// The offer/answer payload the modelled binding exchanges (through the tracker, or relayed by
-/// neighbours through the core): kind, connection id, padded to a real SDP's size.
-fn signal_payload(ctx: &Ctx, answer: bool, conn: u64) -> Vec<u8> {
-    let mut v = Vec::with_capacity(ctx.cfg.sdp_bytes.max(16));
-    v.extend_from_slice(b"SDP");
-    v.push(answer as u8);
-    v.extend_from_slice(&conn.to_le_bytes());
-    v.resize(ctx.cfg.sdp_bytes.max(12), b'a');
-    v
+/// The modelled platform's SDP: which peer and connection it belongs to, padded to a real
+/// SDP's size (it travels through the tracker and through neighbours' relays).
+fn sdp(ctx: &Ctx, me: u32, conn: ConnId) -> String {
+    let mut s = format!("v=0 sim {me} {}\n", conn.0);
+    let n = ctx.cfg.sdp_bytes.max(s.len());
+    s.extend(std::iter::repeat_n('a', n - s.len()));
+    s
 }
 
-fn parse_signal(payload: &[u8]) -> Option<(bool, u64)> {
-    if payload.len() < 12 || &payload[..3] != b"SDP" || payload[3] > 1 {
-        return None;
+fn parse_sdp(sdp: &str) -> Option<(u32, ConnId)> {
+    let mut it = sdp.lines().next()?.strip_prefix("v=0 sim ")?.split(' ');
+    let peer = it.next()?.parse().ok()?;
+    let conn = it.next()?.parse().ok()?;
+    Some((peer, ConnId(conn)))
+}
+
+/// The node configuration of peer `me`.
+fn node_config(ctx: &Ctx, me: u32, key: &mut Option<StreamKey>) -> Option<NodeConfig> {
+    let spec = &ctx.specs[me as usize];
+    let mut config = Config {
+        upload_kbps: match spec.behaviour {
+            Behaviour::FreeRider => 0,
+            _ => ctx
+                .cfg
+                .advertise_kbps
+                .unwrap_or((spec.up_bps as f64 / 1000.0 * ctx.cfg.advertise_share) as u32),
+        },
+        source_cap_multiple: ctx.cfg.source_cap,
+        window: std::time::Duration::from_micros(ctx.cfg.window_us),
+        playout_delay: std::time::Duration::from_micros(ctx.cfg.buffer_us),
+        seed: ctx.cfg.seed ^ (me as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
+        ..Config::default()
+    };
+    if let Some(d) = ctx.cfg.target_degree {
+        config.target_degree = d;
     }
-    let conn = u64::from_le_bytes(payload[4..12].try_into().ok()?);
-    Some((payload[3] == 1, conn))
+    if let Some(d) = ctx.cfg.max_degree {
+        config.max_degree = d;
+    }
+    let role = if spec.behaviour == Behaviour::Source {
+        NodeRole::Source { key: key.take()? }
+    } else {
+        NodeRole::Viewer { stream: ctx.stream }
+    };
+    Some(NodeConfig::new(
+        role,
+        vec![TRACKER_URL.to_owned()],
+        spec.id,
+        config,
+    ))
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -597,102 +643,74 @@ fn handle(
     st: &mut EngineStats,
 ) {
     let spec = &ctx.specs[me as usize];
+    let at = Instant::from_micros(now);
     match ev {
         Ev::Join => {
             if p.live.is_some() {
                 return;
             }
-            let mut config = Config {
-                upload_kbps: match spec.behaviour {
-                    Behaviour::FreeRider => 0,
-                    _ => ctx
-                        .cfg
-                        .advertise_kbps
-                        .unwrap_or((spec.up_bps as f64 / 1000.0 * ctx.cfg.advertise_share) as u32),
-                },
-                source_cap_multiple: ctx.cfg.source_cap,
-                window: std::time::Duration::from_micros(ctx.cfg.window_us),
-                playout_delay: std::time::Duration::from_micros(ctx.cfg.buffer_us),
-                seed: ctx.cfg.seed ^ (me as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
-                ..Config::default()
+            let Some(config) = node_config(ctx, me, key) else {
+                return;
             };
-            if let Some(d) = ctx.cfg.target_degree {
-                config.target_degree = d;
-            }
-            if let Some(d) = ctx.cfg.max_degree {
-                config.max_degree = d;
-            }
-            let swarm = if spec.behaviour == Behaviour::Source {
-                match key.take() {
-                    Some(k) => Swarm::source(config, k, spec.id),
-                    None => return,
-                }
-            } else {
-                Swarm::viewer(config, ctx.stream, spec.id)
-            };
+            let seed = ctx.cfg.seed ^ 0x4E0D_E000 ^ (me as u64).wrapping_mul(0xD1B5_4A32_D192_ED03);
+            let node = Node::new(config, seed);
             p.live = Some(Box::new(Live {
-                swarm,
-                conns: Vec::new(),
-                rr: 0,
+                node,
+                transports: BTreeMap::new(),
+                rr: ConnId(0),
                 uplink: None,
                 down_free: 0,
                 timer_at: None,
                 timer_fired_at: None,
-                last_announce: None,
-                conn_counter: 0,
                 rng: Rng::derive(ctx.cfg.seed ^ 0xA11CE, me as u64),
             }));
             p.metrics.joined_us = Some(now);
-            ob.tracker.push((now, me, true));
             if spec.behaviour == Behaviour::Source {
-                let live = p.live.as_mut().map(|l| &mut l.swarm);
-                if let Some(sw) = live {
-                    if let Err(e) = sw.publish_init(
-                        Instant::from_micros(now),
-                        &ctx.truth.mime,
-                        ctx.truth.init.clone(),
-                    ) {
+                if let Some(live) = p.live.as_mut() {
+                    if let Err(e) =
+                        live.node
+                            .publish_init(at, &ctx.truth.mime, ctx.truth.init.clone())
+                    {
                         p.metrics.note(format!("publish_init failed: {e}"));
                     }
                 }
-                if let Some((_, _, at)) = ctx.truth.segments.first() {
-                    push(p, me, *at, Ev::Publish(0));
+                if let Some((_, _, t)) = ctx.truth.segments.first() {
+                    push(p, me, *t, Ev::Publish(0));
                 }
-                drain(ctx, p, me, now, ob, st);
             }
-            announce(ctx, p, me, now, ob);
-            push(p, me, now + ANNOUNCE_CHECK_US, Ev::Announce);
+            feed(ctx, p, me, now, Event::Timeout, ob, st);
         }
         Ev::Leave(how) => {
             if how == Departure::Graceful {
-                // A page that closes cleanly lets the core say goodbye first.
+                // A page that closes cleanly says `stopped` and goodbye first.
                 if let Some(live) = p.live.as_mut() {
-                    live.swarm.close(Instant::from_micros(now));
+                    live.node.close(at);
                     st.inputs += 1;
                 }
                 drain(ctx, p, me, now, ob, st);
             }
             let Some(live) = p.live.take() else { return };
             p.metrics.left_us = Some(now);
-            p.metrics.core_stats = Some(live.swarm.stats().clone());
-            ob.tracker.push((now, me, false));
+            p.metrics.core_stats = Some(live.node.stats().clone());
+            ob.tracker.push((now, me, None));
+            // Transports still up (an abrupt departure) are noticed by the other ends late.
             let mut pc = p.counter;
-            for c in &live.conns {
+            for t in live.transports.values() {
+                let Some((peer, conn)) = t.remote else {
+                    continue;
+                };
                 let delay = match how {
-                    Departure::Graceful => ctx.lat(me, c.peer),
+                    Departure::Graceful => ctx.lat(me, peer),
                     Departure::Abrupt => ctx.cfg.detect_us,
                 };
                 pc += 1;
                 ob.events.push((
-                    c.peer,
+                    peer,
                     Sched {
                         t: now + delay.max(ctx.cfg.latency_min_us),
                         src: me,
                         n: pc,
-                        ev: Ev::Closed {
-                            peer: me,
-                            conn: c.id,
-                        },
+                        ev: Ev::Closed { conn },
                     },
                 ));
             }
@@ -706,35 +724,30 @@ fn handle(
             }
             live.timer_at = None;
             live.timer_fired_at = Some(now);
-            live.swarm
-                .handle_input(Instant::from_micros(now), Input::Timeout);
-            st.inputs += 1;
-            drain(ctx, p, me, now, ob, st);
-        }
-        Ev::Announce => {
-            if p.live.is_none() {
-                return;
-            }
-            announce(ctx, p, me, now, ob);
-            push(p, me, now + ANNOUNCE_CHECK_US, Ev::Announce);
+            feed(ctx, p, me, now, Event::Timeout, ob, st);
         }
         Ev::Publish(seq) => {
             let Some(live) = p.live.as_mut() else { return };
             if let Some((meta, data, _)) = ctx.truth.segments.get(seq as usize) {
-                match live
-                    .swarm
-                    .publish_segment(Instant::from_micros(now), *meta, data.clone())
-                {
+                match live.node.publish_segment(at, *meta, data.clone()) {
                     Ok(_) => p.metrics.published += 1,
                     Err(e) => p.metrics.note(format!("publish_segment {seq} failed: {e}")),
                 }
                 drain(ctx, p, me, now, ob, st);
-                if let Some((_, _, at)) = ctx.truth.segments.get(seq as usize + 1) {
-                    if *at < ctx.end_us {
-                        push(p, me, *at, Ev::Publish(seq + 1));
+                if let Some((_, _, t)) = ctx.truth.segments.get(seq as usize + 1) {
+                    if *t < ctx.end_us {
+                        push(p, me, *t, Ev::Publish(seq + 1));
                     }
                 }
             }
+        }
+        Ev::TrackerUp => feed(ctx, p, me, now, Event::TrackerOpen { tracker: 0 }, ob, st),
+        Ev::Tracker(message) => {
+            let ev = Event::TrackerMessage {
+                tracker: 0,
+                message,
+            };
+            feed(ctx, p, me, now, ev, ob, st);
         }
         Ev::Arrive { from, conn, data } => {
             let Some(live) = p.live.as_mut() else { return };
@@ -744,7 +757,7 @@ fn handle(
         }
         Ev::Deliver { from, conn, data } => {
             let Some(live) = p.live.as_mut() else { return };
-            if !live.conns.iter().any(|c| c.id == conn && c.open) {
+            if !live.transports.get(&conn).is_some_and(|t| t.open) {
                 p.metrics.dropped_closed += 1;
                 return;
             }
@@ -757,122 +770,94 @@ fn handle(
             }
             // The shared buffer: every peer keeps a reference to the one copy of a piece's
             // bytes (as a browser keeps the one it received), and still verifies it itself.
-            live.swarm.handle_input(
-                Instant::from_micros(now),
-                Input::ReceiveShared {
-                    peer: ctx.specs[from as usize].id,
-                    data,
-                },
+            feed(
+                ctx,
+                p,
+                me,
+                now,
+                Event::ChannelMessage { conn, data },
+                ob,
+                st,
             );
-            st.inputs += 1;
-            drain(ctx, p, me, now, ob, st);
         }
         Ev::UplinkDone => {
             let Some(live) = p.live.as_mut() else { return };
-            let Some((to, conn, data)) = live.uplink.take() else {
+            let Some((conn, (to, rc), data)) = live.uplink.take() else {
                 return;
             };
-            let len = data.len();
-            let lat = ctx.lat(me, to);
             let mut report = None;
-            if let Some(c) = live.conns.iter_mut().find(|c| c.id == conn) {
-                c.buffered = c.buffered.saturating_sub(len);
-                if c.open {
-                    report = Some((c.peer, c.buffered));
+            if let Some(t) = live.transports.get_mut(&conn) {
+                t.buffered = t.buffered.saturating_sub(data.len());
+                if t.open {
+                    report = Some(t.buffered);
                 }
             }
+            let t = now + ctx.lat(me, to);
             send(
                 ob,
                 p,
                 me,
                 to,
-                now + lat,
+                t,
                 Ev::Arrive {
                     from: me,
-                    conn,
+                    conn: rc,
                     data,
                 },
             );
-            let live = p.live.as_mut().expect("checked above");
-            if let Some((peer, bytes)) = report {
-                live.swarm.handle_input(
-                    Instant::from_micros(now),
-                    Input::Buffered {
-                        peer: ctx.specs[peer as usize].id,
-                        bytes,
-                    },
-                );
-                st.inputs += 1;
-            }
             start_uplink(p, me, now, spec.up_bps);
-            drain(ctx, p, me, now, ob, st);
-        }
-        Ev::Offer { from, conn } => {
-            if accept_offer(ctx, p, me, now, from, conn) {
-                let t = now + ctx.lat_tracker(me) + ctx.lat_tracker(from);
-                send(ob, p, me, from, t, Ev::Answer { from: me, conn });
+            match report {
+                Some(bytes) => feed(
+                    ctx,
+                    p,
+                    me,
+                    now,
+                    Event::ChannelBuffered { conn, bytes },
+                    ob,
+                    st,
+                ),
+                None => drain(ctx, p, me, now, ob, st),
             }
         }
-        Ev::Answer { from, conn } => on_answer(ctx, p, me, now, from, conn, ob),
-        Ev::Open { peer, conn } => {
+        Ev::Open { conn, remote } => {
             let Some(live) = p.live.as_mut() else { return };
-            match live
-                .conns
-                .iter_mut()
-                .find(|c| c.id == conn && c.peer == peer)
-            {
-                Some(c) if !c.open => {
-                    c.open = true;
+            match live.transports.get_mut(&conn) {
+                Some(t) if !t.open && t.remote == Some(remote) => {
+                    t.open = true;
                     p.metrics.connections += 1;
-                    live.swarm.handle_input(
-                        Instant::from_micros(now),
-                        Input::Connected {
-                            peer: ctx.specs[peer as usize].id,
-                        },
-                    );
-                    st.inputs += 1;
-                    drain(ctx, p, me, now, ob, st);
+                    feed(ctx, p, me, now, Event::ChannelOpen { conn }, ob, st);
                 }
                 Some(_) => {}
                 None => {
                     // We gave up on this connection meanwhile: close the other end.
-                    let t = now + ctx.lat(me, peer);
-                    send(ob, p, me, peer, t, Ev::Closed { peer: me, conn });
+                    let t = now + ctx.lat(me, remote.0);
+                    send(ob, p, me, remote.0, t, Ev::Closed { conn: remote.1 });
                 }
             }
         }
-        Ev::Closed { peer, conn } => {
+        Ev::Closed { conn } => {
             let Some(live) = p.live.as_mut() else { return };
-            if let Some(i) = live
-                .conns
-                .iter()
-                .position(|c| c.id == conn && c.peer == peer)
-            {
-                let c = live.conns.swap_remove(i);
-                if c.open {
-                    live.swarm.handle_input(
-                        Instant::from_micros(now),
-                        Input::Disconnected {
-                            peer: ctx.specs[peer as usize].id,
-                        },
-                    );
-                    st.inputs += 1;
-                    drain(ctx, p, me, now, ob, st);
-                }
-            }
-        }
-        Ev::Expire { peer, conn } => {
-            let Some(live) = p.live.as_mut() else { return };
-            if let Some(i) = live
-                .conns
-                .iter()
-                .position(|c| c.id == conn && c.peer == peer && !c.open)
-            {
-                live.conns.swap_remove(i);
-                p.metrics.setup_expired += 1;
+            if live.transports.remove(&conn).is_some() {
+                feed(ctx, p, me, now, Event::ChannelClosed { conn }, ob, st);
             }
         }
     }
+}
+
+/// Feeds one event to the node and carries out what it wants.
+fn feed(
+    ctx: &Ctx,
+    p: &mut PeerState,
+    me: u32,
+    now: u64,
+    ev: Event,
+    ob: &mut Outbox,
+    st: &mut EngineStats,
+) {
+    let Some(live) = p.live.as_mut() else { return };
+    live.node.handle(Instant::from_micros(now), ev);
+    st.inputs += 1;
+    drain(ctx, p, me, now, ob, st);
 }
 
 /// Serialisation time of `len` message bytes at `bps`, with transport overhead.
@@ -882,164 +867,98 @@ fn ser_us(len: usize, bps: u64) -> u64 {
     (bits * 1_000_000).div_ceil(bps.max(1))
 }
 
-/// Starts serialising the next queued message, round-robin over connections (one uplink shared
+/// Starts serialising the next queued message, round-robin over transports (one uplink shared
 /// by every data channel, as SCTP associations over one access link are).
 fn start_uplink(p: &mut PeerState, me: u32, now: u64, up_bps: u64) {
     let Some(live) = p.live.as_mut() else { return };
-    if live.uplink.is_some() || live.conns.is_empty() {
+    if live.uplink.is_some() || live.transports.is_empty() {
         return;
     }
-    let n = live.conns.len();
-    for k in 0..n {
-        let i = (live.rr + 1 + k) % n;
-        if let Some(msg) = live.conns[i].queue.pop_front() {
-            live.rr = i;
-            let t = now + ser_us(msg.len(), up_bps);
-            live.uplink = Some((live.conns[i].peer, live.conns[i].id, msg));
-            push(p, me, t, Ev::UplinkDone);
-            return;
-        }
-    }
+    let rr = live.rr;
+    let next = live
+        .transports
+        .range(ConnId(rr.0.saturating_add(1))..)
+        .chain(live.transports.range(..=rr))
+        .find(|(_, t)| !t.queue.is_empty())
+        .map(|(id, _)| *id);
+    let Some(conn) = next else { return };
+    let Some(t) = live.transports.get_mut(&conn) else {
+        return;
+    };
+    let (Some(msg), Some(remote)) = (t.queue.pop_front(), t.remote) else {
+        return;
+    };
+    live.rr = conn;
+    let at = now + ser_us(msg.len(), up_bps);
+    live.uplink = Some((conn, remote, msg));
+    push(p, me, at, Ev::UplinkDone);
 }
 
-/// Asks the tracker for as many neighbours as the core wants (WebTorrent style: offers go to
-/// random peers of the swarm through the tracker, answers come back the same way).
-fn announce(ctx: &Ctx, p: &mut PeerState, me: u32, now: u64, ob: &mut Outbox) {
-    let Some(live) = p.live.as_mut() else { return };
-    if live
-        .last_announce
-        .is_some_and(|t| now < t + ctx.cfg.announce_interval_us)
-    {
-        return;
-    }
-    let pending = live.conns.iter().filter(|c| !c.open && c.initiator).count();
-    let want = live
-        .swarm
-        .wanted_neighbours()
-        .saturating_sub(pending)
-        .min(MAX_OFFERS);
-    if want == 0 || ctx.tracker.len() <= 1 {
-        return;
-    }
-    live.last_announce = Some(now);
-    let mut chosen: Vec<u32> = Vec::with_capacity(want);
-    for _ in 0..want * 3 {
-        if chosen.len() >= want {
-            break;
-        }
-        let q = ctx.tracker[live.rng.below(ctx.tracker.len() as u64) as usize];
-        if q == me || chosen.contains(&q) || live.conns.iter().any(|c| c.peer == q) {
-            continue;
-        }
-        chosen.push(q);
-    }
+/// The modelled tracker (WebTorrent style), run at the announcing peer: each offer goes to a
+/// random other peer of the swarm, answers go back to the offerer by peer id.
+fn tracker(ctx: &Ctx, p: &mut PeerState, me: u32, now: u64, req: TrackerRequest, ob: &mut Outbox) {
     let up = ctx.lat_tracker(me);
-    for q in chosen {
-        let conn = new_pending(p, me, now, q);
-        p.metrics.offers += 1;
-        let t = now + up + ctx.lat_tracker(q);
-        send(ob, p, me, q, t, Ev::Offer { from: me, conn });
-    }
-}
-
-/// Records an outgoing connection attempt to `q`; returns its id.
-fn new_pending(p: &mut PeerState, me: u32, now: u64, q: u32) -> u64 {
-    let Some(live) = p.live.as_mut() else {
-        return 0;
-    };
-    live.conn_counter += 1;
-    let conn = ((me as u64) << 32) | live.conn_counter;
-    live.conns.push(Conn {
-        peer: q,
-        id: conn,
-        open: false,
-        initiator: true,
-        queue: VecDeque::new(),
-        buffered: 0,
-    });
-    push(
-        p,
-        me,
-        now + PENDING_TIMEOUT_US,
-        Ev::Expire { peer: q, conn },
-    );
-    conn
-}
-
-/// The binding's decision on an incoming offer: refuse when already connected (or connecting:
-/// on glare the lower index's offer wins) or when at the core's maximum degree.
-fn accept_offer(ctx: &Ctx, p: &mut PeerState, me: u32, now: u64, from: u32, conn: u64) -> bool {
-    let Some(live) = p.live.as_mut() else {
-        return false;
-    };
-    if from == me {
-        return false;
-    }
-    if let Some(i) = live.conns.iter().position(|c| c.peer == from) {
-        let c = &live.conns[i];
-        if c.open || !c.initiator || me < from {
-            return false;
+    match req {
+        TrackerRequest::Announce(a) => {
+            if a.event == AnnounceEvent::Stopped {
+                ob.tracker.push((now, me, None));
+                return;
+            }
+            ob.tracker.push((now, me, Some(a.peer_id)));
+            if !a.offers.is_empty() {
+                p.metrics.offers += a.offers.len() as u64;
+            }
+            let Some(live) = p.live.as_mut() else { return };
+            let others = ctx.tracker.iter().filter(|&&q| q != me).count();
+            let mut chosen: Vec<u32> = Vec::with_capacity(a.offers.len());
+            for _ in 0..a.offers.len() * 3 {
+                if chosen.len() >= a.offers.len().min(others) {
+                    break;
+                }
+                let q = ctx.tracker[live.rng.below(ctx.tracker.len() as u64) as usize];
+                if q != me && !chosen.contains(&q) {
+                    chosen.push(q);
+                }
+            }
+            for (q, o) in chosen.into_iter().zip(a.offers) {
+                let message = TrackerMessage::Offer {
+                    peer: a.peer_id,
+                    offer_id: binstr::encode(&o.offer_id),
+                    sdp: o.sdp,
+                };
+                let t = now + up + ctx.lat_tracker(q);
+                send(ob, p, me, q, t, Ev::Tracker(message));
+            }
+            let message = TrackerMessage::Response {
+                interval: Some((ctx.cfg.announce_interval_us / 1_000_000).max(1) as u32),
+                complete: Some(1),
+                incomplete: Some(ctx.tracker.len().saturating_sub(1) as u64),
+                warning: None,
+            };
+            push(p, me, now + 2 * up, Ev::Tracker(message));
         }
-        live.conns.swap_remove(i); // glare: their offer wins
+        TrackerRequest::Answer {
+            peer_id,
+            to,
+            offer_id,
+            sdp,
+            ..
+        } => {
+            if let Some(&q) = ctx.tracker_ids.get(&to) {
+                let message = TrackerMessage::Answer {
+                    peer: peer_id,
+                    offer_id,
+                    sdp,
+                };
+                let t = now + up + ctx.lat_tracker(q);
+                send(ob, p, me, q, t, Ev::Tracker(message));
+            }
+        }
     }
-    if live.conns.len() >= live.swarm.config().max_degree {
-        p.metrics.offers_refused += 1;
-        return false;
-    }
-    live.conns.push(Conn {
-        peer: from,
-        id: conn,
-        open: false,
-        initiator: false,
-        queue: VecDeque::new(),
-        buffered: 0,
-    });
-    let _ = ctx;
-    push(
-        p,
-        me,
-        now + PENDING_TIMEOUT_US,
-        Ev::Expire { peer: from, conn },
-    );
-    true
 }
 
-/// The answer to our offer arrived: ICE, DTLS and SCTP take a few round trips, then both ends
-/// see the channel open (the answerer slightly earlier, so that nothing it sends can arrive
-/// before the offerer knows the channel).
-fn on_answer(
-    ctx: &Ctx,
-    p: &mut PeerState,
-    me: u32,
-    now: u64,
-    from: u32,
-    conn: u64,
-    ob: &mut Outbox,
-) {
-    let Some(live) = p.live.as_mut() else { return };
-    if !live
-        .conns
-        .iter()
-        .any(|c| c.id == conn && c.peer == from && c.initiator && !c.open)
-    {
-        return;
-    }
-    let lat = ctx.lat(me, from);
-    let setup = ctx.cfg.setup_fixed_us + (ctx.cfg.setup_rtts * 2.0 * lat as f64) as u64;
-    let setup = setup.max(2 * lat);
-    push(p, me, now + setup, Ev::Open { peer: from, conn });
-    send(
-        ob,
-        p,
-        me,
-        from,
-        now + setup - lat / 2,
-        Ev::Open { peer: me, conn },
-    );
-}
-
-/// Hands a message from the core to the transport (after a malicious peer had its way with it).
-fn transmit(ctx: &Ctx, p: &mut PeerState, me: u32, now: u64, to: u32, data: Bytes) {
+/// Hands a message from the node to the transport (after a malicious peer had its way with it).
+fn transmit(ctx: &Ctx, p: &mut PeerState, me: u32, now: u64, conn: ConnId, data: Bytes) {
     let spec = &ctx.specs[me as usize];
     let data = match spec.behaviour {
         Behaviour::Forger | Behaviour::Withholder => match tamper(ctx, p, spec.behaviour, data) {
@@ -1049,14 +968,14 @@ fn transmit(ctx: &Ctx, p: &mut PeerState, me: u32, now: u64, to: u32, data: Byte
         _ => data,
     };
     let Some(live) = p.live.as_mut() else { return };
-    let Some(c) = live.conns.iter_mut().find(|c| c.peer == to && c.open) else {
+    let Some(t) = live.transports.get_mut(&conn).filter(|t| t.open) else {
         p.metrics.sent_unconnected += 1;
         return;
     };
     let len = data.len();
     let payload = ctx.wire.piece_payload(&data);
-    c.buffered += len;
-    c.queue.push_back(data);
+    t.buffered += len;
+    t.queue.push_back(data);
     p.metrics.wire_up += len as u64;
     if spec.behaviour == Behaviour::Source {
         let sec = (now / 1_000_000) as usize;
@@ -1074,15 +993,15 @@ fn transmit(ctx: &Ctx, p: &mut PeerState, me: u32, now: u64, to: u32, data: Byte
 /// What a malicious peer sends instead of `data`: forgers corrupt piece bytes and headers,
 /// withholders drop piece data. `None`: nothing is sent.
 fn tamper(ctx: &Ctx, p: &mut PeerState, b: Behaviour, data: Bytes) -> Option<Bytes> {
-    let tag = ctx.wire.tag(&data);
-    if tag != Some(ctx.wire.piece_tag) && tag != Some(ctx.wire.header_tag) {
-        return Some(data);
-    }
+    let piece = ctx.wire.piece_payload(&data).is_some();
     if b == Behaviour::Withholder {
-        if tag == Some(ctx.wire.piece_tag) {
+        if piece {
             p.metrics.tampered += 1;
             return None;
         }
+        return Some(data);
+    }
+    if !piece && !ctx.wire.is_header(&data) {
         return Some(data);
     }
     let Ok(mut msg) = Message::decode(&data) else {
@@ -1103,50 +1022,110 @@ fn tamper(ctx: &Ctx, p: &mut PeerState, b: Behaviour, data: Bytes) -> Option<Byt
     Some(Bytes::from(msg.encode()))
 }
 
-/// Acts on everything the core wants done, then re-arms its timer.
+/// Carries out everything the node wants done, then re-arms its timer.
 fn drain(ctx: &Ctx, p: &mut PeerState, me: u32, now: u64, ob: &mut Outbox, st: &mut EngineStats) {
+    let at = Instant::from_micros(now);
     loop {
         let Some(live) = p.live.as_mut() else { return };
-        let Some(out) = live.swarm.poll_output() else {
+        let Some(action) = live.node.poll_action() else {
             break;
         };
-        // Outputs the core may add later are ignored until the simulator models them.
-        #[allow(unreachable_patterns)]
-        match out {
-            Output::Transmit { peer, data } => {
-                if let Some(to) = peer_index(ctx.specs, &peer) {
-                    transmit(ctx, p, me, now, to, data);
-                } else {
-                    p.metrics.sent_unconnected += 1;
-                }
+        match action {
+            Action::TrackerConnect { .. } => {
+                push(p, me, now + 2 * ctx.lat_tracker(me), Ev::TrackerUp);
             }
-            Output::Disconnect { peer, reason } => {
-                let Some(to) = peer_index(ctx.specs, &peer) else {
+            Action::TrackerSend { request, .. } => tracker(ctx, p, me, now, request, ob),
+            // The modelled tracker forgets a peer when it says `stopped` or leaves.
+            Action::TrackerClose { .. } => {}
+            Action::CreateOffer { conn } => {
+                if matches!(
+                    live.node.conns().get(conn).map(|c| &c.via),
+                    Some(Via::Relay)
+                ) {
+                    p.metrics.pex_offers += 1;
+                }
+                live.transports.insert(
+                    conn,
+                    Transport {
+                        remote: None,
+                        open: false,
+                        queue: VecDeque::new(),
+                        buffered: 0,
+                    },
+                );
+                let sdp = sdp(ctx, me, conn);
+                live.node.handle(at, Event::OfferCreated { conn, sdp });
+                st.inputs += 1;
+            }
+            Action::AcceptOffer { conn, sdp: offer } => {
+                let Some(remote) = parse_sdp(&offer) else {
+                    live.node.handle(at, Event::ConnectFailed { conn });
+                    st.inputs += 1;
                     continue;
                 };
-                if let Some(i) = live.conns.iter().position(|c| c.peer == to) {
-                    let c = live.conns.swap_remove(i);
-                    let t = now + ctx.lat(me, to);
-                    send(
-                        ob,
-                        p,
-                        me,
-                        to,
-                        t,
-                        Ev::Closed {
-                            peer: me,
-                            conn: c.id,
-                        },
-                    );
-                }
-                p.metrics
-                    .on_disconnect(&reason, ctx.specs[to as usize].behaviour);
+                live.transports.insert(
+                    conn,
+                    Transport {
+                        remote: Some(remote),
+                        open: false,
+                        queue: VecDeque::new(),
+                        buffered: 0,
+                    },
+                );
+                let sdp = sdp(ctx, me, conn);
+                live.node.handle(at, Event::AnswerCreated { conn, sdp });
+                st.inputs += 1;
             }
-            Output::Init(init) => {
+            Action::ApplyAnswer { conn, sdp: answer } => {
+                let remote = parse_sdp(&answer);
+                let Some((t, remote)) = live.transports.get_mut(&conn).zip(remote) else {
+                    live.node.handle(at, Event::ConnectFailed { conn });
+                    st.inputs += 1;
+                    continue;
+                };
+                t.remote = Some(remote);
+                // ICE, DTLS and SCTP take a few round trips, then both ends see the channel
+                // open (the answerer slightly earlier, so that nothing it sends can arrive
+                // before the offerer knows the channel).
+                let lat = ctx.lat(me, remote.0);
+                let setup = ctx.cfg.setup_fixed_us + (ctx.cfg.setup_rtts * 2.0 * lat as f64) as u64;
+                let setup = setup.max(2 * lat);
+                push(p, me, now + setup, Ev::Open { conn, remote });
+                send(
+                    ob,
+                    p,
+                    me,
+                    remote.0,
+                    now + setup - lat / 2,
+                    Ev::Open {
+                        conn: remote.1,
+                        remote: (me, conn),
+                    },
+                );
+            }
+            Action::Send { conn, data } => transmit(ctx, p, me, now, conn, data),
+            Action::Close { conn, reason } => {
+                let t = live.transports.remove(&conn);
+                let remote = t.and_then(|t| t.remote);
+                match &reason {
+                    CloseReason::Core(r) => {
+                        let them = remote
+                            .map_or(Behaviour::Honest, |(q, _)| ctx.specs[q as usize].behaviour);
+                        p.metrics.on_disconnect(r, them);
+                    }
+                    CloseReason::Stale => p.metrics.setup_expired += 1,
+                    _ => {}
+                }
+                if let Some((q, rc)) = remote {
+                    let t = now + ctx.lat(me, q);
+                    send(ob, p, me, q, t, Ev::Closed { conn: rc });
+                }
+            }
+            Action::Init(init) => {
                 let ok = init.data == ctx.truth.init && init.mime == ctx.truth.mime;
                 p.metrics.on_init(now, ok);
             }
-            Output::Play(seg) => {
+            Action::Play(seg) => {
                 let truth = ctx.truth.segments.get(seg.seq as usize);
                 let genuine = truth.is_some_and(|(m, d, _)| {
                     *d == seg.data && m.pts_us == seg.pts_us && m.keyframe == seg.keyframe
@@ -1155,59 +1134,17 @@ fn drain(ctx: &Ctx, p: &mut PeerState, me: u32, now: u64, ob: &mut Outbox, st: &
                 p.metrics
                     .on_play(ctx.cfg, now, seg.seq, pts, published, genuine);
             }
-            Output::Skip { seq } => p.metrics.on_skip(seq),
-            Output::Connect { peer } => {
-                let Some(q) = peer_index(ctx.specs, &peer) else {
-                    continue;
-                };
-                if q == me || live.conns.iter().any(|c| c.peer == q) {
-                    continue;
-                }
-                if live.conns.len() >= live.swarm.config().max_degree {
-                    continue;
-                }
-                let conn = new_pending(p, me, now, q);
-                p.metrics.pex_offers += 1;
-                let payload = signal_payload(ctx, false, conn);
-                if let Some(live) = p.live.as_mut() {
-                    live.swarm.handle_input(
-                        Instant::from_micros(now),
-                        Input::SendSignal { to: peer, payload },
-                    );
-                    st.inputs += 1;
-                }
+            Action::Skip { seq } => p.metrics.on_skip(seq),
+            Action::Rejoined { reason, .. } => {
+                p.metrics.rejoins += 1;
+                p.metrics.note(format!("rejoined at {now} µs: {reason:?}"));
             }
-            Output::Signal { from, payload } => {
-                let Some(q) = peer_index(ctx.specs, &from) else {
-                    continue;
-                };
-                match parse_signal(&payload) {
-                    Some((false, conn)) => {
-                        if accept_offer(ctx, p, me, now, q, conn) {
-                            let answer = signal_payload(ctx, true, conn);
-                            if let Some(live) = p.live.as_mut() {
-                                live.swarm.handle_input(
-                                    Instant::from_micros(now),
-                                    Input::SendSignal {
-                                        to: from,
-                                        payload: answer,
-                                    },
-                                );
-                                st.inputs += 1;
-                            }
-                        }
-                    }
-                    Some((true, conn)) => on_answer(ctx, p, me, now, q, conn, ob),
-                    None => p.metrics.bad_signals += 1,
-                }
-            }
-            _ => {}
         }
     }
     let Some(live) = p.live.as_mut() else { return };
-    let want = live.swarm.poll_timeout().map(|t| t.as_micros());
+    let want = live.node.poll_timeout().map(|t| t.as_micros());
     if let Some(t) = want {
-        // A core asking to be woken in the past is woken next millisecond (and counted), so a
+        // A node asking to be woken in the past is woken next millisecond (and counted), so a
         // buggy timer cannot spin the simulation.
         let t = if t > now {
             t

@@ -4,19 +4,18 @@
 
 use super::config::SimConfig;
 use super::population::{Behaviour, PeerSpec};
-use crate::core::wire::Message;
+use crate::core::wire::{Decoded, Message};
 use crate::core::{DisconnectReason, SegmentHeader, SegmentMeta, SignedHeader, Stats};
 use serde::Serialize;
 
-/// Cheap classification of encoded messages by their postcard variant tag, so the simulator can
-/// count payload bytes without decoding (and copying) every piece.
+/// Classifies encoded messages for the counters: the piece and header tags are learnt from the
+/// real encoder (so a reordered `Message` enum cannot fool it), and a piece's payload length is
+/// read by the wire module's own borrowing decoder (no copy of the piece).
 pub struct WireClass {
     /// First byte of an encoded `Message::Piece`.
-    pub piece_tag: u8,
+    piece_tag: u8,
     /// First byte of an encoded `Message::Header`.
-    pub header_tag: u8,
-    /// The fast parser agreed with `Message::decode` on a sample; otherwise decode is used.
-    fast: bool,
+    header_tag: u8,
 }
 
 impl Default for WireClass {
@@ -26,7 +25,7 @@ impl Default for WireClass {
 }
 
 impl WireClass {
-    /// Learns the tags from the real encoder (so a reordered `Message` enum cannot fool it).
+    /// Learns the tags from the real encoder.
     pub fn new() -> Self {
         let piece = Message::Piece {
             seq: 300,
@@ -49,50 +48,27 @@ impl WireClass {
             signature: [[0; 32]; 2],
         })
         .encode();
-        let mut w = WireClass {
+        WireClass {
             piece_tag: piece[0],
             header_tag: header[0],
-            fast: true,
-        };
-        w.fast = w.piece_payload(&piece) == Some(1000) && w.piece_payload(&header).is_none();
-        w
+        }
     }
 
-    /// The variant tag of an encoded message.
-    pub fn tag(&self, data: &[u8]) -> Option<u8> {
-        data.first().copied().filter(|t| *t < 0x80)
-    }
-
-    /// Payload bytes if `data` is a piece message.
+    /// Payload bytes if `data` is a valid piece message.
     pub fn piece_payload(&self, data: &[u8]) -> Option<usize> {
-        if self.tag(data) != Some(self.piece_tag) {
+        if data.first() != Some(&self.piece_tag) {
             return None;
         }
-        if !self.fast {
-            return match Message::decode(data) {
-                Ok(Message::Piece { data, .. }) => Some(data.len()),
-                _ => None,
-            };
+        match Message::decode_borrowed(data) {
+            Ok(Decoded::Piece { data, .. }) => Some(data.len()),
+            _ => None,
         }
-        let mut pos = 1;
-        let _seq = varint(data, &mut pos)?;
-        let _index = varint(data, &mut pos)?;
-        let len = varint(data, &mut pos)? as usize;
-        (pos + len == data.len()).then_some(len)
     }
-}
 
-fn varint(data: &[u8], pos: &mut usize) -> Option<u64> {
-    let mut v = 0u64;
-    for shift in (0..70).step_by(7) {
-        let b = *data.get(*pos)?;
-        *pos += 1;
-        v |= ((b & 0x7f) as u64) << shift;
-        if b & 0x80 == 0 {
-            return Some(v);
-        }
+    /// Whether `data` starts like a header message (the forger decodes it to be sure).
+    pub fn is_header(&self, data: &[u8]) -> bool {
+        data.first() == Some(&self.header_tag)
     }
-    None
 }
 
 /// Disconnects the core ordered, by reason and by what the cut neighbour really was.
@@ -202,16 +178,14 @@ pub struct PeerMetrics {
     pub offers: u64,
     /// Offers sent through neighbours (peer exchange).
     pub pex_offers: u64,
-    /// Offers refused at the maximum degree.
-    pub offers_refused: u64,
     /// Connection attempts that never opened.
     pub setup_expired: u64,
     /// Core asked to send to a peer with no open transport.
     pub sent_unconnected: u64,
     /// Messages that arrived after their transport closed.
     pub dropped_closed: u64,
-    /// Relayed signalling that was not a valid offer/answer.
-    pub bad_signals: u64,
+    /// Times the node started over as a new viewer (source restart, or no media for long).
+    pub rejoins: u64,
     /// Messages a malicious peer altered or dropped.
     pub tampered: u64,
     /// Times the core asked to be woken at or before the time it was just woken at.
@@ -502,6 +476,8 @@ pub struct Report {
     pub sent_unconnected: u64,
     /// Out-of-order `Play` outputs.
     pub out_of_order_plays: u64,
+    /// Times viewers' nodes rejoined the swarm from scratch.
+    pub rejoins: u64,
     /// The cores' own duplicate piece bytes / piece payload received (wasted download).
     pub duplicate_share: f64,
     /// Pieces the cores pulled (repair) rather than got pushed.
@@ -607,7 +583,7 @@ impl Report {
         let mut class_lat: Vec<Vec<u32>> = vec![Vec::new(); nclass];
         let mut notes = Vec::new();
         let mut never_detail = Vec::new();
-        let mut r_conn = (0, 0, 0, 0, 0, 0, 0);
+        let mut r_conn = (0, 0, 0, 0, 0, 0, 0, 0);
         let (mut dup, mut pulled, mut stalls) = (0u64, 0u64, 0u64);
         for (spec, m) in specs.iter().zip(metrics.iter_mut()) {
             wire_up_all += m.wire_up;
@@ -624,6 +600,7 @@ impl Report {
             r_conn.4 += m.sent_unconnected;
             r_conn.5 += m.out_of_order;
             r_conn.6 += m.past_timers;
+            r_conn.7 += m.rejoins;
             if let Some(cs) = &m.core_stats {
                 dup += cs.duplicate_bytes;
                 pulled += cs.pieces_pulled;
@@ -786,6 +763,7 @@ impl Report {
             setup_expired: r_conn.3,
             sent_unconnected: r_conn.4,
             out_of_order_plays: r_conn.5,
+            rejoins: r_conn.7,
             duplicate_share: if payload_down_all > 0 {
                 dup as f64 / payload_down_all as f64
             } else {
@@ -973,11 +951,11 @@ impl Report {
             se.cuts.silent,
             se.cuts.other
         );
-        if self.sent_unconnected + self.out_of_order_plays + self.past_timers > 0 {
+        if self.sent_unconnected + self.out_of_order_plays + self.past_timers + self.rejoins > 0 {
             let _ = writeln!(
                 s,
-                "  oddities           sent without transport {}, out-of-order plays {}, past timers {}",
-                self.sent_unconnected, self.out_of_order_plays, self.past_timers
+                "  oddities           sent without transport {}, out-of-order plays {}, past timers {}, rejoins {}",
+                self.sent_unconnected, self.out_of_order_plays, self.past_timers, self.rejoins
             );
         }
         for n in &self.notes {

@@ -276,15 +276,15 @@ impl Driver {
         let text = Announce {
             info_hash: self.info_hash,
             peer_id: self.local,
-            numwant: out.len(),
+            numwant: offers.len(),
             event,
-            offers: &out,
+            offers: out,
             uploaded: s.wire_bytes_up,
             downloaded: s.wire_bytes_down,
             seeder: self.is_source,
         }
         .to_json();
-        util::debug(&format!("announce {event:?} with {} offers", out.len()));
+        util::debug(&format!("announce {event:?} with {} offers", offers.len()));
         let t = &mut self.trackers[i];
         // Hungry while neighbours are wanted and the swarm has peers we are not connected to
         // yet (unknown size counts as "has").
@@ -362,7 +362,7 @@ impl Driver {
                 peer_id: self.local,
                 numwant: 0,
                 event: AnnounceEvent::Stopped,
-                offers: &[],
+                offers: Vec::new(),
                 uploaded: self.swarm.stats().wire_bytes_up,
                 downloaded: self.swarm.stats().wire_bytes_down,
                 seeder: self.is_source,
