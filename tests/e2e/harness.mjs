@@ -9,6 +9,7 @@ import { spawn, spawnSync } from 'node:child_process';
 import { once } from 'node:events';
 import fs from 'node:fs';
 import http from 'node:http';
+import os from 'node:os';
 import path from 'node:path';
 import readline from 'node:readline';
 import { fileURLToPath } from 'node:url';
@@ -417,6 +418,8 @@ export class Monitor {
   constructor(out, { intervalMs = 250 } = {}) {
     this.out = out;
     this.intervalMs = intervalMs;
+    /** `{ wall, load1 }` per polling round (1-minute load average). */
+    this.load = [];
     this.viewers = new Map(); // name -> { viewer, samples, ... }
     this.running = false;
   }
@@ -438,6 +441,10 @@ export class Monitor {
     this.loop = (async () => {
       while (this.running) {
         const t = Date.now();
+        // The host's load with each round of samples: a failure on a box whose run queue is far
+        // above its cores (a broadcaster page, a server and a dozen browser contexts on 2 cores,
+        // or other work beside the suite) must say so (issue 22), not pass for the product's.
+        this.load.push({ wall: t, load1: os.loadavg()[0] });
         await Promise.all(
           [...this.viewers.values()]
             .filter((v) => !v.gone)
@@ -547,6 +554,11 @@ export class Monitor {
       advanceS: first && last ? +(last.video.currentTime - first.video.currentTime).toFixed(3) : 0,
       maxStallMs: Math.round(maxStallMs),
       longestNoBytesMs: Math.round(longestNoBytesMs),
+      // Starvation of the test itself: the longest time between two of this viewer's samples
+      // (polled every intervalMs), and the host's highest 1-minute load in the window.
+      sampleGapMsMax: Math.round(win.slice(1).reduce((m, s, i) => Math.max(m, s.wall - win[i].wall), 0)),
+      hostLoadMax: +Math.max(0, ...this.load.filter((l) => l.wall >= from && l.wall <= to).map((l) => l.load1)).toFixed(2),
+      cores: os.cpus().length,
       framesDecoded: first && last ? last.video.totalFrames - first.video.totalFrames : 0,
       framesDropped: first && last ? last.video.droppedFrames - first.video.droppedFrames : 0,
       // Latency as the test measures it: wall now minus the capture time read from the frame.
@@ -616,7 +628,18 @@ export function violations(f, { minAdvanceS = 15, maxStallMs = 1000, maxLatencyM
   else if (f.latencyMsMax >= maxLatencyMs) bad.push(`latency ${f.latencyMsMax} ms >= ${maxLatencyMs} ms`);
   if (f.videoError) bad.push(`video error ${f.videoError}`);
   if (f.pageErrors.length) bad.push(`page errors: ${f.pageErrors.join(' | ')}`);
+  if (bad.length) bad.push(hostContext(f));
   return bad;
+}
+
+/**
+ * What the host was doing during a failing window, so a reader can tell a starved box (load far
+ * above the cores, the harness's own polling late) from the product misbehaving.
+ */
+export function hostContext(f) {
+  const starved = f.hostLoadMax > 2 * f.cores || f.sampleGapMsMax > 1000;
+  return `host: 1-min load up to ${f.hostLoadMax} on ${f.cores} cores, longest gap between this viewer's samples ` +
+    `${f.sampleGapMsMax} ms${starved ? ' (the machine was starved of CPU: other work beside the suite?)' : ''}`;
 }
 
 /** Issue 8: the stats overlay and stats() both show peers connected. */
@@ -638,7 +661,7 @@ export function summaryLine(test, figs, extra = '') {
     ? `e2e ${test}: ${extra}`
     : `e2e ${test}: ${n} viewers, start-up max ${max('startupMs')} ms, advance min ${min('advanceS')} s, max stall ${max('maxStallMs')} ms, ` +
     `latency max ${max('latencyMsMax')} ms (player's own figure off by ≤${max('playerMinusTimecodeAbs')} ms), ` +
-    `frames min ${min('framesDecoded')}, ` +
+    `frames min ${min('framesDecoded')}, host load max ${max('hostLoadMax')}, ` +
     `received ${(sum('bytesReceived') / 1e6).toFixed(2)} MB (from peers ${(sum('bytesFromPeers') / 1e6).toFixed(2)} MB)` +
     (extra ? `, ${extra}` : '');
   console.log(line);
