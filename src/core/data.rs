@@ -161,17 +161,7 @@ impl Swarm {
         if start != before {
             self.pulls.forget_below(start);
             for n in self.neighbours.values_mut() {
-                n.haves.forget_below(start);
-                n.headers_sent.forget_below(start);
-                let stale: Vec<_> = n
-                    .queue
-                    .iter()
-                    .filter(|(_, s, _)| *s < start)
-                    .copied()
-                    .collect();
-                for it in stale {
-                    n.queue.remove(&it);
-                }
+                n.forget_below(start);
             }
         }
     }

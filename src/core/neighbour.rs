@@ -194,6 +194,33 @@ impl Neighbour {
         self.flood_msgs <= FLOOD_MESSAGES_PER_SEC
     }
 
+    /// It cancelled its request for `seq`: the pieces of it still queued for it are dropped.
+    pub(crate) fn cancel_replies(&mut self, seq: u64) {
+        let doomed: Vec<_> = self
+            .queue
+            .range((CLASS_REPLY, seq, 0)..=(CLASS_REPLY, seq, u16::MAX))
+            .copied()
+            .collect();
+        for item in doomed {
+            self.queue.remove(&item);
+        }
+    }
+
+    /// Our window moved to `start`: nothing older is tracked or sent any more.
+    pub(crate) fn forget_below(&mut self, start: u64) {
+        self.haves.forget_below(start);
+        self.headers_sent.forget_below(start);
+        let stale: Vec<_> = self
+            .queue
+            .iter()
+            .filter(|(_, s, _)| *s < start)
+            .copied()
+            .collect();
+        for it in stale {
+            self.queue.remove(&it);
+        }
+    }
+
     /// Nothing has come from it for [`SUSPECT_SILENCE`]: do not wait on it for anything.
     pub(crate) fn silent(&self, now: Instant) -> bool {
         now.saturating_duration_since(self.last_heard) > SUSPECT_SILENCE

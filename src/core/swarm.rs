@@ -13,7 +13,7 @@ use super::bucket::TokenBucket;
 use super::discovery::Discovery;
 use super::id::{PeerId, StreamId};
 use super::identity::{StreamKey, StreamVerifier};
-use super::neighbour::{Neighbour, Neighbours, CLASS_REPLY};
+use super::neighbour::{Neighbour, Neighbours};
 use super::playout::Playout;
 use super::publish::Publisher;
 use super::rng::Rng;
@@ -601,16 +601,8 @@ impl Swarm {
             Message::Header(signed) => self.on_header(now, peer, signed),
             Message::Request { seq, pieces } => self.on_request(peer, seq, pieces),
             Message::Cancel { seq } => {
-                let Some(n) = self.neighbours.established_mut(&peer) else {
-                    return;
-                };
-                let doomed: Vec<_> = n
-                    .queue
-                    .range((CLASS_REPLY, seq, 0)..=(CLASS_REPLY, seq, u16::MAX))
-                    .copied()
-                    .collect();
-                for item in doomed {
-                    n.queue.remove(&item);
+                if let Some(n) = self.neighbours.established_mut(&peer) {
+                    n.cancel_replies(seq);
                 }
             }
             Message::Subscribe { stripe } => self.on_subscribe(now, peer, stripe),
