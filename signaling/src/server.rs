@@ -578,15 +578,15 @@ async fn drive(
     tokio::pin!(shut);
     let wanted = handle.wanted();
     tokio::pin!(wanted);
-    // A connection over its rate: the messages it has sent wait (and it is not read) until
-    // this fires.
-    let throttle = tokio::time::sleep(Duration::ZERO);
-    tokio::pin!(throttle);
+    // One timer, two uses (each connection's future holds it for the connection's life):
+    // until the first message, the deadline for it (a WebSocket that never sends one is closed
+    // as soon as an HTTP request that never comes would be: clients announce as soon as the
+    // socket opens); afterwards, when the connection is over its rate, the end of the wait
+    // (its messages wait, and it is not read, until then). A wait needs a message handled
+    // first, so the two never overlap.
+    let timer = tokio::time::sleep(cfg.request_timeout());
+    tokio::pin!(timer);
     let mut throttled = false;
-    // A WebSocket that never sends a message is closed as soon as an HTTP request that never
-    // comes would be: clients announce as soon as the socket opens.
-    let first = tokio::time::sleep(cfg.request_timeout());
-    tokio::pin!(first);
     loop {
         let step = tokio::select! {
             biased;
@@ -608,7 +608,11 @@ async fn drive(
                     }
                 }
             }
-            () = &mut throttle, if throttled => {
+            () = &mut timer, if throttled || !conn.heard => {
+                if !throttled {
+                    m.reject("request_timeout");
+                    return End::Close(ws::close::POLICY, "no request");
+                }
                 throttled = false;
                 conn.handle_buffered(state, handle, member)
             }
@@ -618,10 +622,6 @@ async fn drive(
                     Ok(n) => conn.reader.filled(n),
                 }
                 conn.handle_buffered(state, handle, member)
-            }
-            () = &mut first, if !conn.heard => {
-                m.reject("request_timeout");
-                return End::Close(ws::close::POLICY, "no request");
             }
             _ = tick.tick() => {
                 if conn.last_msg.elapsed() >= idle {
@@ -636,7 +636,7 @@ async fn drive(
             Step::Read => {}
             Step::Wait(d) => {
                 m.reject("rate_limited");
-                throttle.as_mut().reset(tokio::time::Instant::now() + d);
+                timer.as_mut().reset(tokio::time::Instant::now() + d);
                 throttled = true;
             }
             Step::End(end) => return end,
