@@ -9,9 +9,7 @@
 //! and when to rejoin are the node's decisions, tested natively.
 
 use super::player::Player;
-use super::queue::{dispatch, Shared, WebEvent};
-// The player's callbacks enter through these (src/web/player.rs).
-pub(crate) use super::queue::{with, WeakDriver};
+use super::queue::{dispatch, post, Handler, PlatformEvent, Shared, Sink, WebEvent};
 use super::rtc::Rtc;
 use super::tracker::Sockets;
 use super::util::{self, Callback};
@@ -21,8 +19,7 @@ use crate::client::status::page_state;
 use crate::core::{Config, Instant, PeerId, SegmentMeta, StreamId, StreamKey};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
-use std::cell::RefCell;
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::BTreeSet;
 use std::rc::Rc;
 use wasm_bindgen::prelude::*;
 use wasm_bindgen::JsCast;
@@ -35,7 +32,16 @@ const MAX_PUMP_ROUNDS: usize = 8;
 const TICK_MS: i32 = 250;
 
 /// Page callbacks (`onEvent`) waiting to fire outside the driver's borrow.
-pub(crate) type PageEvents = Vec<(&'static str, JsValue)>;
+type PageEvents = Vec<(&'static str, JsValue)>;
+
+/// What callbacks hold: they never keep the peer alive.
+pub(crate) type WeakDriver = std::rc::Weak<Shared<Driver>>;
+
+/// Runs `f` on the driver behind `weak`, now or right after what it is doing (the player's
+/// callbacks enter through this).
+pub(crate) fn with(weak: &WeakDriver, f: impl FnOnce(&mut Driver) + 'static) {
+    super::queue::with(weak, f);
+}
 
 /// Everything one peer runs. Lives in the [`Shared`] cell owned by [`SwarmPeer`].
 pub(crate) struct Driver {
@@ -76,7 +82,7 @@ struct Rates {
 }
 
 /// Calls the page's `onEvent(type, detail)` for each queued event.
-pub(crate) fn fire(cb: Option<js_sys::Function>, events: PageEvents) {
+fn fire(cb: Option<js_sys::Function>, events: PageEvents) {
     if let Some(cb) = cb {
         for (kind, detail) in events {
             let _ = cb.call2(&JsValue::NULL, &JsValue::from_str(kind), &detail);
@@ -91,17 +97,20 @@ impl Driver {
     }
 
     /// The page events queued so far, and the callback to fire them with.
-    pub(crate) fn take_page_events(&mut self) -> (Option<js_sys::Function>, PageEvents) {
+    fn take_page_events(&mut self) -> (Option<js_sys::Function>, PageEvents) {
         (self.on_event.clone(), std::mem::take(&mut self.events))
     }
 
     /// One event from the queue.
-    pub(crate) fn on_event(&mut self, ev: WebEvent) {
+    fn on_event(&mut self, ev: WebEvent<Driver>) {
         if self.destroyed {
             return;
         }
         match ev {
-            WebEvent::Node(e) => self.feed(e),
+            WebEvent::Platform(PlatformEvent::Node(e)) => self.feed(e),
+            WebEvent::Platform(PlatformEvent::DataChannel { conn, dc }) => {
+                self.rtc.attach_channel(conn, dc)
+            }
             WebEvent::NodeTimer => {
                 self.node_timer = None;
                 self.feed(Event::Timeout);
@@ -174,7 +183,8 @@ impl Driver {
                     touched.insert(conn);
                 } else {
                     // The channel died under us: the node hears it as closed, next in line.
-                    super::queue::post(&self.me, WebEvent::Node(Event::ChannelClosed { conn }));
+                    let ev = PlatformEvent::Node(Event::ChannelClosed { conn });
+                    post(&self.me, WebEvent::Platform(ev));
                 }
             }
             Action::Close { conn, reason } => {
@@ -422,11 +432,11 @@ impl Driver {
         self.started = true;
         let w = self.me.clone();
         self.node_timer_cb = Some(Closure::wrap(Box::new(move || {
-            super::queue::post(&w, WebEvent::NodeTimer);
+            post(&w, WebEvent::NodeTimer);
         }) as Box<dyn FnMut()>));
         let w = self.me.clone();
         let tick = Closure::wrap(Box::new(move || {
-            super::queue::post(&w, WebEvent::Tick);
+            post(&w, WebEvent::Tick);
         }) as Box<dyn FnMut()>);
         self.tick_handle = util::window()
             .set_interval_with_callback_and_timeout_and_arguments_0(
@@ -438,7 +448,7 @@ impl Driver {
         let w = self.me.clone();
         let hide = util::callback(move |ev: JsValue| {
             let persisted = util::get(&ev, "persisted").is_truthy();
-            super::queue::post(&w, WebEvent::PageHide { persisted });
+            post(&w, WebEvent::PageHide { persisted });
         });
         let _ = util::window()
             .add_event_listener_with_callback("pagehide", hide.as_ref().unchecked_ref());
@@ -446,7 +456,7 @@ impl Driver {
         let w = self.me.clone();
         let visible = util::callback(move |_| {
             if util::window().document().is_some_and(|d| !d.hidden()) {
-                super::queue::post(&w, WebEvent::Visible);
+                post(&w, WebEvent::Visible);
             }
         });
         if let Some(doc) = util::window().document() {
@@ -463,6 +473,17 @@ impl Driver {
     }
 }
 
+impl Handler for Driver {
+    fn handle(&mut self, ev: WebEvent<Self>) {
+        self.on_event(ev);
+    }
+
+    fn after(&mut self) -> Box<dyn FnOnce()> {
+        let (cb, events) = self.take_page_events();
+        Box::new(move || fire(cb, events))
+    }
+}
+
 /// One peer of one stream: a viewer (with a `<video>` to play into) or, given the stream's
 /// `secret`, the source.
 ///
@@ -474,7 +495,7 @@ impl Driver {
 /// ```
 #[wasm_bindgen]
 pub struct SwarmPeer {
-    inner: Rc<Shared>,
+    inner: Rc<Shared<Driver>>,
 }
 
 fn opt_string(opts: &JsValue, key: &str) -> Option<String> {
@@ -603,14 +624,13 @@ impl SwarmPeer {
         let on_event = util::get(&opts, "onEvent")
             .dyn_into::<js_sys::Function>()
             .ok();
-        let inner = Rc::new_cyclic(|me: &WeakDriver| Shared {
-            queue: RefCell::new(VecDeque::new()),
-            driver: RefCell::new(Driver {
+        let inner = Rc::new_cyclic(|me: &WeakDriver| {
+            Shared::new(Driver {
                 me: me.clone(),
                 node,
                 origin_ms: util::now_ms(),
-                rtc: Rtc::new(me.clone(), ice_servers),
-                sockets: Sockets::new(me.clone()),
+                rtc: Rtc::new(Sink::new(me.clone()), ice_servers),
+                sockets: Sockets::new(Sink::new(me.clone())),
                 player: video.map(|v| Player::new(v, me.clone(), latency, fixed_target.is_none())),
                 on_event,
                 events: Vec::new(),
@@ -627,7 +647,7 @@ impl SwarmPeer {
                 rates: Rates::default(),
                 state: ("idle", String::new()),
                 fatal: None,
-            }),
+            })
         });
         Ok(SwarmPeer { inner })
     }

@@ -6,7 +6,7 @@
 //! Offers and answers carry all ICE candidates (gathering capped at [`GATHER_CAP_MS`]), because
 //! both signalling paths, the tracker and the core's relay, carry one message each way.
 
-use super::queue::{post, WeakDriver, WebEvent};
+use super::queue::Sink;
 use super::util::{self, callback, func, Callback};
 use crate::client::node::{ConnId, Event};
 use bytes::Bytes;
@@ -44,7 +44,7 @@ struct Conn {
 
 /// Every `RTCPeerConnection` of one peer, by the node's connection id.
 pub(crate) struct Rtc {
-    me: WeakDriver,
+    sink: Sink,
     ice_servers: JsValue,
     conns: HashMap<ConnId, Conn>,
     /// Callbacks of closed connections, freed at the next tick (never while one may be running).
@@ -96,15 +96,11 @@ async fn make_answer(pc: RtcPeerConnection, offer_sdp: String) -> Option<String>
     gathered_sdp(&pc).await
 }
 
-fn node(weak: &WeakDriver, ev: Event) {
-    post(weak, WebEvent::Node(ev));
-}
-
 impl Rtc {
     /// No connections yet; `ice_servers` is the page's `RTCIceServer[]`.
-    pub(crate) fn new(me: WeakDriver, ice_servers: JsValue) -> Self {
+    pub(crate) fn new(sink: Sink, ice_servers: JsValue) -> Self {
         Rtc {
-            me,
+            sink,
             ice_servers,
             conns: HashMap::new(),
             graveyard: Vec::new(),
@@ -123,7 +119,7 @@ impl Rtc {
                 return None;
             }
         };
-        let w = self.me.clone();
+        let w = self.sink.clone();
         let pc2 = pc.clone();
         let on_state = callback(move |_| {
             let ev = match pc2.connection_state() {
@@ -134,7 +130,7 @@ impl Rtc {
                 RtcPeerConnectionState::Disconnected => Event::ConnInterrupted { conn },
                 _ => Event::ConnResumed { conn },
             };
-            node(&w, ev);
+            w.node(ev);
         });
         pc.set_onconnectionstatechange(func(&on_state));
         self.conns.insert(
@@ -151,11 +147,10 @@ impl Rtc {
             let dc = pc.create_data_channel_with_data_channel_dict("swarmcast", &init);
             self.attach_channel(conn, dc);
         } else {
-            let w = self.me.clone();
+            let w = self.sink.clone();
             let on_dc = callback(move |ev: JsValue| {
                 if let Ok(ev) = ev.dyn_into::<RtcDataChannelEvent>() {
-                    let dc = ev.channel();
-                    super::queue::with(&w, move |d| d.rtc.attach_channel(conn, dc));
+                    w.data_channel(conn, ev.channel());
                 }
             });
             pc.set_ondatachannel(func(&on_dc));
@@ -178,9 +173,9 @@ impl Rtc {
         }
         dc.set_binary_type(RtcDataChannelType::Arraybuffer);
         dc.set_buffered_amount_low_threshold(LOW_WATER);
-        let w = self.me.clone();
-        let on_open = callback(move |_| node(&w, Event::ChannelOpen { conn }));
-        let w = self.me.clone();
+        let w = self.sink.clone();
+        let on_open = callback(move |_| w.node(Event::ChannelOpen { conn }));
+        let w = self.sink.clone();
         let on_message = callback(move |ev: JsValue| {
             let Ok(ev) = ev.dyn_into::<MessageEvent>() else {
                 return;
@@ -188,16 +183,16 @@ impl Rtc {
             // Text frames are not part of the protocol; the core only sees binary messages.
             if let Some(buf) = ev.data().dyn_ref::<js_sys::ArrayBuffer>() {
                 let data = Bytes::from(js_sys::Uint8Array::new(buf).to_vec());
-                node(&w, Event::ChannelMessage { conn, data });
+                w.node(Event::ChannelMessage { conn, data });
             }
         });
-        let w = self.me.clone();
-        let on_close = callback(move |_| node(&w, Event::ChannelClosed { conn }));
-        let w = self.me.clone();
+        let w = self.sink.clone();
+        let on_close = callback(move |_| w.node(Event::ChannelClosed { conn }));
+        let w = self.sink.clone();
         let dc2 = dc.clone();
         let on_low = callback(move |_| {
             let bytes = dc2.buffered_amount() as usize;
-            node(&w, Event::ChannelBuffered { conn, bytes });
+            w.node(Event::ChannelBuffered { conn, bytes });
         });
         dc.set_onopen(func(&on_open));
         dc.set_onmessage(func(&on_message));
@@ -208,37 +203,37 @@ impl Rtc {
         let already_open = dc.ready_state() == RtcDataChannelState::Open;
         c.dc = Some(dc);
         if already_open {
-            node(&self.me, Event::ChannelOpen { conn });
+            self.sink.node(Event::ChannelOpen { conn });
         }
     }
 
     /// The node wants an offer for `conn`.
     pub(crate) fn create_offer(&mut self, conn: ConnId) {
         let Some(pc) = self.new_conn(conn, true) else {
-            return node(&self.me, Event::ConnectFailed { conn });
+            return self.sink.node(Event::ConnectFailed { conn });
         };
-        let w = self.me.clone();
+        let w = self.sink.clone();
         spawn_local(async move {
             let ev = match make_offer(pc).await {
                 Some(sdp) => Event::OfferCreated { conn, sdp },
                 None => Event::ConnectFailed { conn },
             };
-            node(&w, ev);
+            w.node(ev);
         });
     }
 
     /// The node accepts a remote offer on `conn`: answer it.
     pub(crate) fn accept_offer(&mut self, conn: ConnId, sdp: String) {
         let Some(pc) = self.new_conn(conn, false) else {
-            return node(&self.me, Event::ConnectFailed { conn });
+            return self.sink.node(Event::ConnectFailed { conn });
         };
-        let w = self.me.clone();
+        let w = self.sink.clone();
         spawn_local(async move {
             let ev = match make_answer(pc, sdp).await {
                 Some(sdp) => Event::AnswerCreated { conn, sdp },
                 None => Event::ConnectFailed { conn },
             };
-            node(&w, ev);
+            w.node(ev);
         });
     }
 
@@ -247,13 +242,13 @@ impl Rtc {
         let Some(pc) = self.conns.get(&conn).map(|c| c.pc.clone()) else {
             return;
         };
-        let w = self.me.clone();
+        let w = self.sink.clone();
         spawn_local(async move {
             let r =
                 JsFuture::from(pc.set_remote_description(&description(RtcSdpType::Answer, &sdp)))
                     .await;
             if r.is_err() {
-                node(&w, Event::ConnectFailed { conn });
+                w.node(Event::ConnectFailed { conn });
             }
         });
     }

@@ -3,7 +3,7 @@
 //! announce schedule and the backoff are the node's ([`crate::client::node`],
 //! [`crate::client::tracker`]).
 
-use super::queue::{post, WeakDriver, WebEvent};
+use super::queue::Sink;
 use super::util::{callback, func, Callback};
 use crate::client::node::Event;
 use wasm_bindgen::JsCast;
@@ -17,21 +17,17 @@ struct Socket {
 
 /// The tracker sockets of one peer, by the node's tracker index.
 pub(crate) struct Sockets {
-    me: WeakDriver,
+    sink: Sink,
     sockets: Vec<Option<Socket>>,
     /// Callbacks of closed sockets, freed at the next tick (never while one may be running).
     graveyard: Vec<Callback>,
 }
 
-fn node(weak: &WeakDriver, ev: Event) {
-    post(weak, WebEvent::Node(ev));
-}
-
 impl Sockets {
     /// No sockets yet.
-    pub(crate) fn new(me: WeakDriver) -> Self {
+    pub(crate) fn new(sink: Sink) -> Self {
         Sockets {
-            me,
+            sink,
             sockets: Vec::new(),
             graveyard: Vec::new(),
         }
@@ -42,22 +38,22 @@ impl Sockets {
         self.close(tracker);
         let ws = match WebSocket::new(url) {
             Ok(ws) => ws,
-            Err(_) => return node(&self.me, Event::TrackerBadUrl { tracker }),
+            Err(_) => return self.sink.node(Event::TrackerBadUrl { tracker }),
         };
-        let w = self.me.clone();
-        let on_open = callback(move |_| node(&w, Event::TrackerOpen { tracker }));
-        let w = self.me.clone();
+        let w = self.sink.clone();
+        let on_open = callback(move |_| w.node(Event::TrackerOpen { tracker }));
+        let w = self.sink.clone();
         let on_message = callback(move |ev: wasm_bindgen::JsValue| {
             let text = ev
                 .dyn_into::<MessageEvent>()
                 .ok()
                 .and_then(|e| e.data().as_string());
             if let Some(text) = text {
-                node(&w, Event::TrackerText { tracker, text });
+                w.node(Event::TrackerText { tracker, text });
             }
         });
-        let w = self.me.clone();
-        let on_close = callback(move |_| node(&w, Event::TrackerClosed { tracker }));
+        let w = self.sink.clone();
+        let on_close = callback(move |_| w.node(Event::TrackerClosed { tracker }));
         ws.set_onopen(func(&on_open));
         ws.set_onmessage(func(&on_message));
         ws.set_onclose(func(&on_close));
@@ -78,7 +74,7 @@ impl Sockets {
         };
         if s.ws.send_with_str(text).is_err() {
             self.close(tracker);
-            node(&self.me, Event::TrackerClosed { tracker });
+            self.sink.node(Event::TrackerClosed { tracker });
         }
     }
 
