@@ -1,8 +1,10 @@
-//! The browser peer's decisions that need no browser: the WebTorrent tracker protocol, relayed
-//! signalling payloads, and the player's latency, gap and trimming rules.
+//! A peer's decisions that need no browser: the sans-IO [`node::Node`] above the swarm core
+//! (connections, tracker schedule, relay, rejoin, viewer state), the WebTorrent tracker
+//! protocol, relayed signalling payloads, and the player's latency, gap and trimming rules.
 //!
-//! `src/web` (wasm32 only) is the thin platform side that feeds these with events from
-//! WebSocket, WebRTC and MSE; keeping the logic here lets `cargo test` check it natively.
+//! `src/web` (wasm32 only), the simulator and the test harness are platforms that drive these
+//! with events (WebSocket, WebRTC and MSE in the browser); keeping the logic here lets
+//! `cargo test` check it natively.
 
 pub mod binstr;
 pub mod jitter;

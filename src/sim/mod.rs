@@ -1,9 +1,9 @@
 //! The swarm simulator (native only): a deterministic discrete-event simulation that runs the
-//! real swarm core ([`crate::core::Swarm`], the code the browser runs) for every peer, with a
-//! modelled network (heterogeneous capacities, a synthetic geography, serialisation at the
-//! sender's upload rate, data channel send buffers), a modelled tracker, churn, free-riders and
-//! malicious peers, and measures what issue 4 asks: delivery latency, startup, continuity,
-//! source load, control overhead, fairness and integrity.
+//! real peer ([`crate::client::node::Node`] and its [`crate::core::Swarm`], the code the browser
+//! runs) for every peer, with a modelled network (heterogeneous capacities, a synthetic
+//! geography, serialisation at the sender's upload rate, data channel send buffers), a modelled
+//! tracker, churn, free-riders and malicious peers, and measures what issue 4 asks: delivery
+//! latency, startup, continuity, source load, control overhead, fairness and integrity.
 //!
 //! ```no_run
 //! use swarmcast::sim::{run, SimConfig};

@@ -1,15 +1,16 @@
 //! The wasm-bindgen binding: browser WebRTC data channels, WebSocket signaling, MSE playback.
 //!
-//! [`peer::SwarmPeer`] is the one object pages use. It owns a [`crate::core::Swarm`] and is the
-//! only seam between the sans-IO core and the browser: events from WebRTC ([`rtc`]), the tracker
-//! ([`tracker`]) and MSE ([`player`]) become core inputs with a `performance.now()` timestamp;
-//! core outputs become `send`, `close` and `appendBuffer` calls. Decisions that need no browser
-//! live in [`crate::client`] and are tested natively.
+//! [`peer::SwarmPeer`] is the one object pages use. Behind it one [`crate::client::node::Node`]
+//! makes every decision (connections, tracker schedule, relay, rejoin, viewer state); the
+//! modules here are adapters that each own their JS handles — [`rtc`] the peer connections,
+//! [`tracker`] the tracker sockets, [`player`] MSE — and report what the browser does as typed
+//! events into the one queue of [`queue`], whose dispatcher feeds them to the node.
 
 mod keys;
 mod muxer;
 mod peer;
 mod player;
+mod queue;
 mod rtc;
 mod tracker;
 mod util;

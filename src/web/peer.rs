@@ -1,60 +1,61 @@
-//! [`SwarmPeer`]: the page-facing object, and the [`Driver`] behind it that owns the swarm core
-//! and every browser resource (connections, tracker sockets, player, timers).
+//! [`SwarmPeer`]: the page-facing object, and the [`Driver`] behind it: the product's
+//! [`Node`] plus the browser adapters that carry out what it asks — [`Rtc`] (peer connections),
+//! [`Sockets`] (tracker WebSockets), the [`Player`] (MSE) and the timers.
 //!
-//! Every browser callback holds only a `Weak` to the driver and enters through [`with`], which
-//! borrows the driver, runs the handler, and then fires page callbacks after the borrow ends (so
-//! a page callback may call back into `SwarmPeer`). After each input the driver drains
-//! `poll_output()` completely and re-arms one `setTimeout` for `poll_timeout()`.
+//! Every browser callback posts a typed event to the one queue ([`super::queue`]); its
+//! dispatcher feeds them to [`Driver::on_event`] one at a time. After each event the driver
+//! drains the node's actions completely, reports the transports' backlogs, and re-arms one
+//! `setTimeout` for `poll_timeout()`. Which connections to make, keep or drop, when to announce
+//! and when to rejoin are the node's decisions, tested natively.
 
 use super::player::Player;
+use super::queue::{dispatch, post, Handler, PlatformEvent, Shared, Sink, WebEvent};
 use super::rtc::Rtc;
-use super::tracker::Tracker;
+use super::tracker::Sockets;
 use super::util::{self, Callback};
+use crate::client::node::{Action, CloseReason, ConnId, Event, Node, NodeConfig, NodeRole};
 use crate::client::playback::LatencyConfig;
-use crate::client::status::{page_state, Facts};
-use crate::core::{
-    Config, Input, Instant, Output, PeerId, SegmentMeta, StreamId, StreamKey, Swarm,
-};
+use crate::client::status::page_state;
+use crate::core::{Config, Instant, PeerId, SegmentMeta, StreamId, StreamKey};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
-use std::cell::RefCell;
 use std::collections::BTreeSet;
-use std::rc::{Rc, Weak};
+use std::rc::Rc;
 use wasm_bindgen::prelude::*;
 use wasm_bindgen::JsCast;
 
-pub(crate) type WeakDriver = Weak<RefCell<Driver>>;
-
-/// Most rounds of "report bufferedAmount, drain again" after one input: the core stops sending
+/// Most rounds of "report bufferedAmount, drain again" after one event: the core stops sending
 /// once a transport holds enough, this only bounds a misbehaving loop.
 const MAX_PUMP_ROUNDS: usize = 8;
 
-/// No media for this long: the broadcast is considered not (or no longer) on air.
-const MEDIA_SILENCE_MS: f64 = 8_000.0;
+/// The housekeeping interval: the player's control loop, backlog safety net, rates, state.
+const TICK_MS: i32 = 250;
 
-/// After playing, no media for this long: the viewer rejoins the swarm from scratch (new peer
-/// id, new core state). A restarted broadcaster numbers its segments from 0 again; the core
-/// notices as soon as one of the new session's headers reaches it
-/// ([`Output::SourceRestarted`]), and this is the fallback when none does.
-const REJOIN_AFTER_SILENCE_MS: f64 = 12_000.0;
+/// Page callbacks (`onEvent`) waiting to fire outside the driver's borrow.
+type PageEvents = Vec<(&'static str, JsValue)>;
 
-/// Everything one peer runs. Lives in an `Rc<RefCell<_>>` owned by [`SwarmPeer`].
+/// What callbacks hold: they never keep the peer alive.
+pub(crate) type WeakDriver = std::rc::Weak<Shared<Driver>>;
+
+/// Runs `f` on the driver behind `weak`, now or right after what it is doing (the player's
+/// callbacks enter through this).
+pub(crate) fn with(weak: &WeakDriver, f: impl FnOnce(&mut Driver) + 'static) {
+    super::queue::with(weak, f);
+}
+
+/// Everything one peer runs. Lives in the [`Shared`] cell owned by [`SwarmPeer`].
 pub(crate) struct Driver {
-    pub(crate) me: WeakDriver,
-    pub(crate) swarm: Swarm,
-    pub(crate) local: PeerId,
-    pub(crate) info_hash: [u8; 20],
-    pub(crate) is_source: bool,
+    me: WeakDriver,
+    pub(crate) node: Node,
     origin_ms: f64,
-    pub(crate) ice_servers: JsValue,
     pub(crate) rtc: Rtc,
-    pub(crate) trackers: Vec<Tracker>,
+    sockets: Sockets,
     pub(crate) player: Option<Player>,
     on_event: Option<js_sys::Function>,
-    /// Page callbacks queued while the driver is borrowed; fired by [`with`].
-    events: Vec<(&'static str, JsValue)>,
-    core_timer: Option<(i32, Instant)>,
-    core_timer_cb: Option<Closure<dyn FnMut()>>,
+    /// Page callbacks queued while the driver is borrowed; fired by the dispatcher.
+    events: PageEvents,
+    node_timer: Option<(i32, Instant)>,
+    node_timer_cb: Option<Closure<dyn FnMut()>>,
     tick_cb: Option<Closure<dyn FnMut()>>,
     tick_handle: Option<i32>,
     pagehide_cb: Option<Callback>,
@@ -62,22 +63,12 @@ pub(crate) struct Driver {
     /// while hidden, so the next tick could be a second away).
     visible_cb: Option<Callback>,
     started: bool,
-    pub(crate) destroyed: bool,
+    destroyed: bool,
     #[cfg(feature = "test-hooks")]
     test_corrupt: bool,
-    /// Test hook: at most this many connections set up through trackers, so that the rest
-    /// must come through the core's relay (peer exchange).
-    #[cfg(feature = "test-hooks")]
-    pub(crate) test_tracker_limit: Option<usize>,
     rates: Rates,
     state: (&'static str, String),
     fatal: Option<(&'static str, String)>,
-    last_media_ms: Option<f64>,
-    ever_media: bool,
-    /// Segments were played since the last (re)join.
-    had_play: bool,
-    /// The core reported [`Output::SourceRestarted`]: rejoin once its outputs are drained.
-    rejoin_pending: bool,
 }
 
 /// Upload and download rates, from the core's byte counters sampled once a second.
@@ -90,130 +81,155 @@ struct Rates {
     down_kbps: f64,
 }
 
-/// Runs `f` on the driver behind `weak` (if it still exists and is not destroyed), then fires
-/// the page callbacks `f` queued, outside the borrow.
-pub(crate) fn with<R>(weak: &WeakDriver, f: impl FnOnce(&mut Driver) -> R) -> Option<R> {
-    let rc = weak.upgrade()?;
-    let (r, events, cb) = {
-        let mut d = rc.try_borrow_mut().ok()?;
-        if d.destroyed {
-            return None;
-        }
-        let r = f(&mut d);
-        (r, std::mem::take(&mut d.events), d.on_event.clone())
-    };
+/// Calls the page's `onEvent(type, detail)` for each queued event.
+fn fire(cb: Option<js_sys::Function>, events: PageEvents) {
     if let Some(cb) = cb {
         for (kind, detail) in events {
             let _ = cb.call2(&JsValue::NULL, &JsValue::from_str(kind), &detail);
         }
     }
-    Some(r)
 }
 
 impl Driver {
-    /// Microseconds since this peer started, as the core's clock.
-    pub(crate) fn now(&self) -> Instant {
+    /// Microseconds since this peer started, as the node's clock.
+    fn now(&self) -> Instant {
         Instant::from_micros(((util::now_ms() - self.origin_ms).max(0.0) * 1000.0) as u64)
     }
 
-    /// Feeds one input to the core and carries out everything it asks for.
-    pub(crate) fn input(&mut self, input: Input<'_>) {
-        let now = self.now();
-        self.swarm.handle_input(now, input);
-        self.pump();
+    /// The page events queued so far, and the callback to fire them with.
+    fn take_page_events(&mut self) -> (Option<js_sys::Function>, PageEvents) {
+        (self.on_event.clone(), std::mem::take(&mut self.events))
     }
 
-    /// Tells the core how many bytes each listed transport still holds.
-    fn report_backlogs(&mut self, backlogs: Vec<(PeerId, usize)>) {
-        let now = self.now();
-        for (peer, bytes) in backlogs {
-            self.swarm
-                .handle_input(now, Input::Buffered { peer, bytes });
+    /// One event from the queue.
+    fn on_event(&mut self, ev: WebEvent<Driver>) {
+        if self.destroyed {
+            return;
+        }
+        match ev {
+            WebEvent::Platform(PlatformEvent::Node(e)) => self.feed(e),
+            WebEvent::Platform(PlatformEvent::DataChannel { conn, dc }) => {
+                self.rtc.attach_channel(conn, dc)
+            }
+            WebEvent::NodeTimer => {
+                self.node_timer = None;
+                self.feed(Event::Timeout);
+            }
+            WebEvent::Tick | WebEvent::Visible => self.tick(),
+            WebEvent::PageHide { persisted } => {
+                // `persisted`: the page may come back from the back/forward cache; keep the
+                // connections. Otherwise it is unloading: say goodbye so neighbours replace us
+                // now rather than when ICE times out (10–30 s).
+                if persisted {
+                    let now = self.now();
+                    self.node.pause_trackers(now);
+                    self.pump();
+                } else {
+                    self.destroy();
+                }
+            }
+            WebEvent::Call(f) => f(self),
         }
     }
 
-    /// Drains the core's outputs, reports the resulting transport backlog, and re-arms the timer.
-    pub(crate) fn pump(&mut self) {
+    /// Feeds one event to the node and carries out everything it asks for.
+    fn feed(&mut self, ev: Event) {
+        let now = self.now();
+        self.node.handle(now, ev);
+        self.pump();
+    }
+
+    /// Drains the node's actions, reports the resulting transport backlogs, re-arms the timer.
+    fn pump(&mut self) {
         for _ in 0..MAX_PUMP_ROUNDS {
             let mut touched = BTreeSet::new();
-            while let Some(out) = self.swarm.poll_output() {
-                self.apply(out, &mut touched);
+            while let Some(action) = self.node.poll_action() {
+                self.apply(action, &mut touched);
             }
-            let backlog: Vec<(PeerId, usize)> = touched
+            let backlog: Vec<(ConnId, usize)> = touched
                 .into_iter()
-                .filter_map(|p| self.rtc.buffered(&p).map(|b| (p, b)))
+                .filter_map(|c| self.rtc.buffered(c).map(|b| (c, b)))
                 .collect();
             if backlog.is_empty() {
                 break;
             }
-            self.report_backlogs(backlog);
+            let now = self.now();
+            for (conn, bytes) in backlog {
+                self.node
+                    .handle(now, Event::ChannelBuffered { conn, bytes });
+            }
         }
-        if std::mem::take(&mut self.rejoin_pending) {
-            // Not from inside the drain loop: rejoining replaces the core being drained.
-            return self.rejoin();
-        }
-        self.arm_core_timer();
+        self.arm_node_timer();
     }
 
-    fn apply(&mut self, out: Output, touched: &mut BTreeSet<PeerId>) {
-        match out {
-            Output::Transmit { peer, data } => {
+    fn apply(&mut self, action: Action, touched: &mut BTreeSet<ConnId>) {
+        match action {
+            Action::TrackerConnect { tracker, url } => self.sockets.connect(tracker, &url),
+            Action::TrackerSend { tracker, request } => {
+                self.sockets.send(tracker, &request.to_json())
+            }
+            Action::TrackerClose { tracker } => self.sockets.close(tracker),
+            Action::CreateOffer { conn } => self.rtc.create_offer(conn),
+            Action::AcceptOffer { conn, sdp } => self.rtc.accept_offer(conn, sdp),
+            Action::ApplyAnswer { conn, sdp } => self.rtc.apply_answer(conn, sdp),
+            Action::Send { conn, data } => {
                 #[cfg(feature = "test-hooks")]
                 let data = if self.test_corrupt {
                     bytes::Bytes::from(crate::client::test_hooks::corrupt_transmit(data.to_vec()))
                 } else {
                     data
                 };
-                if self.rtc.send(&peer, &data) {
-                    touched.insert(peer);
+                if self.rtc.send(conn, &data) {
+                    touched.insert(conn);
                 } else {
-                    // The channel died under us; the core hears it as a disconnect.
-                    self.drop_peer(&peer, true);
+                    // The channel died under us: the node hears it as closed, next in line.
+                    let ev = PlatformEvent::Node(Event::ChannelClosed { conn });
+                    post(&self.me, WebEvent::Platform(ev));
                 }
             }
-            Output::Disconnect { peer, reason } => {
-                util::debug(&format!("disconnect {peer}: {reason:?}"));
-                self.drop_peer(&peer, false);
+            Action::Close { conn, reason } => {
+                util::debug(&format!("close connection {}: {reason:?}", conn.0));
+                if reason == CloseReason::Rejoin {
+                    self.rtc.retire(conn, util::now_ms());
+                } else {
+                    self.rtc.close(conn);
+                }
             }
-            Output::Init(init) => {
-                self.ever_media = true;
+            Action::Init(init) => {
                 if let Some(p) = self.player.as_mut() {
                     if let Err(msg) = p.on_init(init) {
                         self.fail("codec", msg);
                     }
                 }
             }
-            Output::Play(seg) => {
-                self.last_media_ms = Some(util::now_ms());
-                self.ever_media = true;
-                self.had_play = true;
+            Action::Play(seg) => {
                 if let Some(p) = self.player.as_mut() {
                     p.on_segment(seg);
                 }
             }
-            Output::Skip { seq } => {
+            Action::Skip { seq } => {
                 if let Some(p) = self.player.as_mut() {
                     p.on_skip(seq);
                 }
             }
-            Output::Connect { peer } => self.connect_via_relay(peer),
-            Output::Signal { from, payload } => self.on_relayed_signal(from, payload),
-            Output::SourceRestarted => {
-                util::warn("the broadcaster restarted the stream: rejoining");
-                self.rejoin_pending = true;
+            Action::Rejoined { peer, reason } => {
+                util::warn(&format!("rejoining the swarm as {peer} ({reason:?})"));
+                if let Some(p) = self.player.as_mut() {
+                    p.forget_stream();
+                }
             }
         }
     }
 
-    fn arm_core_timer(&mut self) {
-        let want = self.swarm.poll_timeout();
-        if self.core_timer.map(|(_, at)| at) == want {
+    fn arm_node_timer(&mut self) {
+        let want = self.node.poll_timeout();
+        if self.node_timer.map(|(_, at)| at) == want {
             return;
         }
-        if let Some((h, _)) = self.core_timer.take() {
+        if let Some((h, _)) = self.node_timer.take() {
             util::window().clear_timeout_with_handle(h);
         }
-        let (Some(at), Some(cb)) = (want, self.core_timer_cb.as_ref()) else {
+        let (Some(at), Some(cb)) = (want, self.node_timer_cb.as_ref()) else {
             return;
         };
         let delay_ms = at
@@ -225,32 +241,18 @@ impl Driver {
             cb.as_ref().unchecked_ref(),
             delay_ms,
         ) {
-            self.core_timer = Some((h, at));
+            self.node_timer = Some((h, at));
         }
-    }
-
-    fn on_core_timer(&mut self) {
-        self.core_timer = None;
-        self.input(Input::Timeout);
-    }
-
-    /// How many more connections the trackers may set up (unlimited without the test hook).
-    pub(crate) fn tracker_room(&self) -> usize {
-        #[cfg(feature = "test-hooks")]
-        if let Some(limit) = self.test_tracker_limit {
-            return limit.saturating_sub(self.rtc.via_tracker());
-        }
-        usize::MAX
     }
 
     /// Queues a page event (`state`, `error`).
-    pub(crate) fn emit(&mut self, kind: &'static str, detail: JsValue) {
+    fn emit(&mut self, kind: &'static str, detail: JsValue) {
         self.events.push((kind, detail));
     }
 
     /// A failure the viewer cannot recover from by waiting: shown in the player, and
     /// the `error` event.
-    pub(crate) fn fail(&mut self, code: &'static str, message: String) {
+    fn fail(&mut self, code: &'static str, message: String) {
         if self.fatal.is_some() {
             return;
         }
@@ -263,41 +265,34 @@ impl Driver {
         self.update_state();
     }
 
-    /// The 250 ms housekeeping tick: tracker reconnects and re-announces, stale offers, player
-    /// control, rates, state.
+    /// The 250 ms housekeeping tick: the node's schedule, the player's control loop, rates,
+    /// state.
     fn tick(&mut self) {
         let now = util::now_ms();
-        self.tracker_tick(now);
-        self.rtc_tick(now);
+        self.rtc.tick(now);
+        self.sockets.tick();
+        self.feed(Event::Timeout);
         // Safety net under `bufferedamountlow`: the core's view of every backlog is at most one
         // tick old, whatever events were missed.
         let backlogs = self.rtc.backlogs();
         if !backlogs.is_empty() {
-            self.report_backlogs(backlogs);
+            let at = self.now();
+            for (conn, bytes) in backlogs {
+                self.node.handle(at, Event::ChannelBuffered { conn, bytes });
+            }
             self.pump();
         }
-        let media_fresh = self
-            .last_media_ms
-            .is_some_and(|t| now - t < MEDIA_SILENCE_MS);
+        let media_fresh = self.node.facts(self.now()).media_fresh;
         if let Some(p) = self.player.as_mut() {
             if let Err(msg) = p.tick(now, media_fresh) {
                 self.fail("decode", msg);
             }
         }
         if let Some(pts_us) = self.player.as_ref().and_then(|p| p.playhead_pts_us()) {
-            self.input(Input::Playhead { pts_us });
-        }
-        if !self.is_source
-            && self.had_play
-            && self
-                .last_media_ms
-                .is_none_or(|t| now - t > REJOIN_AFTER_SILENCE_MS)
-        {
-            util::warn("no media for a while: rejoining the swarm");
-            self.rejoin();
+            self.feed(Event::Playhead { pts_us });
         }
         if now - self.rates.at_ms >= 1000.0 {
-            let s = self.swarm.stats();
+            let s = self.node.stats();
             let secs = (now - self.rates.at_ms) / 1000.0;
             let (up, down) = (s.wire_bytes_up, s.wire_bytes_down);
             if self.rates.at_ms > 0.0 {
@@ -318,43 +313,12 @@ impl Driver {
         self.update_state();
     }
 
-    /// Starts over as a new viewer of the same stream: every connection closed, a fresh core
-    /// with a fresh peer id, trackers re-announced, the player waiting for a new init segment.
-    fn rejoin(&mut self) {
-        // Not closed at once: the last messages (the new session's header, passed on to the
-        // neighbours) must still go out.
-        self.rtc.retire_all(util::now_ms());
-        self.local = PeerId(util::random_bytes());
-        let seed = u64::from_le_bytes(util::random_bytes());
-        self.swarm = self.swarm.rejoin(self.local, seed);
-        for t in &mut self.trackers {
-            t.restart();
-        }
-        if let Some(p) = self.player.as_mut() {
-            p.forget_stream();
-        }
-        self.had_play = false;
-        self.pump();
-    }
-
     /// Recomputes the page-visible state and emits `state` when it changed.
     fn update_state(&mut self) {
-        let now = util::now_ms();
-        let facts = Facts {
-            destroyed: self.destroyed,
-            fatal: self.fatal.as_ref().map(|(_, m)| m.clone()),
-            is_source: self.is_source,
-            media_fresh: self
-                .last_media_ms
-                .is_some_and(|t| now - t < MEDIA_SILENCE_MS),
-            ever_media: self.ever_media,
-            playing: self.player.as_ref().is_some_and(|p| p.is_playing()),
-            trackers: self.trackers.len(),
-            trackers_open: self.trackers.iter().filter(|t| t.is_open()).count(),
-            trackers_failing: self.trackers.iter().all(|t| t.failures > 0),
-            neighbours: self.swarm.stats().neighbours,
-            capacity_short: self.swarm.stats().capacity_short,
-        };
+        let mut facts = self.node.facts(self.now());
+        facts.destroyed |= self.destroyed;
+        facts.fatal = self.fatal.as_ref().map(|(_, m)| m.clone());
+        facts.playing = self.player.as_ref().is_some_and(|p| p.is_playing());
         let next = page_state(&facts);
         if next != self.state {
             self.state = next;
@@ -366,12 +330,20 @@ impl Driver {
     }
 
     fn stats(&self) -> js_sys::Object {
-        let s = self.swarm.stats();
+        let s = self.node.stats();
         let o = js_sys::Object::new();
         util::set(&o, "state", self.state.0);
         util::set(&o, "message", self.state.1.as_str());
-        util::set(&o, "role", if self.is_source { "source" } else { "viewer" });
-        util::set(&o, "peerId", self.local.to_string());
+        util::set(
+            &o,
+            "role",
+            if self.node.is_source() {
+                "source"
+            } else {
+                "viewer"
+            },
+        );
+        util::set(&o, "peerId", self.node.local_id().to_string());
         util::set(&o, "neighbours", s.neighbours as f64);
         util::set(&o, "bytesFromPeers", s.bytes_from_peers as f64);
         util::set(&o, "bytesFromSource", s.bytes_from_source as f64);
@@ -399,10 +371,10 @@ impl Driver {
         util::set(
             &o,
             "trackersOpen",
-            self.trackers.iter().filter(|t| t.is_open()).count() as f64,
+            self.node.trackers().iter().filter(|t| t.is_open()).count() as f64,
         );
-        util::set(&o, "connections", self.rtc.len() as f64);
-        util::set(&o, "connectionsOpen", self.rtc.open_count() as f64);
+        util::set(&o, "connections", self.node.conns().len() as f64);
+        util::set(&o, "connectionsOpen", self.node.conns().open_count() as f64);
         let p = self.player.as_ref();
         let opt = |v: Option<f64>| v.map(JsValue::from_f64).unwrap_or(JsValue::NULL);
         util::set(&o, "latencyMs", opt(p.and_then(|p| p.latency_ms())));
@@ -421,21 +393,18 @@ impl Driver {
         if self.destroyed {
             return;
         }
-        self.stop_trackers();
-        // Goodbyes to the neighbours, so they replace us at once rather than on a timeout.
+        // `stopped` to the trackers, goodbyes to the neighbours (so they replace us at once
+        // rather than on a timeout), then every connection closed.
         let now = self.now();
-        self.swarm.close(now);
-        while let Some(out) = self.swarm.poll_output() {
-            if let Output::Transmit { peer, data } = out {
-                self.rtc.send(&peer, &data);
-            }
-        }
+        self.node.close(now);
+        self.pump();
         self.rtc.close_all();
+        self.sockets.close_all();
         if let Some(p) = self.player.as_mut() {
             p.close();
         }
         let w = util::window();
-        if let Some((h, _)) = self.core_timer.take() {
+        if let Some((h, _)) = self.node_timer.take() {
             w.clear_timeout_with_handle(h);
         }
         if let Some(h) = self.tick_handle.take() {
@@ -453,6 +422,66 @@ impl Driver {
         self.destroyed = true;
         self.update_state();
     }
+
+    /// Starts: the timers, `pagehide` and `visibilitychange` listeners, the player, and the
+    /// node's first step (which opens the tracker sockets).
+    fn start(&mut self) {
+        if self.started {
+            return;
+        }
+        self.started = true;
+        let w = self.me.clone();
+        self.node_timer_cb = Some(Closure::wrap(Box::new(move || {
+            post(&w, WebEvent::NodeTimer);
+        }) as Box<dyn FnMut()>));
+        let w = self.me.clone();
+        let tick = Closure::wrap(Box::new(move || {
+            post(&w, WebEvent::Tick);
+        }) as Box<dyn FnMut()>);
+        self.tick_handle = util::window()
+            .set_interval_with_callback_and_timeout_and_arguments_0(
+                tick.as_ref().unchecked_ref(),
+                TICK_MS,
+            )
+            .ok();
+        self.tick_cb = Some(tick);
+        let w = self.me.clone();
+        let hide = util::callback(move |ev: JsValue| {
+            let persisted = util::get(&ev, "persisted").is_truthy();
+            post(&w, WebEvent::PageHide { persisted });
+        });
+        let _ = util::window()
+            .add_event_listener_with_callback("pagehide", hide.as_ref().unchecked_ref());
+        self.pagehide_cb = Some(hide);
+        let w = self.me.clone();
+        let visible = util::callback(move |_| {
+            if util::window().document().is_some_and(|d| !d.hidden()) {
+                post(&w, WebEvent::Visible);
+            }
+        });
+        if let Some(doc) = util::window().document() {
+            let _ = doc.add_event_listener_with_callback(
+                "visibilitychange",
+                visible.as_ref().unchecked_ref(),
+            );
+        }
+        self.visible_cb = Some(visible);
+        if let Some(p) = self.player.as_mut() {
+            p.attach();
+        }
+        self.tick();
+    }
+}
+
+impl Handler for Driver {
+    fn handle(&mut self, ev: WebEvent<Self>) {
+        self.on_event(ev);
+    }
+
+    fn after(&mut self) -> Box<dyn FnOnce()> {
+        let (cb, events) = self.take_page_events();
+        Box::new(move || fire(cb, events))
+    }
 }
 
 /// One peer of one stream: a viewer (with a `<video>` to play into) or, given the stream's
@@ -466,7 +495,7 @@ impl Driver {
 /// ```
 #[wasm_bindgen]
 pub struct SwarmPeer {
-    inner: Rc<RefCell<Driver>>,
+    inner: Rc<Shared<Driver>>,
 }
 
 fn opt_string(opts: &JsValue, key: &str) -> Option<String> {
@@ -487,6 +516,23 @@ fn default_tracker() -> Option<String> {
         "ws"
     };
     Some(format!("{scheme}://{host}/announce"))
+}
+
+impl SwarmPeer {
+    /// Runs `f` on the driver now, then fires the page events it queued and dispatches what
+    /// callbacks queued meanwhile. `None` only when called from inside the driver (a page
+    /// callback cannot be: those fire outside it).
+    fn run<R>(&self, f: impl FnOnce(&mut Driver) -> R) -> Option<R> {
+        let (r, cb, events) = {
+            let mut d = self.inner.driver.try_borrow_mut().ok()?;
+            let r = f(&mut d);
+            let (cb, events) = d.take_page_events();
+            (r, cb, events)
+        };
+        fire(cb, events);
+        dispatch(&self.inner);
+        Some(r)
+    }
 }
 
 #[wasm_bindgen]
@@ -563,30 +609,33 @@ impl SwarmPeer {
             latency.target = (ms / 1000.0).clamp(0.2, 30.0);
         }
         let local = PeerId(util::random_bytes());
-        let is_source = key.is_some();
-        let swarm = match key {
-            Some(k) => Swarm::source(config, k, local),
-            None => Swarm::viewer(config, stream, local),
+        let role = match key {
+            Some(key) => NodeRole::Source { key },
+            None => NodeRole::Viewer { stream },
         };
+        #[allow(unused_mut)] // set only by a test hook
+        let mut node_config = NodeConfig::new(role, trackers, local, config);
+        #[cfg(feature = "test-hooks")]
+        {
+            node_config.tracker_conn_limit =
+                opt_f64(&opts, "testTrackerLimit").map(|n| n.max(0.0) as usize);
+        }
+        let node = Node::new(node_config, u64::from_le_bytes(util::random_bytes()));
         let on_event = util::get(&opts, "onEvent")
             .dyn_into::<js_sys::Function>()
             .ok();
         let inner = Rc::new_cyclic(|me: &WeakDriver| {
-            RefCell::new(Driver {
+            Shared::new(Driver {
                 me: me.clone(),
-                swarm,
-                local,
-                info_hash: stream.info_hash(),
-                is_source,
+                node,
                 origin_ms: util::now_ms(),
-                ice_servers,
-                rtc: Rtc::default(),
-                trackers: trackers.into_iter().map(Tracker::new).collect(),
+                rtc: Rtc::new(Sink::new(me.clone()), ice_servers),
+                sockets: Sockets::new(Sink::new(me.clone())),
                 player: video.map(|v| Player::new(v, me.clone(), latency, fixed_target.is_none())),
                 on_event,
                 events: Vec::new(),
-                core_timer: None,
-                core_timer_cb: None,
+                node_timer: None,
+                node_timer_cb: None,
                 tick_cb: None,
                 tick_handle: None,
                 pagehide_cb: None,
@@ -595,15 +644,9 @@ impl SwarmPeer {
                 destroyed: false,
                 #[cfg(feature = "test-hooks")]
                 test_corrupt: util::get(&opts, "testCorrupt").is_truthy(),
-                #[cfg(feature = "test-hooks")]
-                test_tracker_limit: opt_f64(&opts, "testTrackerLimit").map(|n| n.max(0.0) as usize),
                 rates: Rates::default(),
                 state: ("idle", String::new()),
                 fatal: None,
-                last_media_ms: None,
-                ever_media: false,
-                had_play: false,
-                rejoin_pending: false,
             })
         });
         Ok(SwarmPeer { inner })
@@ -611,88 +654,42 @@ impl SwarmPeer {
 
     /// Starts connecting: tracker sockets, the housekeeping tick, `stopped` on page hide.
     pub fn start(&self) {
-        let weak = Rc::downgrade(&self.inner);
-        with(&weak, |d| {
-            if d.started {
-                return;
-            }
-            d.started = true;
-            let w = weak.clone();
-            d.core_timer_cb = Some(Closure::wrap(Box::new(move || {
-                with(&w, |d| d.on_core_timer());
-            }) as Box<dyn FnMut()>));
-            let w = weak.clone();
-            let tick = Closure::wrap(Box::new(move || {
-                with(&w, |d| d.tick());
-            }) as Box<dyn FnMut()>);
-            d.tick_handle = util::window()
-                .set_interval_with_callback_and_timeout_and_arguments_0(
-                    tick.as_ref().unchecked_ref(),
-                    250,
-                )
-                .ok();
-            d.tick_cb = Some(tick);
-            let w = weak.clone();
-            let hide = util::callback(move |ev: JsValue| {
-                // `persisted`: the page may come back from the back/forward cache; keep the
-                // connections. Otherwise it is unloading: say goodbye so neighbours replace us
-                // now rather than when ICE times out (10–30 s).
-                let persisted = util::get(&ev, "persisted").is_truthy();
-                with(&w, |d| {
-                    if persisted {
-                        d.stop_trackers();
-                    } else {
-                        d.destroy();
-                    }
-                });
-            });
-            let _ = util::window()
-                .add_event_listener_with_callback("pagehide", hide.as_ref().unchecked_ref());
-            d.pagehide_cb = Some(hide);
-            let w = weak.clone();
-            let visible = util::callback(move |_| {
-                let shown = util::window().document().is_some_and(|d| !d.hidden());
-                if shown {
-                    with(&w, |d| d.tick());
-                }
-            });
-            if let Some(doc) = util::window().document() {
-                let _ = doc.add_event_listener_with_callback(
-                    "visibilitychange",
-                    visible.as_ref().unchecked_ref(),
-                );
-            }
-            d.visible_cb = Some(visible);
-            if let Some(p) = d.player.as_mut() {
-                p.attach();
-            }
-            d.tick();
-        });
+        if self.run(|d| d.start()).is_none() {
+            super::queue::with(&Rc::downgrade(&self.inner), |d| d.start());
+        }
     }
 
     /// The stream id (URL-safe base64).
     #[wasm_bindgen(js_name = streamId)]
     pub fn stream_id(&self) -> String {
-        self.inner.borrow().swarm.stream().to_string()
+        self.run(|d| d.node.stream().to_string())
+            .unwrap_or_default()
     }
 
     /// This peer's id, as hex of its first bytes (for logs).
     #[wasm_bindgen(js_name = peerId)]
     pub fn peer_id(&self) -> String {
-        self.inner.borrow().local.to_string()
+        self.run(|d| d.node.local_id().to_string())
+            .unwrap_or_default()
     }
 
     /// Source: publishes (a new version of) the init segment; returns its version.
     #[wasm_bindgen(js_name = publishInit)]
     pub fn publish_init(&self, mime: &str, data: &[u8]) -> Result<u32, JsError> {
-        let weak = Rc::downgrade(&self.inner);
-        with(&weak, |d| {
+        self.run(|d| {
+            if d.destroyed {
+                return Err(JsError::new("peer destroyed"));
+            }
             let now = d.now();
-            let r = d.swarm.publish_init(now, mime, data.to_vec());
+            let r = d.node.publish_init(now, mime, data.to_vec());
             d.pump();
             r.map_err(|e| JsError::new(&e.to_string()))
         })
-        .unwrap_or_else(|| Err(JsError::new("peer destroyed")))
+        .unwrap_or_else(|| {
+            Err(JsError::new(
+                "peer busy: called from inside one of its callbacks",
+            ))
+        })
     }
 
     /// Source: publishes the next media segment; returns its sequence number. `pts_us` is the
@@ -710,15 +707,21 @@ impl SwarmPeer {
             duration_us: duration_us.clamp(0.0, u32::MAX as f64) as u32,
             keyframe,
         };
-        let weak = Rc::downgrade(&self.inner);
-        with(&weak, |d| {
+        self.run(|d| {
+            if d.destroyed {
+                return Err(JsError::new("peer destroyed"));
+            }
             let now = d.now();
-            let r = d.swarm.publish_segment(now, meta, data.to_vec());
+            let r = d.node.publish_segment(now, meta, data.to_vec());
             d.pump();
             r.map(|seq| seq as f64)
                 .map_err(|e| JsError::new(&e.to_string()))
         })
-        .unwrap_or_else(|| Err(JsError::new("peer destroyed")))
+        .unwrap_or_else(|| {
+            Err(JsError::new(
+                "peer busy: called from inside one of its callbacks",
+            ))
+        })
     }
 
     /// Test hook: makes the player start over as after a decode error (new MediaSource,
@@ -726,8 +729,7 @@ impl SwarmPeer {
     #[cfg(feature = "test-hooks")]
     #[wasm_bindgen(js_name = testReinit)]
     pub fn test_reinit(&self) {
-        let weak = Rc::downgrade(&self.inner);
-        with(&weak, |d| {
+        super::queue::with(&Rc::downgrade(&self.inner), |d| {
             if let Some(p) = d.player.as_mut() {
                 p.reinit("test hook");
             }
@@ -736,7 +738,7 @@ impl SwarmPeer {
 
     /// Current figures as a plain object (see the COMMON contract for the field names).
     pub fn stats(&self) -> JsValue {
-        match self.inner.try_borrow() {
+        match self.inner.driver.try_borrow() {
             Ok(d) => d.stats().into(),
             Err(_) => JsValue::NULL,
         }
@@ -744,14 +746,8 @@ impl SwarmPeer {
 
     /// Leaves the swarm: `stopped` to the trackers, every connection closed, the player torn down.
     pub fn destroy(&self) {
-        let weak = Rc::downgrade(&self.inner);
-        with(&weak, |d| d.destroy());
-        let cb = self.inner.borrow().on_event.clone();
-        let events = std::mem::take(&mut self.inner.borrow_mut().events);
-        if let Some(cb) = cb {
-            for (kind, detail) in events {
-                let _ = cb.call2(&JsValue::NULL, &JsValue::from_str(kind), &detail);
-            }
+        if self.run(|d| d.destroy()).is_none() {
+            super::queue::with(&Rc::downgrade(&self.inner), |d| d.destroy());
         }
     }
 }

@@ -1,4 +1,4 @@
-//! Small browser helpers: clocks, timers as futures, option lookup, randomness, logging.
+//! Small browser helpers: clocks, timers as futures, option lookup, random bytes, logging.
 
 use wasm_bindgen::prelude::*;
 use wasm_bindgen::JsCast;
@@ -56,11 +56,6 @@ pub(crate) fn random_bytes<const N: usize>() -> [u8; N] {
     // getrandom's `js` backend uses crypto.getRandomValues, present in every browser we run in.
     let _ = getrandom::getrandom(&mut b);
     b
-}
-
-/// A uniform float in [0, 1).
-pub(crate) fn random_unit() -> f64 {
-    js_sys::Math::random()
 }
 
 /// `console.warn` with a `swarmcast:` prefix.
