@@ -158,7 +158,8 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
     let st = state.clone();
     let task = tokio::spawn(async move {
         let sweeper = tokio::spawn(sweep(st.clone(), ttl));
-        accept_loop(&listener, &st, app, tls_acceptor, stop_rx).await;
+        // The listener goes with the loop: no connection waits in its backlog during the grace.
+        accept_loop(listener, &st, app, tls_acceptor, stop_rx).await;
         sweeper.abort();
         // Connections saw the same signal; wait for them to close.
         let deadline = Instant::now() + grace;
@@ -180,7 +181,7 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
 /// Accepts until the server stops; each connection gets a task of its own: its TLS handshake
 /// (with `--tls-cert`), then HTTP (see [`listen`]).
 async fn accept_loop(
-    listener: &TcpListener,
+    listener: TcpListener,
     state: &Arc<AppState>,
     app: Router,
     tls: Option<Arc<TlsReloader>>,
@@ -189,7 +190,7 @@ async fn accept_loop(
     let mut last_log = None;
     loop {
         let (tcp, remote) = tokio::select! {
-            c = listen::accept(listener, &state.pending, &state.metrics, &mut last_log) => c,
+            c = listen::accept(&listener, &state.pending, &state.metrics, &mut last_log) => c,
             _ = stop.wait_for(|s| *s) => return,
         };
         // Small messages must not wait for Nagle + delayed ACK (40 ms).
