@@ -2,8 +2,10 @@
 //! tracker can bootstrap our peers and WebTorrent clients can use ours), plus static files for
 //! the www/ bundle, `/healthz` and `/metrics`.
 //!
-//! Layering: [`protocol`] parses and encodes messages, [`tracker`] holds swarms without I/O,
-//! [`server`] owns sockets and tasks, [`tls`] adds HTTPS/`wss://`, [`metrics`] counts,
+//! Layering: [`protocol`] parses and encodes messages, [`tracker`] holds swarms without I/O
+//! (charging each registration to its client address, [`budget`]), [`server`] owns the
+//! WebSocket tasks, [`listen`] accepts connections and serves HTTP with deadlines, [`files`]
+//! decides which static files may be served, [`tls`] adds HTTPS/`wss://`, [`metrics`] counts,
 //! [`config`] is the command line.
 #![deny(missing_docs)]
 

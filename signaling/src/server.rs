@@ -158,7 +158,8 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
     let st = state.clone();
     let task = tokio::spawn(async move {
         let sweeper = tokio::spawn(sweep(st.clone(), ttl));
-        accept_loop(&listener, &st, app, tls_acceptor, stop_rx).await;
+        // The listener goes with the loop: no connection waits in its backlog during the grace.
+        accept_loop(listener, &st, app, tls_acceptor, stop_rx).await;
         sweeper.abort();
         // Connections saw the same signal; wait for them to close.
         let deadline = Instant::now() + grace;
@@ -180,7 +181,7 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
 /// Accepts until the server stops; each connection gets a task of its own: its TLS handshake
 /// (with `--tls-cert`), then HTTP (see [`listen`]).
 async fn accept_loop(
-    listener: &TcpListener,
+    listener: TcpListener,
     state: &Arc<AppState>,
     app: Router,
     tls: Option<Arc<TlsReloader>>,
@@ -189,7 +190,7 @@ async fn accept_loop(
     let mut last_log = None;
     loop {
         let (tcp, remote) = tokio::select! {
-            c = listen::accept(listener, &state.pending, &state.metrics, &mut last_log) => c,
+            c = listen::accept(&listener, &state.pending, &state.metrics, &mut last_log) => c,
             _ = stop.wait_for(|s| *s) => return,
         };
         // Small messages must not wait for Nagle + delayed ACK (40 ms).
@@ -561,7 +562,13 @@ async fn drive(
     let mut shutdown = state.shutdown.clone();
     let idle = cfg.idle();
     let send_timeout = cfg.send_timeout();
-    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + cfg.ping(), cfg.ping());
+    // The first tick comes at the first-message deadline (or the first ping, if sooner): a
+    // WebSocket that has sent nothing by then is closed, as an HTTP request that never comes
+    // would be (clients announce as soon as the socket opens). Then one every ping interval.
+    let mut tick = tokio::time::interval_at(
+        tokio::time::Instant::now() + cfg.request_timeout().min(cfg.ping()),
+        cfg.ping(),
+    );
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut conn = Conn {
         last_msg: Instant::now(),
@@ -578,15 +585,10 @@ async fn drive(
     tokio::pin!(shut);
     let wanted = handle.wanted();
     tokio::pin!(wanted);
-    // One timer, two uses (each connection's future holds it for the connection's life):
-    // until the first message, the deadline for it (a WebSocket that never sends one is closed
-    // as soon as an HTTP request that never comes would be: clients announce as soon as the
-    // socket opens); afterwards, when the connection is over its rate, the end of the wait
-    // (its messages wait, and it is not read, until then). A wait needs a message handled
-    // first, so the two never overlap.
-    let timer = tokio::time::sleep(cfg.request_timeout());
-    tokio::pin!(timer);
-    let mut throttled = false;
+    // A connection over its rate: its messages wait (and it is not read) until this fires.
+    // Allocated only then: a timer held for the connection's life would cost every idle
+    // connection its size.
+    let mut throttle: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
     loop {
         let step = tokio::select! {
             biased;
@@ -608,15 +610,11 @@ async fn drive(
                     }
                 }
             }
-            () = &mut timer, if throttled || !conn.heard => {
-                if !throttled {
-                    m.reject("request_timeout");
-                    return End::Close(ws::close::POLICY, "no request");
-                }
-                throttled = false;
+            () = async { if let Some(t) = throttle.as_mut() { t.await } }, if throttle.is_some() => {
+                throttle = None;
                 conn.handle_buffered(state, handle, member)
             }
-            r = rd.read(conn.reader.spare()), if !throttled => {
+            r = rd.read(conn.reader.spare()), if throttle.is_none() => {
                 match r {
                     Ok(0) | Err(_) => return End::Quiet,
                     Ok(n) => conn.reader.filled(n),
@@ -624,6 +622,11 @@ async fn drive(
                 conn.handle_buffered(state, handle, member)
             }
             _ = tick.tick() => {
+                // `last_msg` is the connection's start until the first message.
+                if !conn.heard && conn.last_msg.elapsed() >= cfg.request_timeout() {
+                    m.reject("request_timeout");
+                    return End::Close(ws::close::POLICY, "no request");
+                }
                 if conn.last_msg.elapsed() >= idle {
                     m.reject("idle_timeout");
                     return End::Close(ws::close::NORMAL, "idle timeout");
@@ -636,8 +639,7 @@ async fn drive(
             Step::Read => {}
             Step::Wait(d) => {
                 m.reject("rate_limited");
-                timer.as_mut().reset(tokio::time::Instant::now() + d);
-                throttled = true;
+                throttle = Some(Box::pin(tokio::time::sleep(d)));
             }
             Step::End(end) => return end,
         }
