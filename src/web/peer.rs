@@ -13,7 +13,9 @@ use super::queue::{dispatch, post, Handler, PlatformEvent, Shared, Sink, WebEven
 use super::rtc::Rtc;
 use super::tracker::Sockets;
 use super::util::{self, Callback};
-use crate::client::node::{Action, CloseReason, ConnId, Event, Node, NodeConfig, NodeRole};
+use crate::client::node::{
+    Action, CloseReason, ConnId, Event, Node, NodeConfig, NodeRole, RejoinReason,
+};
 use crate::client::playback::LatencyConfig;
 use crate::client::status::page_state;
 use crate::core::{Config, Instant, PeerId, SegmentMeta, StreamId, StreamKey};
@@ -213,7 +215,13 @@ impl Driver {
                 }
             }
             Action::Rejoined { peer, reason } => {
-                util::warn(&format!("rejoining the swarm as {peer} ({reason:?})"));
+                // The e2e restart test reads these words: they tell a header that announced the
+                // new session from the silence fallback.
+                let why = match reason {
+                    RejoinReason::SourceRestarted => "the broadcaster restarted the stream",
+                    RejoinReason::Silence => "no media for too long",
+                };
+                util::warn(&format!("{why}: rejoining the swarm as {peer}"));
                 if let Some(p) = self.player.as_mut() {
                     p.forget_stream();
                 }
