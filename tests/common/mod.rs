@@ -120,7 +120,7 @@ impl Net {
         Net::with(seed, viewers, viewer_config, |_| 10_000_000, 500_000, 1)
     }
 
-    /// The general form: per-viewer config and uplink, segment length, keyframe period.
+    /// Per-viewer config and uplink, segment length, keyframe period.
     pub fn with(
         seed: u64,
         viewers: usize,
@@ -128,6 +128,28 @@ impl Net {
         uplink: impl Fn(usize) -> u64,
         segment_us: u64,
         keyframe_every: u64,
+    ) -> Net {
+        Net::build(
+            seed,
+            viewers,
+            viewer_config,
+            uplink,
+            segment_us,
+            keyframe_every,
+            None,
+        )
+    }
+
+    /// The general form; `tracker_limit`: each viewer's node sets up at most this many
+    /// connections through the tracker (the rest must come through the core's relay).
+    pub fn build(
+        seed: u64,
+        viewers: usize,
+        viewer_config: impl Fn(usize) -> Config,
+        uplink: impl Fn(usize) -> u64,
+        segment_us: u64,
+        keyframe_every: u64,
+        tracker_limit: Option<usize>,
     ) -> Net {
         let mut rng = Rng(seed);
         let key = StreamKey::from_secret([7; 32]);
@@ -149,7 +171,10 @@ impl Net {
                 let stream = key.stream_id();
                 (NodeRole::Viewer { stream }, cfg)
             };
-            let config = NodeConfig::new(role, vec!["ws://tracker".into()], PeerId(id), cfg);
+            let mut config = NodeConfig::new(role, vec!["ws://tracker".into()], PeerId(id), cfg);
+            if i > 0 {
+                config.tracker_conn_limit = tracker_limit;
+            }
             peers.push(Peer {
                 node: Node::new(config, seed ^ (i as u64).wrapping_mul(0x5851_f42d)),
                 uplink_bps: if i == 0 { 20_000_000 } else { uplink(i) },
@@ -245,6 +270,16 @@ impl Net {
     }
 
     fn act(&mut self, i: usize, action: Action, touched: &mut BTreeSet<ConnId>) {
+        if std::env::var("TRACE_NODE")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            == Some(i)
+        {
+            match &action {
+                Action::Send { .. } | Action::Play(_) | Action::Skip { .. } => {}
+                a => println!("{} node {i}: {a:?}", self.now),
+            }
+        }
         match action {
             Action::TrackerConnect { tracker, .. } => {
                 self.tell(2 * TRACKER_LATENCY_US, i, Event::TrackerOpen { tracker })

@@ -64,6 +64,8 @@ pub struct Conn {
     pub answered: bool,
     /// Since when the transport says it is interrupted.
     pub interrupted: Option<Instant>,
+    /// Our tracker offer went out under this `offer_id` (binary string) and awaits its answer.
+    pub offer_id: Option<String>,
 }
 
 impl Conn {
@@ -100,8 +102,6 @@ pub enum Claim {
 pub struct Conns {
     conns: BTreeMap<ConnId, Conn>,
     by_peer: BTreeMap<PeerId, ConnId>,
-    /// Our tracker offers awaiting an answer, by `offer_id` (binary string).
-    by_offer: BTreeMap<String, ConnId>,
     next: u64,
 }
 
@@ -126,6 +126,7 @@ impl Conns {
                 created: now,
                 answered: false,
                 interrupted: None,
+                offer_id: None,
             },
         );
         if let Some(p) = peer {
@@ -163,23 +164,30 @@ impl Conns {
                 self.by_peer.remove(&p);
             }
         }
-        self.by_offer.retain(|_, v| *v != id);
         Some(c)
     }
 
     /// Records that our offer `id` went out under `offer_id`.
     pub fn offered(&mut self, offer_id: String, id: ConnId) {
-        self.by_offer.insert(offer_id, id);
+        if let Some(c) = self.conns.get_mut(&id) {
+            c.offer_id = Some(offer_id);
+        }
     }
 
     /// The offer `offer_id` was answered: its connection, once.
     pub fn take_offer(&mut self, offer_id: &str) -> Option<ConnId> {
-        self.by_offer.remove(offer_id)
+        // A few offers at a time: a scan is all it takes (and one map type less in the bundle).
+        let (id, c) = self
+            .conns
+            .iter_mut()
+            .find(|(_, c)| c.offer_id.as_deref() == Some(offer_id))?;
+        c.offer_id = None;
+        Some(*id)
     }
 
     /// Our tracker offers still waiting for an answer.
     pub fn offers_out(&self) -> usize {
-        self.by_offer.len()
+        self.conns.values().filter(|c| c.offer_id.is_some()).count()
     }
 
     /// Connections, set up or open.
