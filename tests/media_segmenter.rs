@@ -736,3 +736,35 @@ fn a_new_muxer_continues_the_timeline() {
     assert_eq!(init.tracks[0].width, 1280);
     check_invariants(&muxer, &out);
 }
+
+#[test]
+fn aac_config_is_read_from_the_audio_specific_config() {
+    // AAC-LC (2), 48 kHz (index 3), stereo: 00010 0011 0010 000.
+    let c = AudioTrackConfig::aac(&[0x11, 0x90]).unwrap();
+    assert_eq!(
+        (c.sample_rate, c.channels, c.timescale()),
+        (48_000, 2, 48_000)
+    );
+    assert_eq!(c.codec_string(), "mp4a.40.2");
+    // 44.1 kHz (index 4), mono: 00010 0100 0001 000.
+    let c = AudioTrackConfig::aac(&[0x12, 0x08]).unwrap();
+    assert_eq!((c.sample_rate, c.channels), (44_100, 1));
+    for bad in [
+        &[][..],
+        &[0x11],
+        &[0x16, 0x90],
+        &[0x11, 0x80],
+        &[0x17, 0x90],
+    ] {
+        assert!(
+            matches!(
+                AudioTrackConfig::aac(bad),
+                Err(MediaError::BadAudioSpecificConfig { .. })
+            ),
+            "{bad:?}"
+        );
+    }
+    let muxer = Fmp4Muxer::new(Some(video_config()), Some(c)).unwrap();
+    assert!(muxer.mime_type().ends_with(",mp4a.40.2\""));
+    assert_eq!(muxer.audio_timescale(), Some(44_100));
+}
