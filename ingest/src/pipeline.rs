@@ -277,23 +277,29 @@ impl Pipeline {
 
     /// The next output, if any; `now` is when the caller takes it (for the latency figures).
     pub fn poll(&mut self, now: Instant) -> Option<Output> {
+        self.drain_segmenter();
+        let out = self.outputs.pop_front()?;
+        if let (Output::Segment(s), Some(origin)) = (&out, self.segmenter.as_ref()?.origin_us()) {
+            let end = origin + s.pts_us + u64::from(s.duration_us);
+            while let Some(&(dts, at)) = self.arrivals.front() {
+                if dts >= end {
+                    break;
+                }
+                self.latencies.push(now.saturating_duration_since(at));
+                self.arrivals.pop_front();
+            }
+        }
+        Some(out)
+    }
+
+    /// Moves finished segments to the output queue, behind what is already there.
+    fn drain_segmenter(&mut self) {
         if let Some(seg) = self.segmenter.as_mut() {
             while let Some(s) = seg.poll_segment() {
                 self.stats.segments += 1;
-                if let Some(origin) = seg.origin_us() {
-                    let end = origin + s.pts_us + u64::from(s.duration_us);
-                    while let Some(&(dts, at)) = self.arrivals.front() {
-                        if dts >= end {
-                            break;
-                        }
-                        self.latencies.push(now.saturating_duration_since(at));
-                        self.arrivals.pop_front();
-                    }
-                }
                 self.outputs.push_back(Output::Segment(s));
             }
         }
-        self.outputs.pop_front()
     }
 
     fn set_video_config(&mut self, avcc: &[u8]) -> Result<(), IngestError> {
@@ -314,6 +320,9 @@ impl Pipeline {
         let audio = seg.muxer().audio().and(self.audio_config.clone());
         let muxer = Fmp4Muxer::new(video, audio)?;
         seg.set_muxer(muxer.clone())?;
+        // set_muxer flushed the segments of the old configuration: they go out before the new
+        // init segment.
+        self.drain_segmenter();
         self.push_init(&muxer);
         Ok(())
     }
