@@ -109,13 +109,14 @@ fn log(event: &Event) {
             eprintln!(
                 "swarmcast-ingest: {peer}: finished: {} video + {} audio frames ({} dropped, {} \
                  timestamp jumps absorbed), {} init + {} media segments; tag-to-segment latency \
-                 ms: median {:.1}, p95 {:.1}, max {:.1} over {} video frames",
+                 ms: min {:.1}, median {:.1}, p95 {:.1}, max {:.1} over {} video frames",
                 stats.video_frames,
                 stats.audio_frames,
                 stats.dropped_frames,
                 stats.rebases,
                 stats.init_segments,
                 stats.segments,
+                pct(0) as f64 / 1000.0,
                 pct(50) as f64 / 1000.0,
                 pct(95) as f64 / 1000.0,
                 pct(100) as f64 / 1000.0,
