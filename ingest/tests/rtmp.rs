@@ -313,3 +313,36 @@ async fn garbage_is_a_clean_disconnect() {
     let sock = TcpStream::connect(("127.0.0.1", port)).await;
     assert!(sock.is_ok());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unsupported_codec_disconnects_naming_the_obs_setting() {
+    let (port, mut rx) = start(Sink::Discard).await;
+    // MP3 audio (what OBS never sends with AAC selected, but ffmpeg's FLV default for some
+    // inputs); the outcome for ffmpeg itself depends on how far it got, so only the server's
+    // account is checked.
+    let _ = tokio::process::Command::new("ffmpeg")
+        .args([
+            "-v", "error", "-nostdin", "-f", "lavfi", "-i", "sine", "-t", "1",
+        ])
+        .args(["-c:a", "libmp3lame", "-f", "flv"])
+        .arg(format!("rtmp://127.0.0.1:{port}/live/{KEY}"))
+        .stderr(Stdio::null())
+        .status()
+        .await
+        .expect("run ffmpeg");
+    assert!(matches!(
+        next_event(&mut rx).await,
+        Event::Publishing { .. }
+    ));
+    match next_non_init(&mut rx).await {
+        Event::Disconnected { reason, .. } => {
+            assert!(reason.contains("MP3"), "{reason}");
+            assert!(reason.contains("Audio Encoder to AAC"), "{reason}");
+        }
+        e => panic!("expected a disconnect, got {e:?}"),
+    }
+    match next_non_init(&mut rx).await {
+        Event::Finished { stats, .. } => assert_eq!(stats.segments, 0),
+        e => panic!("expected the end of the publish, got {e:?}"),
+    }
+}
