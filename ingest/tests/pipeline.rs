@@ -174,7 +174,11 @@ fn resolution_change_and_timestamp_restart_give_a_new_init_segment() {
 fn audio_only_and_video_only_streams() {
     let d = dir("single");
     for (name, size, audio) in [("audio", None, true), ("video", Some("320x240"), false)] {
-        let t = tags(&flv(&d.join(format!("{name}.flv")), size, audio, 2));
+        // Timestamps starting anywhere: an hour in, as after a long-running OBS session.
+        let t: Vec<_> = tags(&flv(&d.join(format!("{name}.flv")), size, audio, 2))
+            .into_iter()
+            .map(|(kind, ts, body)| (kind, ts + 3_600_000, body))
+            .collect();
         let mut p = Pipeline::new();
         let mut outputs = Vec::new();
         feed(&mut p, &t, &mut outputs);
@@ -182,6 +186,11 @@ fn audio_only_and_video_only_streams() {
         while let Some(o) = p.poll(Instant::now()) {
             outputs.push(o);
         }
+        let first = outputs.iter().find_map(|o| match o {
+            Output::Segment(s) => Some(s.pts_us),
+            _ => None,
+        });
+        assert_eq!(first, Some(0), "the output timeline starts at 0");
         let g = groups(&outputs);
         assert_eq!(g.len(), 1);
         let (init, mime, segments) = &g[0];

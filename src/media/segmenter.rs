@@ -57,6 +57,8 @@ pub struct MediaSegment {
     /// modulo 2^32).
     pub seq: u64,
     /// Presentation time of the segment's first sample, microseconds since the stream's origin.
+    /// (With B-frames, [`Segmenter::push_video_reordered`]: the decode time of its first sample,
+    /// which is where a keyframe presents when its composition offset is the first keyframe's.)
     pub pts_us: u64,
     /// Duration of the segment's primary track (video, or audio without video), microseconds.
     pub duration_us: u32,
