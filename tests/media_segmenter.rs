@@ -768,3 +768,37 @@ fn aac_config_is_read_from_the_audio_specific_config() {
     assert!(muxer.mime_type().ends_with(",mp4a.40.2\""));
     assert_eq!(muxer.audio_timescale(), Some(44_100));
 }
+
+#[test]
+fn b_frame_composition_offsets_are_signed_and_relative_to_the_first_keyframe() {
+    // Decode order I P B B at 33 ms, presentation order I B B P, with the offsets x264 gives
+    // for a 2-frame reorder delay (I +66, P +132, B +33, B +33 ms).
+    let muxer = Fmp4Muxer::new(Some(video_config()), None).unwrap();
+    let init = parse_init_segment(&muxer.init_segment()).unwrap();
+    let mut seg = Segmenter::new(muxer, 200_000);
+    let offsets = [66_000i64, 132_000, 33_000, 33_000];
+    for (i, o) in offsets.iter().enumerate() {
+        let f = video(i as u32, 1_000_000 + i as u64 * 33_000, 33_000, i == 0);
+        seg.push_video_reordered(f, *o).unwrap();
+    }
+    seg.flush();
+    let segments = drain(&mut seg);
+    assert_eq!(segments.len(), 1);
+    let tf = parse(&init, &segments[0]).tracks.remove(0);
+    let got: Vec<i64> = tf.samples.iter().map(|s| s.composition_offset).collect();
+    assert_eq!(got, [0, 66_000, -33_000, -33_000]);
+    let pts: Vec<i64> = tf
+        .samples
+        .iter()
+        .map(|s| s.decode_time as i64 + s.composition_offset)
+        .collect();
+    assert_eq!(pts, [0, 99_000, 33_000, 66_000], "I at 0, then B, B, P");
+    // An offset beyond the signed 32-bit range is refused, and leaves the segmenter usable.
+    let err = seg
+        .push_video_reordered(video(9, 2_000_000, 33_000, true), 1 << 40)
+        .unwrap_err();
+    assert!(
+        matches!(err, MediaError::BadCompositionOffset { .. }),
+        "{err}"
+    );
+}
