@@ -801,4 +801,9 @@ fn b_frame_composition_offsets_are_signed_and_relative_to_the_first_keyframe() {
         matches!(err, MediaError::BadCompositionOffset { .. }),
         "{err}"
     );
+    seg.push_video_reordered(video(10, 2_000_000, 33_000, true), 66_000)
+        .unwrap();
+    seg.flush();
+    let tf = parse(&init, &drain(&mut seg)[0]).tracks.remove(0);
+    assert_eq!(tf.samples[0].composition_offset, 0);
 }
