@@ -12,7 +12,8 @@ use std::process::Command;
 use serde_json::Value;
 use swarmcast::media::parse::{parse_init_segment, parse_media_segment, InitSegment};
 use swarmcast::media::{
-    AudioTrackConfig, EncodedFrame, Fmp4Muxer, MediaSegment, Segmenter, VideoTrackConfig,
+    AudioCodec, AudioTrackConfig, EncodedFrame, Fmp4Muxer, MediaSegment, Segmenter,
+    VideoTrackConfig,
 };
 
 const FPS: u64 = 30;
@@ -146,6 +147,7 @@ fn configs(input: &Input) -> (VideoTrackConfig, Option<AudioTrackConfig>) {
                 sample_rate: u32::from_be_bytes([dops[4], dops[5], dops[6], dops[7]]),
                 channels: dops[1],
                 pre_skip: u16::from_be_bytes([dops[2], dops[3]]),
+                codec: AudioCodec::Opus,
             }
         });
     (video, audio)
@@ -380,4 +382,234 @@ fn h264_only_with_durations_round_trips_through_ffprobe() {
     assert!(muxer.mime_type().starts_with("video/mp4; codecs=\"avc1.42"));
     let (init, segments) = segment(&input, muxer, true);
     check_output(&dir, &input, &init, &segments);
+}
+
+/// The AudioSpecificConfig inside an `esds` payload (version/flags first): the DecoderSpecificInfo
+/// (tag 5) nested in the ES_Descriptor (3) and DecoderConfigDescriptor (4).
+fn audio_specific_config(esds: &[u8]) -> Vec<u8> {
+    let mut pos = 4; // version + flags
+    loop {
+        let tag = esds[pos];
+        pos += 1;
+        let mut len = 0usize;
+        loop {
+            let b = esds[pos];
+            pos += 1;
+            len = (len << 7) | usize::from(b & 0x7f);
+            if b & 0x80 == 0 {
+                break;
+            }
+        }
+        match tag {
+            0x03 => {
+                let flags = esds[pos + 2];
+                pos += 3;
+                assert_eq!(flags, 0, "ES_Descriptor without optional fields");
+            }
+            0x04 => pos += 13,
+            0x05 => return esds[pos..pos + len].to_vec(),
+            other => panic!("unexpected descriptor {other:#x} in esds"),
+        }
+    }
+}
+
+/// x264 with B-frames (`-bf 2`, keyframe every 30 frames) and AAC-LC, what OBS sends over RTMP:
+/// samples in decode order with composition offsets, and an `mp4a` track. The output must decode
+/// every frame, present them in strictly increasing order at the input's presentation times
+/// (shifted so the first keyframe is at 0), and carry all the AAC frames.
+#[test]
+fn h264_with_b_frames_and_aac_round_trip_through_ffprobe() {
+    let dir = work_dir("bframes_aac");
+    let input_path = dir.join("input.mp4");
+    run(Command::new("ffmpeg")
+        .args(["-v", "error", "-y", "-f", "lavfi", "-i"])
+        .arg(format!("testsrc2=size=320x240:rate={FPS}"))
+        .args(["-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000"])
+        .args(["-t", &SECONDS.to_string()])
+        .args([
+            "-c:v", "libx264", "-preset", "veryfast", "-bf", "2", "-g", "30",
+        ])
+        .args(["-c:a", "aac", "-ac", "2", "-b:a", "96k"])
+        .args(["-movflags", "frag_keyframe+empty_moov+default_base_moof"])
+        .arg(&input_path));
+    let bytes = std::fs::read(&input_path).expect("read input");
+    let init = parse_init_segment(&bytes).expect("input init segment parses");
+    let fragments = parse_media_segment(&bytes, Some(&init)).expect("input fragments parse");
+    let vtrack = init.tracks.iter().find(|t| t.handler == b"vide").unwrap();
+    let atrack = init.tracks.iter().find(|t| t.handler == b"soun").unwrap();
+    let us = |ticks: i64, timescale: u32| ticks * 1_000_000 / i64::from(timescale);
+
+    // (frame with its decode timestamp, composition offset µs), in decode order.
+    let mut video: Vec<(EncodedFrame, i64)> = Vec::new();
+    let mut audio: Vec<EncodedFrame> = Vec::new();
+    for tf in fragments.iter().flat_map(|f| &f.tracks) {
+        for s in &tf.samples {
+            let dts = us(
+                s.decode_time as i64,
+                if tf.track_id == vtrack.track_id {
+                    vtrack.timescale
+                } else {
+                    atrack.timescale
+                },
+            );
+            if tf.track_id == vtrack.track_id {
+                let end = us(
+                    (s.decode_time + u64::from(s.duration)) as i64,
+                    vtrack.timescale,
+                );
+                let frame = EncodedFrame {
+                    data: bytes[s.range()].to_vec(),
+                    timestamp_us: dts as u64,
+                    duration_us: (end - dts) as u32,
+                    keyframe: s.is_sync(),
+                };
+                video.push((frame, us(s.composition_offset, vtrack.timescale)));
+            } else {
+                let end = us(
+                    (s.decode_time + u64::from(s.duration)) as i64,
+                    atrack.timescale,
+                );
+                audio.push(EncodedFrame {
+                    data: bytes[s.range()].to_vec(),
+                    timestamp_us: dts as u64,
+                    duration_us: (end - dts) as u32,
+                    keyframe: true,
+                });
+            }
+        }
+    }
+    assert_eq!(video.len() as u64, FPS * SECONDS);
+    let offsets: Vec<i64> = video.iter().map(|(_, o)| *o).collect();
+    assert!(
+        offsets.windows(2).any(|w| w[0] != w[1]),
+        "the input really has B-frames (varying composition offsets): {offsets:?}"
+    );
+
+    let (kind, avcc) = vtrack.config.clone().expect("avcC");
+    assert_eq!(kind, b"avcC");
+    let video_config = VideoTrackConfig {
+        codec: format!("avc1.{:02x}{:02x}{:02x}", avcc[1], avcc[2], avcc[3]),
+        width: vtrack.width,
+        height: vtrack.height,
+        avcc,
+    };
+    let (kind, esds) = atrack.config.clone().expect("esds");
+    assert_eq!(kind, b"esds");
+    let audio_config = AudioTrackConfig::aac(&audio_specific_config(&esds)).expect("AAC config");
+    assert_eq!(
+        (audio_config.sample_rate, audio_config.channels),
+        (48_000, 2)
+    );
+    let muxer = Fmp4Muxer::new(Some(video_config.clone()), Some(audio_config)).expect("muxer");
+    assert_eq!(
+        muxer.mime_type(),
+        format!("video/mp4; codecs=\"{},mp4a.40.2\"", video_config.codec)
+    );
+
+    // Interleave by decode time, as an RTMP stream delivers them.
+    let init_out = muxer.init_segment();
+    let mut seg = Segmenter::new(muxer, 200_000);
+    let mut vi = video.iter().peekable();
+    let mut ai = audio.iter().peekable();
+    let mut segments = Vec::new();
+    loop {
+        let take_video = match (vi.peek(), ai.peek()) {
+            (Some((v, _)), Some(a)) => v.timestamp_us <= a.timestamp_us,
+            (Some(_), None) => true,
+            (None, Some(_)) => false,
+            (None, None) => break,
+        };
+        if take_video {
+            let (f, o) = vi.next().unwrap();
+            seg.push_video_reordered(f.clone(), *o)
+                .expect("video frame accepted");
+        } else {
+            seg.push_audio(ai.next().unwrap().clone())
+                .expect("audio frame accepted");
+        }
+        while let Some(s) = seg.poll_segment() {
+            segments.push(s);
+        }
+    }
+    seg.flush();
+    while let Some(s) = seg.poll_segment() {
+        segments.push(s);
+    }
+    assert!(segments.len() >= 10, "{} segments", segments.len());
+
+    let path = dir.join("output.mp4");
+    let mut file = init_out;
+    for s in &segments {
+        file.extend_from_slice(&s.data);
+    }
+    std::fs::write(&path, &file).expect("write output");
+
+    let out = run(Command::new("ffprobe")
+        .args([
+            "-v",
+            "error",
+            "-show_streams",
+            "-show_frames",
+            "-of",
+            "json",
+        ])
+        .arg(&path));
+    let probe: Value = serde_json::from_slice(&out.stdout).expect("ffprobe json");
+    let streams = probe["streams"].as_array().expect("streams");
+    assert_eq!(streams.len(), 2, "{probe}");
+    assert_eq!(streams[0]["codec_name"], "h264");
+    assert_eq!(streams[1]["codec_name"], "aac");
+    assert_eq!(streams[1]["sample_rate"], "48000");
+    assert_eq!(streams[1]["channels"], 2);
+    let frames = probe["frames"].as_array().expect("frames");
+    let pts_of = |stream: u64| -> Vec<i64> {
+        frames
+            .iter()
+            .filter(|f| f["stream_index"].as_u64() == Some(stream))
+            .map(|f| int(f, "pts"))
+            .collect()
+    };
+    let video_pts = pts_of(0);
+    assert_eq!(video_pts.len(), video.len(), "every video frame decodes");
+    assert!(
+        video_pts.windows(2).all(|w| w[0] < w[1]),
+        "presentation order strictly increasing: {video_pts:?}"
+    );
+    let (first, first_offset) = (&video[0].0, video[0].1);
+    let first_pts = first.timestamp_us as i64 + first_offset;
+    let mut expected: Vec<i64> = video
+        .iter()
+        .map(|(f, o)| f.timestamp_us as i64 + o - first_pts)
+        .collect();
+    expected.sort_unstable();
+    assert_eq!(expected[0], 0, "the first keyframe presents first, at 0");
+    // ffmpeg's mov demuxer shifts a track with negative composition offsets (the B-frames right
+    // after the first keyframe present before their decode time) by the most negative one, so
+    // its pts are ours plus a constant; the spacing must be the input's, to the µs (our ticks
+    // round, the input's conversion above truncates).
+    let shift = video_pts[0];
+    assert!((0..=100_000).contains(&shift), "shift {shift} µs");
+    for (i, (got, want)) in video_pts.iter().zip(&expected).enumerate() {
+        assert!(
+            (got - shift).abs_diff(*want) <= 1,
+            "frame {i} presents at {} µs, input says {want} µs",
+            got - shift
+        );
+    }
+    let audio_frames = pts_of(1).len();
+    let expected_audio = audio
+        .iter()
+        .filter(|f| f.timestamp_us >= first.timestamp_us)
+        .count();
+    assert_eq!(audio_frames, expected_audio, "every AAC frame decodes");
+
+    let out = run(Command::new("ffmpeg")
+        .args(["-v", "error", "-i"])
+        .arg(&path)
+        .args(["-f", "null", "-"]));
+    assert!(
+        out.stderr.is_empty(),
+        "decode errors: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

@@ -736,3 +736,74 @@ fn a_new_muxer_continues_the_timeline() {
     assert_eq!(init.tracks[0].width, 1280);
     check_invariants(&muxer, &out);
 }
+
+#[test]
+fn aac_config_is_read_from_the_audio_specific_config() {
+    // AAC-LC (2), 48 kHz (index 3), stereo: 00010 0011 0010 000.
+    let c = AudioTrackConfig::aac(&[0x11, 0x90]).unwrap();
+    assert_eq!(
+        (c.sample_rate, c.channels, c.timescale()),
+        (48_000, 2, 48_000)
+    );
+    assert_eq!(c.codec_string(), "mp4a.40.2");
+    // 44.1 kHz (index 4), mono: 00010 0100 0001 000.
+    let c = AudioTrackConfig::aac(&[0x12, 0x08]).unwrap();
+    assert_eq!((c.sample_rate, c.channels), (44_100, 1));
+    for bad in [
+        &[][..],
+        &[0x11],
+        &[0x16, 0x90],
+        &[0x11, 0x80],
+        &[0x17, 0x90],
+    ] {
+        assert!(
+            matches!(
+                AudioTrackConfig::aac(bad),
+                Err(MediaError::BadAudioSpecificConfig { .. })
+            ),
+            "{bad:?}"
+        );
+    }
+    let muxer = Fmp4Muxer::new(Some(video_config()), Some(c)).unwrap();
+    assert!(muxer.mime_type().ends_with(",mp4a.40.2\""));
+    assert_eq!(muxer.audio_timescale(), Some(44_100));
+}
+
+#[test]
+fn b_frame_composition_offsets_are_signed_and_relative_to_the_first_keyframe() {
+    // Decode order I P B B at 33 ms, presentation order I B B P, with the offsets x264 gives
+    // for a 2-frame reorder delay (I +66, P +132, B +33, B +33 ms).
+    let muxer = Fmp4Muxer::new(Some(video_config()), None).unwrap();
+    let init = parse_init_segment(&muxer.init_segment()).unwrap();
+    let mut seg = Segmenter::new(muxer, 200_000);
+    let offsets = [66_000i64, 132_000, 33_000, 33_000];
+    for (i, o) in offsets.iter().enumerate() {
+        let f = video(i as u32, 1_000_000 + i as u64 * 33_000, 33_000, i == 0);
+        seg.push_video_reordered(f, *o).unwrap();
+    }
+    seg.flush();
+    let segments = drain(&mut seg);
+    assert_eq!(segments.len(), 1);
+    let tf = parse(&init, &segments[0]).tracks.remove(0);
+    let got: Vec<i64> = tf.samples.iter().map(|s| s.composition_offset).collect();
+    assert_eq!(got, [0, 66_000, -33_000, -33_000]);
+    let pts: Vec<i64> = tf
+        .samples
+        .iter()
+        .map(|s| s.decode_time as i64 + s.composition_offset)
+        .collect();
+    assert_eq!(pts, [0, 99_000, 33_000, 66_000], "I at 0, then B, B, P");
+    // An offset beyond the signed 32-bit range is refused, and leaves the segmenter usable.
+    let err = seg
+        .push_video_reordered(video(9, 2_000_000, 33_000, true), 1 << 40)
+        .unwrap_err();
+    assert!(
+        matches!(err, MediaError::BadCompositionOffset { .. }),
+        "{err}"
+    );
+    seg.push_video_reordered(video(10, 2_000_000, 33_000, true), 66_000)
+        .unwrap();
+    seg.flush();
+    let tf = parse(&init, &drain(&mut seg)[0]).tracks.remove(0);
+    assert_eq!(tf.samples[0].composition_offset, 0);
+}

@@ -16,17 +16,35 @@ pub struct VideoTrackConfig {
     pub avcc: Vec<u8>,
 }
 
-/// The Opus track, from `AudioEncoder` (always decoded at 48 kHz).
+/// The audio codec of a track.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum AudioCodec {
+    /// Opus, as the browser's `AudioEncoder` produces (`Opus` sample entry with `dOps`).
+    #[default]
+    Opus,
+    /// AAC, as OBS/ffmpeg send over RTMP (`mp4a` sample entry with `esds`).
+    Aac {
+        /// The AudioSpecificConfig (ISO/IEC 14496-3 §1.6.2.1): the AAC sequence header of an
+        /// FLV stream, or the DecoderSpecificInfo of an MP4's `esds`. Copied into the `esds`.
+        audio_specific_config: Vec<u8>,
+        /// The audio object type it declares (2 = AAC-LC), for the `mp4a.40.N` codec string.
+        object_type: u8,
+    },
+}
+
+/// The audio track: Opus from `AudioEncoder` (always decoded at 48 kHz), or AAC from an ingest.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AudioTrackConfig {
-    /// The sample rate the encoder was fed (informational in the `dOps` box; the track itself
-    /// always runs at 48 kHz as Opus does).
+    /// The sample rate the encoder was fed (for Opus informational in the `dOps` box, the track
+    /// itself always runs at 48 kHz as Opus does; for AAC the track's timescale).
     pub sample_rate: u32,
-    /// 1 (mono) or 2 (stereo).
+    /// Opus: 1 (mono) or 2 (stereo); AAC: 1 to 7 (the channel configuration).
     pub channels: u8,
     /// Encoder delay in 48 kHz samples, which the decoder drops from the start (`dOps` PreSkip).
-    /// libopus (used by Chromium's `AudioEncoder`) has 312 samples of lookahead.
+    /// libopus (used by Chromium's `AudioEncoder`) has 312 samples of lookahead. Opus only.
     pub pre_skip: u16,
+    /// The codec; [`AudioCodec::Opus`] unless made by [`AudioTrackConfig::aac`].
+    pub codec: AudioCodec,
 }
 
 impl AudioTrackConfig {
@@ -40,6 +58,79 @@ impl AudioTrackConfig {
             sample_rate,
             channels,
             pre_skip: Self::LIBOPUS_PRE_SKIP,
+            codec: AudioCodec::Opus,
+        }
+    }
+
+    /// An AAC track from its AudioSpecificConfig (ISO/IEC 14496-3 §1.6.2.1), the payload of an
+    /// FLV AAC sequence header. Reads the object type, sample rate and channel configuration
+    /// from it, so a truncated or unsupported config fails before any segment exists.
+    pub fn aac(audio_specific_config: &[u8]) -> Result<Self, MediaError> {
+        let bad = |reason| MediaError::BadAudioSpecificConfig { reason };
+        if audio_specific_config.len() < 2 {
+            return Err(bad("shorter than 2 bytes"));
+        }
+        // 5 bits object type, 4 bits sampling frequency index, (24 bits explicit frequency if
+        // the index is 15), 4 bits channel configuration.
+        let bits = u64::from_be_bytes({
+            let mut b = [0u8; 8];
+            let n = audio_specific_config.len().min(8);
+            b[..n].copy_from_slice(&audio_specific_config[..n]);
+            b
+        });
+        let object_type = (bits >> 59) as u8;
+        if object_type == 0 || object_type == 31 {
+            return Err(bad("audio object type 0 or escaped (31) is not supported"));
+        }
+        let freq_index = ((bits >> 55) & 0xf) as usize;
+        const RATES: [u32; 13] = [
+            96_000, 88_200, 64_000, 48_000, 44_100, 32_000, 24_000, 22_050, 16_000, 12_000, 11_025,
+            8_000, 7_350,
+        ];
+        let (sample_rate, channel_shift) = match freq_index {
+            15 => {
+                if audio_specific_config.len() < 5 {
+                    return Err(bad("truncated explicit sampling frequency"));
+                }
+                (((bits >> 31) & 0xff_ffff) as u32, 27)
+            }
+            i if i < RATES.len() => (RATES[i], 51),
+            _ => return Err(bad("reserved sampling frequency index")),
+        };
+        let channels = ((bits >> channel_shift) & 0xf) as u8;
+        if !(1..=7).contains(&channels) {
+            return Err(bad(
+                "channel configuration 0 (in-band) or above 7 is not supported",
+            ));
+        }
+        if sample_rate == 0 {
+            return Err(MediaError::BadSampleRate { sample_rate });
+        }
+        Ok(AudioTrackConfig {
+            sample_rate,
+            channels,
+            pre_skip: 0,
+            codec: AudioCodec::Aac {
+                audio_specific_config: audio_specific_config.to_vec(),
+                object_type,
+            },
+        })
+    }
+
+    /// The MSE codec string of the track: `opus` or `mp4a.40.N` (RFC 6381 §3.3).
+    pub fn codec_string(&self) -> String {
+        match &self.codec {
+            AudioCodec::Opus => "opus".to_owned(),
+            AudioCodec::Aac { object_type, .. } => format!("mp4a.40.{object_type}"),
+        }
+    }
+
+    /// Ticks per second of the track: 48 kHz for Opus, the sample rate for AAC (so a 1024-sample
+    /// AAC frame is exactly 1024 ticks).
+    pub fn timescale(&self) -> u32 {
+        match self.codec {
+            AudioCodec::Opus => 48_000,
+            AudioCodec::Aac { .. } => self.sample_rate,
         }
     }
 
@@ -63,12 +154,27 @@ impl AudioTrackConfig {
             channels: head[9],
             pre_skip: u16::from_le_bytes([head[10], head[11]]),
             sample_rate: u32::from_le_bytes([head[12], head[13], head[14], head[15]]),
+            codec: AudioCodec::Opus,
         };
         cfg.validate()?;
         Ok(cfg)
     }
 
     pub(crate) fn validate(&self) -> Result<(), MediaError> {
+        if let AudioCodec::Aac {
+            audio_specific_config,
+            ..
+        } = &self.codec
+        {
+            // Re-derive from the config so hand-built fields cannot disagree with it.
+            let parsed = AudioTrackConfig::aac(audio_specific_config)?;
+            if (parsed.sample_rate, parsed.channels) != (self.sample_rate, self.channels) {
+                return Err(MediaError::BadAudioSpecificConfig {
+                    reason: "sample rate or channels differ from the AudioSpecificConfig",
+                });
+            }
+            return Ok(());
+        }
         if !(1..=2).contains(&self.channels) {
             return Err(MediaError::UnsupportedChannels {
                 channels: self.channels,

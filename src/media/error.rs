@@ -66,6 +66,21 @@ pub enum MediaError {
         /// What is wrong with it.
         reason: &'static str,
     },
+    /// An AAC AudioSpecificConfig (the FLV AAC sequence header) is malformed or unsupported.
+    #[error("bad AAC AudioSpecificConfig: {reason}")]
+    BadAudioSpecificConfig {
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// A composition time offset (presentation minus decode time) beyond ±35 minutes: the
+    /// signed 32-bit `trun` field in microseconds cannot hold it, and no encoder reorders so far.
+    #[error("video composition offset {offset_us} µs at {timestamp_us} µs is out of range")]
+    BadCompositionOffset {
+        /// The frame's decode timestamp.
+        timestamp_us: u64,
+        /// The offset given.
+        offset_us: i64,
+    },
     /// [`crate::media::Segmenter::set_muxer`] was given a muxer with a different set of tracks:
     /// the track ids, and so every viewer's `SourceBuffer`, would change mid-stream.
     #[error("the new muxer has different tracks than the current one")]
@@ -76,8 +91,9 @@ pub enum MediaError {
         /// The track the frame was pushed for.
         track: TrackKind,
     },
-    /// A frame's timestamp is not after the previous frame's of the same track. WebCodecs
-    /// H.264 from `VideoEncoder` has no B-frames, so decode order equals presentation order.
+    /// A frame's timestamp is not after the previous frame's of the same track. Video frames
+    /// carry decode timestamps (WebCodecs H.264 has no B-frames, so there they equal the
+    /// presentation ones; reordered streams go through `push_video_reordered`).
     #[error("{track} timestamp {got_us} µs is not after the previous {prev_us} µs")]
     NonMonotonicTimestamp {
         /// The track.

@@ -6,6 +6,11 @@
 //! and a stream of `moof`+`mdat` media segments, each starting at a keyframe or cut at the
 //! target duration, with continuous timestamps.
 //!
+//! The native ingest (`swarmcast-ingest`, RTMP from OBS/ffmpeg) feeds the same code with
+//! x264 output that has B-frames ([`Segmenter::push_video_reordered`]: decode order plus a
+//! composition offset per frame, written as signed `trun` offsets) and AAC
+//! ([`AudioTrackConfig::aac`]: an `mp4a` track, codec string `mp4a.40.2`).
+//!
 //! ```text
 //! let muxer = Fmp4Muxer::new(Some(VideoTrackConfig { codec, width, height, avcc }),
 //!                            Some(AudioTrackConfig::new(48_000, 2)))?;
@@ -27,7 +32,7 @@ mod mux;
 pub mod parse;
 mod segmenter;
 
-pub use config::{AudioTrackConfig, VideoTrackConfig};
+pub use config::{AudioCodec, AudioTrackConfig, VideoTrackConfig};
 pub use error::{MediaError, TrackKind};
 pub use mux::{Fmp4Muxer, AUDIO_TIMESCALE, VIDEO_TIMESCALE};
 pub use segmenter::{

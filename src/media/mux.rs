@@ -11,12 +11,13 @@
 //!   a few bytes per sample buy a format any parser reads without looking elsewhere.
 
 use super::boxes::{BoxWriter, UNITY_MATRIX};
-use super::config::{check_codec, AudioTrackConfig, AvcConfig, VideoTrackConfig};
+use super::config::{check_codec, AudioCodec, AudioTrackConfig, AvcConfig, VideoTrackConfig};
 use super::error::MediaError;
 
 /// Timescale of the video track: microseconds, WebCodecs' unit.
 pub const VIDEO_TIMESCALE: u32 = 1_000_000;
-/// Timescale of the Opus track: Opus always decodes at 48 kHz.
+/// Timescale of an Opus track: Opus always decodes at 48 kHz. (An AAC track runs at its sample
+/// rate: [`AudioTrackConfig::timescale`].)
 pub const AUDIO_TIMESCALE: u32 = 48_000;
 
 /// `sample_flags` of a sync sample: depends on no other sample.
@@ -31,6 +32,9 @@ pub(crate) struct Sample {
     pub decode: u64,
     /// Duration in track timescale units (at least 1).
     pub duration: u32,
+    /// Composition time offset: presentation minus decode time, in track timescale units.
+    /// Non-zero only for video with B-frames (samples are stored in decode order).
+    pub composition_offset: i32,
     /// Whether the sample is a sync sample (keyframe; every Opus packet is one).
     pub sync: bool,
     /// The frame's presentation time in microseconds since the stream's origin; decides which
@@ -84,13 +88,22 @@ impl Fmp4Muxer {
     }
 
     /// The type to give `MediaSource.addSourceBuffer` / `isTypeSupported`, e.g.
-    /// `video/mp4; codecs="avc1.42001f,opus"` (or `audio/mp4; codecs="opus"` without video).
+    /// `video/mp4; codecs="avc1.42001f,opus"` or `video/mp4; codecs="avc1.64001f,mp4a.40.2"`
+    /// (or `audio/mp4; codecs="opus"` without video).
     pub fn mime_type(&self) -> String {
         match (&self.video, &self.audio) {
-            (Some((v, _)), Some(_)) => format!("video/mp4; codecs=\"{},opus\"", v.codec),
+            (Some((v, _)), Some(a)) => {
+                format!("video/mp4; codecs=\"{},{}\"", v.codec, a.codec_string())
+            }
             (Some((v, _)), None) => format!("video/mp4; codecs=\"{}\"", v.codec),
-            (None, _) => "audio/mp4; codecs=\"opus\"".to_owned(),
+            (None, Some(a)) => format!("audio/mp4; codecs=\"{}\"", a.codec_string()),
+            (None, None) => "audio/mp4".to_owned(),
         }
+    }
+
+    /// Ticks per second of the audio track, if there is one (see [`AudioTrackConfig::timescale`]).
+    pub fn audio_timescale(&self) -> Option<u32> {
+        self.audio.as_ref().map(AudioTrackConfig::timescale)
     }
 
     /// The configured video track.
@@ -217,7 +230,7 @@ impl Fmp4Muxer {
         let trak = w.start(b"trak");
         write_tkhd(w, id, true, 0, 0);
         let mdia = w.start(b"mdia");
-        write_mdhd(w, AUDIO_TIMESCALE);
+        write_mdhd(w, a.timescale());
         write_hdlr(w, b"soun", b"SoundHandler\0");
         let minf = w.start(b"minf");
         let smhd = w.start_full(b"smhd", 0, 0);
@@ -227,26 +240,13 @@ impl Fmp4Muxer {
         let stbl = w.start(b"stbl");
         let stsd = w.start_full(b"stsd", 0, 0);
         w.u32(1);
-        // "Encapsulation of Opus in ISO Base Media File Format" §4.3.1: an AudioSampleEntry of
-        // type 'Opus', samplerate 48000, then the dOps box.
-        let opus = w.start(b"Opus");
-        w.zeros(6);
-        w.u16(1); // data_reference_index
-        w.zeros(8); // reserved
-        w.u16(u16::from(a.channels));
-        w.u16(16); // samplesize
-        w.zeros(4); // pre_defined, reserved
-        w.u32(AUDIO_TIMESCALE << 16);
-        // dOps §4.3.2: a plain box (not a full box), big-endian fields, unlike OpusHead.
-        let dops = w.start(b"dOps");
-        w.u8(0); // Version
-        w.u8(a.channels); // OutputChannelCount
-        w.u16(a.pre_skip);
-        w.u32(a.sample_rate); // InputSampleRate
-        w.u16(0); // OutputGain
-        w.u8(0); // ChannelMappingFamily: mono/stereo, no mapping table
-        w.end(dops);
-        w.end(opus);
+        match &a.codec {
+            AudioCodec::Opus => write_opus_entry(w, a),
+            AudioCodec::Aac {
+                audio_specific_config,
+                ..
+            } => write_mp4a_entry(w, id, a, audio_specific_config),
+        }
         w.end(stsd);
         write_empty_sample_tables(w);
         w.end(stbl);
@@ -273,8 +273,16 @@ impl Fmp4Muxer {
             let tfdt = w.start_full(b"tfdt", 1, 0);
             w.u64(run.samples[0].decode);
             w.end(tfdt);
-            // data-offset, sample-duration, sample-size, sample-flags present.
-            let trun = w.start_full(b"trun", 0, 0x00_0701);
+            // data-offset, sample-duration, sample-size, sample-flags present, and with B-frames
+            // sample-composition-time-offset, signed (version 1) so the keyframe that starts
+            // the stream can present at its decode time while the B-frames after it present
+            // before theirs.
+            let reordered = run.samples.iter().any(|s| s.composition_offset != 0);
+            let trun = if reordered {
+                w.start_full(b"trun", 1, 0x00_0f01)
+            } else {
+                w.start_full(b"trun", 0, 0x00_0701)
+            };
             w.u32(run.samples.len() as u32);
             offset_fields.push(w.buf.len());
             w.u32(0); // data_offset, patched below
@@ -286,6 +294,9 @@ impl Fmp4Muxer {
                 } else {
                     NON_SYNC_SAMPLE_FLAGS
                 });
+                if reordered {
+                    w.u32(s.composition_offset as u32);
+                }
             }
             w.end(trun);
             w.end(traf);
@@ -369,4 +380,90 @@ fn write_empty_sample_tables(w: &mut BoxWriter) {
     w.u32(0); // sample_size
     w.u32(0); // sample_count
     w.end(stsz);
+}
+
+/// "Encapsulation of Opus in ISO Base Media File Format" §4.3.1: an AudioSampleEntry of type
+/// 'Opus', samplerate 48000, then the dOps box.
+fn write_opus_entry(w: &mut BoxWriter, a: &AudioTrackConfig) {
+    let opus = w.start(b"Opus");
+    w.zeros(6);
+    w.u16(1); // data_reference_index
+    w.zeros(8); // reserved
+    w.u16(u16::from(a.channels));
+    w.u16(16); // samplesize
+    w.zeros(4); // pre_defined, reserved
+    w.u32(AUDIO_TIMESCALE << 16);
+    // dOps §4.3.2: a plain box (not a full box), big-endian fields, unlike OpusHead.
+    let dops = w.start(b"dOps");
+    w.u8(0); // Version
+    w.u8(a.channels); // OutputChannelCount
+    w.u16(a.pre_skip);
+    w.u32(a.sample_rate); // InputSampleRate
+    w.u16(0); // OutputGain
+    w.u8(0); // ChannelMappingFamily: mono/stereo, no mapping table
+    w.end(dops);
+    w.end(opus);
+}
+
+/// ISO/IEC 14496-14 §5.6: an AudioSampleEntry of type `mp4a` whose `esds` carries an
+/// ES_Descriptor with the AudioSpecificConfig as DecoderSpecificInfo (what MSE and ffmpeg read).
+fn write_mp4a_entry(w: &mut BoxWriter, track_id: u32, a: &AudioTrackConfig, asc: &[u8]) {
+    let mp4a = w.start(b"mp4a");
+    w.zeros(6);
+    w.u16(1); // data_reference_index
+    w.zeros(8); // reserved
+    w.u16(u16::from(a.channels.min(2)));
+    w.u16(16); // samplesize
+    w.zeros(4); // pre_defined, reserved
+                // 16.16 fixed point; rates above 65535 Hz do not fit and are read from the config anyway.
+    w.u32(if a.sample_rate <= 0xffff {
+        a.sample_rate << 16
+    } else {
+        0
+    });
+    let esds = w.start_full(b"esds", 0, 0);
+    // DecoderSpecificInfo (tag 5) inside DecoderConfigDescriptor (tag 4, 13 fixed bytes)
+    // inside ES_Descriptor (tag 3, 3 fixed bytes), plus SLConfigDescriptor (tag 6, 1 byte).
+    let dsi_len = asc.len();
+    let dcd_len = 13 + descriptor_size(dsi_len);
+    let es_len = 3 + descriptor_size(dcd_len) + descriptor_size(1);
+    write_descriptor_header(w, 0x03, es_len);
+    w.u16(track_id as u16); // ES_ID
+    w.u8(0); // no stream dependence, URL or OCR stream
+    write_descriptor_header(w, 0x04, dcd_len);
+    w.u8(0x40); // objectTypeIndication: Audio ISO/IEC 14496-3 (AAC)
+    w.u8((0x05 << 2) | 1); // streamType audio, upStream 0, reserved 1
+    w.zeros(3); // bufferSizeDB: unknown
+    w.u32(0); // maxBitrate: unknown
+    w.u32(0); // avgBitrate: unknown (variable)
+    write_descriptor_header(w, 0x05, dsi_len);
+    w.bytes(asc);
+    write_descriptor_header(w, 0x06, 1);
+    w.u8(0x02); // predefined: MP4 file
+    w.end(esds);
+    w.end(mp4a);
+}
+
+/// Bytes of a descriptor with a payload of `len` bytes: tag, size field, payload.
+fn descriptor_size(len: usize) -> usize {
+    1 + descriptor_len_bytes(len) + len
+}
+
+fn descriptor_len_bytes(len: usize) -> usize {
+    match len {
+        0..=0x7f => 1,
+        0x80..=0x3fff => 2,
+        0x4000..=0x1f_ffff => 3,
+        _ => 4,
+    }
+}
+
+/// A descriptor tag and its size in the expandable form (7 bits a byte, high bit = more).
+fn write_descriptor_header(w: &mut BoxWriter, tag: u8, len: usize) {
+    w.u8(tag);
+    let n = descriptor_len_bytes(len);
+    for i in (0..n).rev() {
+        let more = if i > 0 { 0x80 } else { 0 };
+        w.u8(((len >> (7 * i)) & 0x7f) as u8 | more);
+    }
 }

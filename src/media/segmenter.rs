@@ -57,6 +57,8 @@ pub struct MediaSegment {
     /// modulo 2^32).
     pub seq: u64,
     /// Presentation time of the segment's first sample, microseconds since the stream's origin.
+    /// (With B-frames, [`Segmenter::push_video_reordered`]: the decode time of its first sample,
+    /// which is where a keyframe presents when its composition offset is the first keyframe's.)
     pub pts_us: u64,
     /// Duration of the segment's primary track (video, or audio without video), microseconds.
     pub duration_us: u32,
@@ -79,8 +81,9 @@ struct Track {
     pushed_rel: Option<u64>,
     /// Where the committed samples end, in timescale ticks.
     end: Option<u64>,
-    /// A frame waiting for its successor to learn its duration: (µs since origin, frame).
-    held: Option<(u64, EncodedFrame)>,
+    /// A frame waiting for its successor to learn its duration: (µs since origin, frame,
+    /// composition offset in ticks).
+    held: Option<(u64, EncodedFrame, i32)>,
     /// The last committed duration, in ticks: the guess for a final frame without a duration.
     last_duration: Option<u32>,
     /// The guess when there is nothing better (one frame at 30 fps, one 20 ms Opus packet).
@@ -88,10 +91,10 @@ struct Track {
 }
 
 impl Track {
-    fn new(kind: TrackKind, track_id: u32) -> Self {
+    fn new(kind: TrackKind, track_id: u32, audio_timescale: u32) -> Self {
         let (timescale, fallback_duration_us) = match kind {
             TrackKind::Video => (VIDEO_TIMESCALE, 33_333),
-            TrackKind::Audio => (AUDIO_TIMESCALE, 20_000),
+            TrackKind::Audio => (audio_timescale, 20_000),
         };
         Track {
             kind,
@@ -122,7 +125,13 @@ impl Track {
 
     /// Puts a frame on the timeline right where the previous sample ended. It lasts until the
     /// next frame's timestamp if known, else until its own end, else as long as the last one.
-    fn commit(&mut self, rel_us: u64, frame: EncodedFrame, next_rel_us: Option<u64>) -> Sample {
+    fn commit(
+        &mut self,
+        rel_us: u64,
+        frame: EncodedFrame,
+        next_rel_us: Option<u64>,
+        composition_offset: i32,
+    ) -> Sample {
         let start = self.end.unwrap_or_else(|| self.ticks(rel_us));
         let until = match next_rel_us {
             Some(next) => self.ticks(next),
@@ -142,6 +151,7 @@ impl Track {
         Sample {
             decode: start,
             duration,
+            composition_offset,
             sync: frame.keyframe || self.kind == TrackKind::Audio,
             ts_us: rel_us,
             data: frame.data,
@@ -189,6 +199,9 @@ pub struct Segmenter {
     target_us: u64,
     /// Absolute timestamp (µs) that becomes 0 on the output timeline.
     origin: Option<u64>,
+    /// Composition offset (µs) of the keyframe that fixed the origin: subtracted from every
+    /// video frame's, so that keyframe presents at 0 and the timelines of both tracks agree.
+    origin_offset_us: i64,
     video: Option<Track>,
     audio: Option<Track>,
     /// Audio that arrived before the first video keyframe fixed the origin.
@@ -205,14 +218,16 @@ impl Segmenter {
     pub fn new(muxer: Fmp4Muxer, target_duration_us: u32) -> Self {
         let video = muxer
             .video_track_id()
-            .map(|id| Track::new(TrackKind::Video, id));
+            .map(|id| Track::new(TrackKind::Video, id, AUDIO_TIMESCALE));
+        let audio_timescale = muxer.audio_timescale().unwrap_or(AUDIO_TIMESCALE);
         let audio = muxer
             .audio_track_id()
-            .map(|id| Track::new(TrackKind::Audio, id));
+            .map(|id| Track::new(TrackKind::Audio, id, audio_timescale));
         Segmenter {
             muxer,
             target_us: u64::from(target_duration_us),
             origin: None,
+            origin_offset_us: 0,
             video,
             audio,
             preroll: VecDeque::new(),
@@ -242,6 +257,7 @@ impl Segmenter {
     pub fn set_muxer(&mut self, muxer: Fmp4Muxer) -> Result<(), MediaError> {
         if muxer.video_track_id() != self.muxer.video_track_id()
             || muxer.audio_track_id() != self.muxer.audio_track_id()
+            || muxer.audio_timescale() != self.muxer.audio_timescale()
         {
             return Err(MediaError::TrackLayoutChanged);
         }
@@ -258,6 +274,31 @@ impl Segmenter {
     /// Adds a video frame. Frames must come in increasing timestamp order and the first must be
     /// a keyframe; a rejected frame leaves the segmenter as it was.
     pub fn push_video(&mut self, frame: EncodedFrame) -> Result<(), MediaError> {
+        self.push_video_reordered(frame, 0)
+    }
+
+    /// Adds a video frame of a stream with B-frames (x264 over RTMP, say): frames come in
+    /// decode order, `frame.timestamp_us` is the decode timestamp (increasing) and
+    /// `composition_offset_us` the presentation timestamp minus it (FLV's CompositionTime).
+    /// The offsets are written per sample in `trun`, shifted so the first keyframe presents at
+    /// the output timeline's 0; the result may be negative, which `trun` version 1 allows.
+    pub fn push_video_reordered(
+        &mut self,
+        frame: EncodedFrame,
+        composition_offset_us: i64,
+    ) -> Result<(), MediaError> {
+        let origin_offset = if self.origin.is_none() {
+            composition_offset_us
+        } else {
+            self.origin_offset_us
+        };
+        let offset = composition_offset_us
+            .checked_sub(origin_offset)
+            .and_then(|o| i32::try_from(o).ok())
+            .ok_or(MediaError::BadCompositionOffset {
+                timestamp_us: frame.timestamp_us,
+                offset_us: composition_offset_us,
+            })?;
         let avc = self.muxer.avc().ok_or(MediaError::NoSuchTrack {
             track: TrackKind::Video,
         })?;
@@ -291,12 +332,13 @@ impl Segmenter {
             });
         }
         let origin = *self.origin.get_or_insert(frame.timestamp_us);
+        self.origin_offset_us = origin_offset;
         track.last_ts = Some(frame.timestamp_us);
         let rel = frame.timestamp_us - origin;
         track.pushed_rel = Some(rel);
 
-        if let Some((held_rel, held)) = track.held.take() {
-            let sample = track.commit(held_rel, held, Some(rel));
+        if let Some((held_rel, held, held_offset)) = track.held.take() {
+            let sample = track.commit(held_rel, held, Some(rel), held_offset);
             self.add_primary_video(sample);
         }
         if frame.keyframe && !self.open.video.is_empty() {
@@ -304,10 +346,10 @@ impl Segmenter {
         }
         if let Some(track) = self.video.as_mut() {
             if frame.duration_us > 0 {
-                let sample = track.commit(rel, frame, None);
+                let sample = track.commit(rel, frame, None, offset);
                 self.add_primary_video(sample);
             } else {
-                track.held = Some((rel, frame));
+                track.held = Some((rel, frame, offset));
             }
         }
 
@@ -320,7 +362,7 @@ impl Segmenter {
         Ok(())
     }
 
-    /// Adds an Opus packet. Packets must come in increasing timestamp order. Packets from before
+    /// Adds an audio frame (an Opus packet, or a raw AAC frame without ADTS header). Packets must come in increasing timestamp order. Packets from before
     /// the first video keyframe are dropped once it arrives (nothing to show them with).
     pub fn push_audio(&mut self, frame: EncodedFrame) -> Result<(), MediaError> {
         let has_video = self.video.is_some();
@@ -371,14 +413,14 @@ impl Segmenter {
     /// a broadcast, or to cut a segment at a moment the caller chooses.
     pub fn flush(&mut self) {
         if let Some(track) = self.video.as_mut() {
-            if let Some((rel, frame)) = track.held.take() {
-                let sample = track.commit(rel, frame, None);
+            if let Some((rel, frame, offset)) = track.held.take() {
+                let sample = track.commit(rel, frame, None, offset);
                 self.add_primary_video(sample);
             }
         }
         if let Some(track) = self.audio.as_mut() {
-            if let Some((rel, frame)) = track.held.take() {
-                let sample = track.commit(rel, frame, None);
+            if let Some((rel, frame, _)) = track.held.take() {
+                let sample = track.commit(rel, frame, None, 0);
                 self.place_audio_sample(sample);
             }
         }
@@ -413,13 +455,13 @@ impl Segmenter {
         };
         track.pushed_rel = Some(rel);
         let mut samples = Vec::with_capacity(2);
-        if let Some((held_rel, held)) = track.held.take() {
-            samples.push(track.commit(held_rel, held, Some(rel)));
+        if let Some((held_rel, held, _)) = track.held.take() {
+            samples.push(track.commit(held_rel, held, Some(rel), 0));
         }
         if frame.duration_us > 0 {
-            samples.push(track.commit(rel, frame, None));
+            samples.push(track.commit(rel, frame, None, 0));
         } else {
-            track.held = Some((rel, frame));
+            track.held = Some((rel, frame, 0));
         }
         for s in samples {
             self.place_audio_sample(s);
