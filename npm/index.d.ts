@@ -56,6 +56,11 @@ export interface PlayerStats {
   peerShare: number;
   upKbps: number;
   downKbps: number;
+  /** The stream's bitrate from the signed segment headers (0 before any segment). */
+  bitrateKbps: number;
+  /** The most this peer uploads now: the source's cap (a multiple of the bitrate, at most its
+   *  `uploadKbps`), a viewer's usable upload. */
+  uploadCapKbps: number;
   segmentsPlayed: number;
   segmentsSkipped: number;
   /** Neighbours cut off for sending forged data. */
@@ -69,6 +74,8 @@ export interface PlayerStats {
   /** Diagnosis: hops from the source per stripe (255: none). */
   stripeDepths: number[];
   trackersOpen: number;
+  /** Peers in the swarm besides this one, as the trackers last said (null: no answer yet). */
+  swarmPeers: number | null;
   /** WebRTC connections, and how many of them have an open data channel. */
   connections: number;
   connectionsOpen: number;

@@ -179,7 +179,7 @@ async function main() {
   function stats() {
     const b = broadcast ? broadcast.stats() : { state: 'idle' };
     const targetKbps = broadcast ? broadcast.s.videoKbps + (broadcast.withAudio ? broadcast.s.audioKbps : 0) : 0;
-    const sw = sink ? sink.stats(targetKbps) : { available: false };
+    const sw = sink ? sink.stats() : { available: false };
     // The share of the stream's delivery carried by viewers: what the audience received minus
     // what the source sent, over what the audience received (an estimate from the source's side).
     let peerShare = null;

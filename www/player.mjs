@@ -172,9 +172,9 @@ class Player extends EventTarget {
     const s = this.peer && !this.destroyed ? this.peer.stats() : null;
     return s || {
       state: this.state, message: this.message, role: 'viewer', peerId: '', neighbours: 0,
-      bytesFromPeers: 0, bytesFromSource: 0, bytesUp: 0, peerShare: 0, upKbps: 0, downKbps: 0,
+      bytesFromPeers: 0, bytesFromSource: 0, bytesUp: 0, peerShare: 0, upKbps: 0, downKbps: 0, bitrateKbps: 0, uploadCapKbps: 0,
       segmentsPlayed: 0, segmentsSkipped: 0, forgersCut: 0, capacityShort: false, piecesPulled: 0,
-      parentStalls: 0, stripeDepths: [], trackersOpen: 0, connections: 0, connectionsOpen: 0,
+      parentStalls: 0, stripeDepths: [], trackersOpen: 0, swarmPeers: null, connections: 0, connectionsOpen: 0,
       latencyMs: null, bufferMs: null, deliveryMs: null, targetBufferMs: null, appendQueue: 0,
       stalls: 0, stallMs: 0, currentTime: this.video.currentTime, reinits: 0,
     };

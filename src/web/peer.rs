@@ -364,6 +364,15 @@ impl Driver {
         };
         util::set(&o, "peerShare", share);
         util::set(&o, "upKbps", self.rates.up_kbps);
+        // What the core paces by, so pages show it instead of recomputing it: the stream's
+        // bitrate from the signed headers, and this peer's upload cap (the source's is a
+        // multiple of that bitrate, at most its `uploadKbps`).
+        util::set(&o, "bitrateKbps", s.bitrate_kbps as f64);
+        util::set(
+            &o,
+            "uploadCapKbps",
+            self.node.swarm().upload_rate() as f64 / 125.0,
+        );
         util::set(&o, "downKbps", self.rates.down_kbps);
         util::set(&o, "segmentsPlayed", s.segments_played as f64);
         util::set(&o, "segmentsSkipped", s.segments_skipped as f64);
@@ -380,6 +389,20 @@ impl Driver {
             &o,
             "trackersOpen",
             self.node.trackers().iter().filter(|t| t.is_open()).count() as f64,
+        );
+        // Peers in the swarm besides this one, as the trackers last said (the source's
+        // audience; `null` before any tracker answered).
+        let others = self
+            .node
+            .trackers()
+            .iter()
+            .filter_map(|t| t.swarm_size)
+            .max()
+            .map(|n| n.saturating_sub(1) as f64);
+        util::set(
+            &o,
+            "swarmPeers",
+            others.map(JsValue::from_f64).unwrap_or(JsValue::NULL),
         );
         util::set(&o, "connections", self.node.conns().len() as f64);
         util::set(&o, "connectionsOpen", self.node.conns().open_count() as f64);

@@ -1,6 +1,5 @@
 // The health panel and the status line, drawn from the page's `stats()` once a second.
 
-import { SOURCE_CAP_MULTIPLE } from './swarm.mjs';
 import { $, esc, fmtBytes, fmtKbps, setStatus } from './ui.mjs';
 
 /** Renders `st` (what `window.swarmcastBroadcaster.stats()` returns). */
@@ -10,8 +9,9 @@ export function renderHealth(st) {
   rows.push(['state', `<span class="${st.state === 'live' ? 'ok' : st.state === 'error' ? 'bad' : ''}">${st.state}</span>${st.source ? ' · ' + st.source : ''}`]);
   // The source sees only the viewers connected to it; the others get the stream from them.
   rows.push(['viewers connected to you', st.viewers > st.neighbours ? `${st.neighbours} (audience ~${st.viewers})` : `${st.neighbours}`]);
-  rows.push(['source upload', `${fmtKbps(st.uploadKbps)} of cap ${fmtKbps(st.capKbps)}${st.swarm?.capFromPeer === false && st.capKbps ? ` (min of ${SOURCE_CAP_MULTIPLE}× bitrate, your limit)` : ''}`]);
-  rows.push(['stream bitrate (target / measured)', `${fmtKbps(st.targetKbps)} / ${fmtKbps(st.measuredKbps)}`]);
+  // The cap is the core's: a multiple of the bitrate the signed headers tell, at most your limit.
+  rows.push(['source upload', `${fmtKbps(st.uploadKbps)} of cap ${fmtKbps(st.capKbps)}`]);
+  rows.push(['stream bitrate (target / packaged / signed)', `${fmtKbps(st.targetKbps)} / ${fmtKbps(st.measuredKbps)} / ${fmtKbps(st.swarm?.bitrateKbps)}`]);
   rows.push(['share carried by peers', st.peerShare == null ? '–' : `${Math.round(st.peerShare * 100)} % (est.)`]);
   if (st.encoder) {
     const e = st.encoder;
