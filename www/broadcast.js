@@ -45,6 +45,7 @@ async function main() {
     return;
   }
 
+  const maxSegmentBytes = wasm.SwarmPeer.maxSegmentBytes();
   let key = loadKey(wasm);
   let broadcast = null;
   let sink = null;
@@ -105,13 +106,8 @@ async function main() {
       notice('This browser has no WebCodecs (VideoEncoder), which the broadcaster needs. Use a current Chromium-based browser, Safari 16.4+ or Firefox 130+.', 'error');
       return;
     }
-    if (typeof wasm.Muxer !== 'function') {
-      setStatus('not built', 'bad');
-      notice('The packager (Muxer) is missing from this wasm build: rebuild with `cargo xtask build-wasm`.', 'error');
-      return;
-    }
     const settings = readSettings();
-    const mseGuess = await checkCompat();
+    const mseGuess = await checkCompat(maxSegmentBytes);
     if (!mseGuess) notice(`Viewers whose browser is like this one cannot play ${guessMime(settings)}; pick another codec.`, 'error');
     let source;
     if (kind === 'pattern') source = new PatternSource(key.streamId());
@@ -124,9 +120,8 @@ async function main() {
       sink?.destroy();
       sink = new SwarmSink(wasm, key, settings.upKbps);
     }
-    if (!sink.available) {
-      log('SwarmPeer is not in the wasm bundle yet: packaging runs, nothing is sent to viewers');
-      notice('The swarm binding (SwarmPeer) is missing from this build: the stream is packaged but not sent. Use the local playback check to see it.');
+    if (!sink.peer) {
+      notice(`Cannot join the swarm (${sink.error}): the stream is packaged but not sent. Use the local playback check to see it.`, 'error');
     }
     if ($('preview').checked) {
       $('previewBox').classList.add('show');
@@ -211,7 +206,7 @@ async function main() {
     r.onchange = () => { if (r.value === 'file' && r.checked) $('file').click(); };
   }
   $('file').onchange = () => { const f = $('file').files[0]; if (f) log(`file: ${f.name}`); };
-  for (const id of [...SETTING_IDS, 'audio']) $(id).addEventListener('change', () => checkCompat());
+  for (const id of [...SETTING_IDS, 'audio']) $(id).addEventListener('change', () => checkCompat(maxSegmentBytes));
   const copy = async (text, what) => {
     try { await navigator.clipboard.writeText(text); log(`${what} copied`); } catch { log(`copy failed; select the text and copy it by hand`); }
   };
@@ -239,7 +234,7 @@ async function main() {
     setKey(wasm.StreamKey.generate());
   };
 
-  await checkCompat();
+  await checkCompat(maxSegmentBytes);
   setStatus('ready');
   const health = () => renderHealth(stats());
   setInterval(health, 1000);

@@ -18,7 +18,9 @@ use crate::client::node::{
 };
 use crate::client::playback::LatencyConfig;
 use crate::client::status::page_state;
-use crate::core::{Config, Instant, PeerId, SegmentMeta, StreamId, StreamKey};
+use crate::core::{
+    Config, Instant, PeerId, SegmentMeta, StreamId, StreamKey, MAX_PIECES_PER_SEGMENT, PIECE_SIZE,
+};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use std::collections::BTreeSet;
@@ -721,6 +723,13 @@ impl SwarmPeer {
                 "peer busy: called from inside one of its callbacks",
             ))
         })
+    }
+
+    /// The largest segment `publishSegment` takes, in bytes: a broadcaster page checks its
+    /// settings against it before going live.
+    #[wasm_bindgen(js_name = maxSegmentBytes)]
+    pub fn max_segment_bytes() -> u32 {
+        (MAX_PIECES_PER_SEGMENT * PIECE_SIZE) as u32
     }
 
     /// Source: publishes the next media segment; returns its sequence number. `pts_us` is the

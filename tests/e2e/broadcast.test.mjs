@@ -197,6 +197,15 @@ test('broadcast page: test pattern -> WebCodecs -> Rust muxer -> MSE, timing con
   // swarmcast.js is an ES module: a plain <script> would fail on import.meta.
   assert.ok(snippet.includes(`<script type="module" src="${base}/swarmcast.js"></script>`), snippet);
   assert.ok((await other.page.getAttribute('#viewerLink', 'href')).endsWith(`/watch.html?stream=${id1}`));
+  // The settings check warns of segments over the binding's limit (SwarmPeer.maxSegmentBytes),
+  // and only of those: 4 s at 20 Mbit/s is ~10 MB, the page's defaults are ~40 KB.
+  assert.ok(!(await other.page.textContent('#compat')).includes('too big'), 'default settings called too big');
+  const big = await openPage(browser, out, 'big', `${base}/broadcast.html?key=new&segMs=4000&kbps=20000`);
+  const warned = await waitInPage(big.page, () => {
+    const t = document.getElementById('compat')?.textContent ?? '';
+    return t.includes('too big') ? t : null;
+  }, null, { what: 'segment size warning' });
+  assert.match(warned, /too big for the swarm \(1020 KiB at most\)/);
 });
 
 test('broadcast page: media file (44.1 kHz audio) and fake camera + mic sources play through MSE', { timeout: 180_000 }, async () => {

@@ -21,7 +21,10 @@ export function renderHealth(st) {
     rows.push(['segments (keyframe)', `${st.segments} (${st.keySegments}) · ${fmtBytes(st.bytesPublished)}${st.muxErrors ? ` · <span class="bad">${st.muxErrors} errors</span>` : ''}`]);
     rows.push(['format', st.mime ? `<span class="${cls(st.mseSupported)}">${esc(st.mime)}</span>` : '–']);
   }
-  if (!st.swarm?.available) rows.push(['swarm', '<span class="warn">binding missing: not sending</span>']);
+  if (!st.swarm?.available) {
+    const err = st.swarm?.error;
+    rows.push(['swarm', err ? `<span class="bad">not sending: ${esc(err)}</span>` : 'not live yet']);
+  }
   else {
     const sw = st.swarm;
     const trackers = sw.trackersOpen == null ? '' : ` · trackers open ${sw.trackersOpen}`;

@@ -37,7 +37,7 @@ export function guessMime(s) {
 }
 
 /** Tells the broadcaster whether viewers' browsers (this one, as a stand-in) can play the choice. */
-export async function checkCompat() {
+export async function checkCompat(maxSegmentBytes) {
   const s = readSettings();
   const out = [];
   const mime = guessMime(s);
@@ -54,9 +54,12 @@ export async function checkCompat() {
       out.push(`<span class="bad">✘ encoder config rejected: ${esc(e.message)}</span>`);
     }
   }
-  // The swarm carries a segment in at most 64 pieces of ~16 KiB (about 1 MiB).
-  const segKiB = ((s.videoKbps + (s.audio ? s.audioKbps : 0)) * s.segMs) / 8 / 1024;
-  if (segKiB > 800) out.push(`<span class="bad">✘ segments of ~${Math.round(segKiB)} KiB: too big for the swarm (1 MiB at most); shorten the segment or lower the bitrate</span>`);
+  // The binding's limit (`SwarmPeer.maxSegmentBytes()`), with a fifth of it spare: keyframe
+  // segments run well over the average size.
+  const segBytes = ((s.videoKbps + (s.audio ? s.audioKbps : 0)) * s.segMs) / 8;
+  if (segBytes > 0.8 * maxSegmentBytes) {
+    out.push(`<span class="bad">✘ segments of ~${Math.round(segBytes / 1024)} KiB: too big for the swarm (${Math.floor(maxSegmentBytes / 1024)} KiB at most); shorten the segment or lower the bitrate</span>`);
+  }
   $('compat').innerHTML = out.join('<br>');
   return mseOk;
 }

@@ -7,7 +7,6 @@ import { log, params } from './ui.mjs';
 
 export class SwarmSink {
   constructor(wasm, key, upKbps) {
-    this.available = typeof wasm.SwarmPeer === 'function';
     this.streamId = key.streamId();
     this.upKbps = upKbps;
     this.peer = null;
@@ -15,7 +14,6 @@ export class SwarmSink {
     this.errors = 0;
     this.published = 0;
     this.upWindow = [];
-    if (!this.available) return;
     try {
       // No `tracker=` parameter: the binding uses `/announce` on the page's own origin.
       this.peer = new wasm.SwarmPeer({ stream: key.streamId(), secret: key.secret(), trackers: params.getAll('tracker'), uploadKbps: upKbps });
@@ -41,7 +39,8 @@ export class SwarmSink {
     try { this.peer.publishSegment(seg.ptsUs, seg.durationUs, seg.keyframe, seg.data); } catch (e) { this.setError(e); }
   }
   stats() {
-    if (!this.peer) return { available: this.available, error: this.error };
+    // `available`: a peer exists (its constructor throws, e.g., where there is no WebRTC).
+    if (!this.peer) return { available: false, error: this.error };
     let ps = null;
     try { ps = this.peer.stats(); } catch (e) { this.setError(e); }
     // `null` only while the peer is inside one of its own callbacks: keep the last figures.
