@@ -3,6 +3,7 @@
 // vite build). This test serves the built app (examples/vite/dist) from its own origin, as a site
 // embedding the player would, and checks in a real browser that:
 // - it plays the broadcaster page's stream: currentTime advances, frames decode, bytes arrive;
+//   so does a script-tag viewer (embed.html) beside it, in the same swarm;
 // - the page fetched nothing but the app's own files (the .wasm included: the bundler emitted it
 //   as an asset) and opened no WebSocket but the tracker's;
 // - every key of a live player's stats() is declared in the package's `PlayerStats` (index.d.ts)
@@ -124,12 +125,25 @@ test('npm package: the Vite example plays the broadcaster\'s stream; stats() mat
   monitor.add(v);
   monitor.start();
   await monitor.waitStarted(['app'], 45_000);
+  // Beside it, the script tag as a site pastes it (embed.html: `<script type="module"
+  // src=…/swarmcast.js>` + `<div data-swarmcast>`), from the same build: both kinds of player in
+  // one swarm.
+  const tag = await openPage(browser, out, 'tag', `${sig.url}/embed.html?stream=${encodeURIComponent(source.streamId)}`);
+  monitor.add(tag);
+  await monitor.waitStarted(['tag'], 45_000);
   const from = Date.now();
   await sleep(8000);
   const to = Date.now();
   const f = monitor.figures('app', from, to);
+  const ft = monitor.figures('tag', from, to);
   await monitor.stop();
   monitor.writeJson('app', { window: f });
+  monitor.writeJson('tag', { window: ft });
+  assert.equal(ft.videoError, null, 'script tag');
+  assert.deepEqual(ft.pageErrors, [], 'script tag');
+  assert.ok(ft.advanceS >= 5, `script tag: currentTime advanced only ${ft.advanceS} s in ${ft.windowMs} ms`);
+  assert.ok(ft.framesDecoded > 30, `script tag: only ${ft.framesDecoded} frames decoded`);
+  assert.equal(await tag.page.getAttribute('div[data-swarmcast]', 'data-state'), 'playing');
   await v.page.screenshot({ path: path.join(out, 'app.png') });
 
   assert.equal(f.videoError, null);
@@ -165,5 +179,5 @@ test('npm package: the Vite example plays the broadcaster\'s stream; stats() mat
   const undeclared = [...new Set([...seen, ...sampled])].filter((s) => !states.includes(s));
   assert.deepEqual(undeclared, [], `states not in PlayerState (${states})`);
 
-  summaryLine('npm', [f], `Vite app from the packed tarball; ${requests.length} requests, all same-origin; stats() keys = PlayerStats (${declared.length})`);
+  summaryLine('npm', [f, ft], `Vite app + script-tag viewer; Vite app from the packed tarball; ${requests.length} requests, all same-origin; stats() keys = PlayerStats (${declared.length})`);
 });
