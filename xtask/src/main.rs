@@ -165,9 +165,7 @@ fn locked_wasm_bindgen_version() -> Result<String> {
 /// is missing and the command that gets it.
 fn setup(media: bool, browser: bool) -> Result {
     if !have("rustup") {
-        let ok = output(Command::new("rustc").args(["--print", "target-list"]))
-            .is_some_and(|_| has_wasm_std());
-        if !ok {
+        if !has_wasm_std() {
             return Err(format!(
                 "no `rustup` on PATH, so the {WASM_TARGET} target cannot be added: install Rust \
                  with rustup (https://rustup.rs), or add the {WASM_TARGET} standard library to \
@@ -185,6 +183,11 @@ fn setup(media: bool, browser: bool) -> Result {
     // Always wait for the compile: it must not outlive xtask, even when apt failed.
     let installed = bindgen.finish();
     result.and(installed)
+}
+
+/// Whether xtask runs as root (`id -u`), which apt and `unshare --net` need.
+fn is_root() -> bool {
+    output(Command::new("id").arg("-u")).is_some_and(|u| u.trim() == "0")
 }
 
 /// Whether the active toolchain has the wasm32 standard library (toolchains without rustup).
@@ -300,16 +303,8 @@ fn setup_system(media: bool, browser: bool) -> Result {
             ("unshare", "util-linux"),
         ]);
     }
-    let missing_bins: Vec<&str> = wanted
-        .iter()
-        .filter(|(bin, _)| !have(bin))
-        .map(|(bin, _)| *bin)
-        .collect();
-    let mut missing: Vec<&str> = wanted
-        .iter()
-        .filter(|(bin, _)| missing_bins.contains(bin))
-        .map(|(_, pkg)| *pkg)
-        .collect();
+    let (missing_bins, mut missing): (Vec<&str>, Vec<&str>) =
+        wanted.into_iter().filter(|(bin, _)| !have(bin)).unzip();
     missing.dedup();
     if !missing.is_empty() {
         apt_install(&missing_bins, &missing)?;
@@ -344,9 +339,9 @@ fn apt_install(bins: &[&str], packages: &[&str]) -> Result {
             "{hint}; this machine has no apt-get to do it automatically"
         ));
     }
-    let is_root = output(Command::new("id").arg("-u")).is_some_and(|u| u.trim() == "0");
-    let sudo = !is_root && output(Command::new("sudo").args(["-n", "true"])).is_some();
-    if !is_root && !sudo {
+    let root_here = is_root();
+    let sudo = !root_here && output(Command::new("sudo").args(["-n", "true"])).is_some();
+    if !root_here && !sudo {
         return Err(format!(
             "{hint}; installing needs root (not root here, and `sudo -n` asks for a password)"
         ));
@@ -612,8 +607,7 @@ fn e2e(args: &[String]) -> Result {
     let namespaces = ["--net", "--pid", "--fork", "--kill-child", "--mount-proc"];
     // Not root: the same namespaces inside a user namespace where we are root, if the kernel
     // lets unprivileged users make one.
-    let is_root = output(Command::new("id").arg("-u")).is_some_and(|u| u.trim() == "0");
-    let user_ns: &[&str] = if is_root {
+    let user_ns: &[&str] = if is_root() {
         &[]
     } else {
         &["--user", "--map-root-user"]
